@@ -1,0 +1,338 @@
+"""The `sentmtl` command line: one thin function per command over the Python API.
+
+Nothing heavy is imported at module level (torch, transformers, numpy): `sentmtl --help` stays
+instant. Bad input raises SentmtlError, which becomes one line on stderr and exit status 2.
+"""
+from __future__ import annotations
+
+import functools
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from . import __version__
+from .errors import SentmtlError
+
+app = typer.Typer(
+    name="sentmtl",
+    help="One sentence-transformer backbone, several task heads: embed, compare, classify, tag entities.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+
+
+class Fmt(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+
+
+class EmbedFmt(str, Enum):
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    npy = "npy"
+
+
+class Metric(str, Enum):
+    cosine = "cosine"
+    dot = "dot"
+    euclidean = "euclidean"
+
+
+def fail(message: str, code: int = 2):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handles_errors(fn):
+    """Turn SentmtlError into one line on stderr and exit 2; never a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except SentmtlError as e:
+            fail(str(e), e.exit_code)
+        except BrokenPipeError:
+            # the reader went away (`| head`): stop quietly
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(0)
+
+    return wrapper
+
+
+def version_callback(value: bool):
+    if value:
+        typer.echo(f"sentmtl {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def root(
+    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Print the version and exit."),
+):
+    """sentmtl: multi-task sentence transformer, offline, from YAML configs."""
+
+
+# ---- shared option types -----------------------------------------------------------------------
+TextsArg = typer.Argument(None, help="Texts. Or use --file, or pipe one text a line on stdin.", show_default=False)
+FileOpt = typer.Option(None, "--file", "-f", help="Read texts from a file, one a line ('-' for stdin).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="Model config YAML (default: the shipped configs/default.yaml).")
+BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, help="Texts per backbone forward.")
+ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores).")
+
+
+def gather_texts(texts: Optional[List[str]], file: Optional[str]) -> list[str]:
+    from .io import read_lines
+    from .model import check_texts
+
+    if texts and file:
+        raise SentmtlError("give texts as arguments or --file, not both")
+    if file:
+        return check_texts(read_lines(file))
+    if texts:
+        return check_texts(texts)
+    if not sys.stdin.isatty():
+        return check_texts(read_lines("-"))
+    raise SentmtlError("no input text given (pass texts, --file PATH, or pipe them on stdin)")
+
+
+def default_format(fmt):
+    if fmt is not None:
+        return fmt.value
+    return "table" if sys.stdout.isatty() else "json"
+
+
+class Progress:
+    """A rich progress bar on stderr, shown only for more than a screenful of texts."""
+
+    def __init__(self, total: int, label: str, threshold: int = 40):
+        self.bar = None
+        if total > threshold and os.environ.get("SENTMTL_NO_PROGRESS") is None:
+            from rich.console import Console
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RP, TextColumn,
+                                       TimeElapsedColumn, TimeRemainingColumn)
+
+            self.bar = RP(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.speed} texts/s" if False else ""),
+                          TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            self.task = self.bar.add_task(label, total=total)
+
+    def __enter__(self):
+        if self.bar:
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar:
+            self.bar.__exit__(*exc)
+
+    def __call__(self, n: int) -> None:
+        if self.bar:
+            self.bar.advance(self.task, n)
+
+
+def load_model(config: Optional[Path], threads: Optional[int]):
+    from .model import load
+
+    return load(config, threads=threads)
+
+
+# ---- commands ------------------------------------------------------------------------------------
+@app.command()
+@handles_errors
+def embed(
+    texts: Optional[List[str]] = TextsArg,
+    file: Optional[str] = FileOpt,
+    config: Optional[Path] = ConfigOpt,
+    fmt: Optional[EmbedFmt] = typer.Option(None, "--format", help="table | json | jsonl | npy (default: table on a terminal, else json)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File for --format npy (float32 matrix)."),
+    batch_size: int = BatchOpt,
+    threads: Optional[int] = ThreadsOpt,
+):
+    """Embed texts into fixed-length vectors."""
+    from . import render
+
+    texts = gather_texts(texts, file)
+    f = default_format(fmt)
+    if f == "npy" and output is None:
+        raise SentmtlError("--format npy needs --output FILE")
+    m = load_model(config, threads)
+    with Progress(len(texts), "embedding") as p:
+        emb = m.embed(texts, batch_size=batch_size, progress=p)
+    if f == "npy":
+        render.write_npy(output, emb)
+    elif f == "json":
+        render.write_json(render.embed_json(m.name, m.cfg.backbone.normalize, texts, emb))
+    elif f == "jsonl":
+        render.write_jsonl({"text": t, "embedding": e.tolist()} for t, e in zip(texts, emb))
+    else:
+        render.stdout_console().print(render.embed_table(texts, emb))
+
+
+@app.command()
+@handles_errors
+def similarity(
+    texts: Optional[List[str]] = TextsArg,
+    file: Optional[str] = FileOpt,
+    metric: Metric = typer.Option(Metric.cosine, "--metric", help="cosine | dot | euclidean."),
+    config: Optional[Path] = ConfigOpt,
+    fmt: Optional[Fmt] = typer.Option(None, "--format", help="table | json | jsonl."),
+    batch_size: int = BatchOpt,
+    threads: Optional[int] = ThreadsOpt,
+):
+    """Score how similar texts are: two texts print one score, more print the matrix."""
+    from . import render
+    from .model import pairwise
+
+    texts = gather_texts(texts, file)
+    if len(texts) < 2:
+        raise SentmtlError("similarity needs at least two texts")
+    m = load_model(config, threads)
+    with Progress(len(texts), "embedding") as p:
+        emb = m.embed(texts, batch_size=batch_size, progress=p)
+    matrix = pairwise(emb, emb, metric.value)
+    f = default_format(fmt)
+    if f == "json":
+        render.write_json(render.similarity_json(metric.value, texts, matrix))
+    elif f == "jsonl":
+        render.write_jsonl(render.similarity_pairs(texts, matrix))
+    else:
+        render.stdout_console().print(render.similarity_table(metric.value, texts, matrix))
+
+
+@app.command()
+@handles_errors
+def predict(
+    texts: Optional[List[str]] = TextsArg,
+    file: Optional[str] = FileOpt,
+    tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated tasks (default: every task in the config)."),
+    top_k: int = typer.Option(1, "--top-k", min=1, help="Labels to show per sentence task."),
+    config: Optional[Path] = ConfigOpt,
+    fmt: Optional[Fmt] = typer.Option(None, "--format", help="table | json | jsonl."),
+    batch_size: int = BatchOpt,
+    threads: Optional[int] = ThreadsOpt,
+):
+    """Run task heads (classification, sentiment, entities) from one shared forward pass."""
+    from . import render
+
+    m = load_model(config, threads)
+    task_list = m.resolve_tasks(tasks.split(",") if tasks is not None else None)
+    texts = gather_texts(texts, file)
+    with Progress(len(texts), "predicting") as p:
+        results = m.predict(texts, tasks=task_list, top_k=top_k, batch_size=batch_size, progress=p)
+    f = default_format(fmt)
+    if f == "json":
+        render.write_json({"model": m.cfg.name, "tasks": task_list, "predictions": results})
+    elif f == "jsonl":
+        render.write_jsonl(results)
+    else:
+        con = render.stdout_console()
+        for t in render.predict_tables(results, task_list, m.heads, top_k):
+            con.print(t)
+
+
+@app.command()
+@handles_errors
+def search(
+    query: str = typer.Argument(..., help="What to look for."),
+    corpus: str = typer.Option(..., "--corpus", help="A file whose lines are searched ('-' for stdin)."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="How many lines to return."),
+    config: Optional[Path] = ConfigOpt,
+    fmt: Optional[Fmt] = typer.Option(None, "--format", help="table | json | jsonl."),
+    batch_size: int = BatchOpt,
+    threads: Optional[int] = ThreadsOpt,
+):
+    """Semantic search: the lines of a file nearest in meaning to a query."""
+    from . import render
+    from .io import read_lines
+    from .model import check_texts
+
+    check_texts([query])
+    lines = read_lines(corpus)
+    if not lines:
+        raise SentmtlError(f"corpus {corpus} has no non-empty lines")
+    m = load_model(config, threads)
+    with Progress(len(lines) + 1, "embedding corpus") as p:
+        hits = m.search(query, lines, top_k=top_k, batch_size=batch_size, progress=p)
+    f = default_format(fmt)
+    if f == "json":
+        render.write_json({"query": query, "corpus": corpus, "results": hits})
+    elif f == "jsonl":
+        render.write_jsonl(hits)
+    else:
+        render.stdout_console().print(render.search_table(query, hits))
+
+
+@app.command()
+@handles_errors
+def info(
+    config: Optional[Path] = ConfigOpt,
+    fmt: Optional[Fmt] = typer.Option(None, "--format", help="table | json."),
+):
+    """Describe the model: backbone, heads (type, labels, parameters, trained or not), config path."""
+    from rich.table import Table
+
+    from . import render
+    from .model import MultiTaskModel
+    from .config import load_config
+
+    cfg = load_config(config)
+    m = MultiTaskModel(cfg)
+    b = cfg.backbone
+    doc = {
+        "config": str(cfg.source),
+        "name": cfg.name,
+        "backbone": {
+            "source": m.name, "folder": str(m.folder), "dimension": m.dim, "layers": m.num_layers,
+            "pooling": b.pooling, "normalize": b.normalize, "max_seq_length": b.max_seq_length,
+            "backend": b.backend, "fine_tuned_weights": str(b.weights) if b.weights else None,
+        },
+        "heads": {
+            task: {"type": h.type_name, "labels": list(h.cfg.labels), "outputs": len(h.outputs),
+                   "parameters": h.parameter_count(), "trained": h.trained,
+                   "weights": str(h.cfg.weights) if h.cfg.weights else None}
+            for task, h in m.heads.items()
+        },
+    }
+    if default_format(fmt) in ("json", "jsonl"):
+        render.write_json(doc)
+        return
+    con = render.stdout_console()
+    con.print(f"config:   {doc['config']}")
+    bb = doc["backbone"]
+    con.print(f"backbone: {bb['source']} ({bb['dimension']} dims, {bb['layers']} layers, {bb['pooling']} pooling, "
+              f"{'normalized' if bb['normalize'] else 'not normalized'}, max {bb['max_seq_length']} tokens)")
+    con.print(f"folder:   {bb['folder']}")
+    t = Table(title="heads")
+    for col in ("task", "type", "labels", "parameters", "trained"):
+        t.add_column(col)
+    for task, h in doc["heads"].items():
+        t.add_row(task, h["type"], ", ".join(h["labels"]), f"{h['parameters']:,}", "yes" if h["trained"] else "no (untrained)")
+    con.print(t)
+
+
+def main() -> None:
+    """Console entry point: no traceback reaches the user unless SENTMTL_DEBUG is set."""
+    try:
+        app()
+    except SentmtlError as e:  # raised outside a command (should not happen, but never a traceback)
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except Exception as e:
+        if os.environ.get("SENTMTL_DEBUG"):
+            raise
+        typer.echo(f"internal error: {type(e).__name__}: {e} (set SENTMTL_DEBUG=1 for the traceback)", err=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

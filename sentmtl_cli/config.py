@@ -1,0 +1,162 @@
+"""Typed model configs: YAML -> pydantic, unknown keys rejected, paths resolved against the file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import SentmtlError
+
+# The shipped model lives beside the package in the project checkout (`pip install -e .`).
+SHIPPED_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+
+
+def default_config_path() -> Path:
+    """The config used when none is given: $SENTMTL_CONFIG, else the shipped one."""
+    import os
+
+    env = os.environ.get("SENTMTL_CONFIG")
+    return Path(env) if env else SHIPPED_CONFIG
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackboneConfig(_Strict):
+    """Where the encoder comes from and how token vectors become one sentence vector.
+
+    Exactly one of `package` (a Python package that bundles a sentence-transformers folder),
+    `path` (a local folder) or `name` (a hub id, used only when a local copy is cached) is set.
+    """
+
+    package: str | None = None
+    path: Path | None = None
+    name: str | None = None
+    pooling: Literal["mean", "cls", "max"] = "mean"
+    normalize: bool = True
+    max_seq_length: int = Field(256, ge=8, le=8192)
+    backend: Literal["torch", "onnx", "onnx-int8", "auto"] = "auto"
+    weights: Path | None = None  # a fine-tuned backbone's safetensors (overrides the folder's)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BackboneConfig":
+        given = [k for k in ("package", "path", "name") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of package, path, name (got {', '.join(given) or 'none'})")
+        return self
+
+
+class HeadConfig(_Strict):
+    type: str
+    labels: list[str] = Field(min_length=1)
+    description: str = ""
+    hidden: list[int] = Field(default_factory=list)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    activation: Literal["gelu", "relu", "tanh"] = "gelu"
+    multi_label: bool = False
+    # token heads: which hidden-state layers to read (0 = embeddings, -1 = last); several are mixed
+    layers: list[int] = Field(default_factory=lambda: [-1])
+    weights: Path | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("labels must be unique")
+        if any(not s.strip() for s in v):
+            raise ValueError("labels must be non-empty strings")
+        return v
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_hidden(cls, v: list[int]) -> list[int]:
+        if any(h <= 0 for h in v):
+            raise ValueError("hidden sizes must be positive")
+        return v
+
+
+class ModelConfig(_Strict):
+    name: str = "sentmtl"
+    seed: int = 13
+    backbone: BackboneConfig
+    heads: dict[str, HeadConfig] = Field(default_factory=dict)
+    source: Path | None = Field(None, exclude=True)  # the YAML file it came from
+
+    @field_validator("heads")
+    @classmethod
+    def _task_names(cls, v: dict[str, HeadConfig]) -> dict[str, HeadConfig]:
+        for task in v:
+            if not task.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"task name {task!r} must be letters, digits, '_' or '-'")
+        return v
+
+
+def read_yaml(path: Path) -> dict:
+    """Read a YAML mapping with errors that name the file."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SentmtlError(f"config not found: {path}") from None
+    except IsADirectoryError:
+        raise SentmtlError(f"config is a folder, not a YAML file: {path}") from None
+    except UnicodeDecodeError:
+        raise SentmtlError(f"config is not UTF-8 text: {path}") from None
+    except OSError as e:
+        raise SentmtlError(f"cannot read config {path}: {e.strerror}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or "invalid YAML"
+        raise SentmtlError(f"malformed YAML in {path}{where}: {problem}") from None
+    if not isinstance(data, dict):
+        raise SentmtlError(f"config {path} must be a YAML mapping, got {type(data).__name__}")
+    return data
+
+
+def format_validation_error(e: ValidationError, path: Path) -> str:
+    err = e.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "(top level)"
+    if err["type"] == "extra_forbidden":
+        msg = "unknown key"
+    else:
+        msg = err["msg"].removeprefix("Value error, ")
+    more = f" (+{len(e.errors()) - 1} more)" if len(e.errors()) > 1 else ""
+    return f"invalid config {path}: {loc}: {msg}{more}"
+
+
+def _resolve(base: Path, p: Path | None) -> Path | None:
+    if p is None:
+        return None
+    p = Path(p).expanduser()
+    return p if p.is_absolute() else (base / p).resolve()
+
+
+def load_config(path: Path | str | None = None) -> ModelConfig:
+    """Load and validate a model config; relative paths are taken from the config's folder."""
+    path = Path(path) if path is not None else default_config_path()
+    data = read_yaml(path)
+    try:
+        cfg = ModelConfig.model_validate(data)
+    except ValidationError as e:
+        raise SentmtlError(format_validation_error(e, path)) from None
+    base = path.resolve().parent
+    cfg.source = path.resolve()
+    cfg.backbone.path = _resolve(base, cfg.backbone.path)
+    cfg.backbone.weights = _resolve(base, cfg.backbone.weights)
+    from .heads import known_head_types
+
+    for task, head in cfg.heads.items():
+        if head.type not in known_head_types():
+            raise SentmtlError(
+                f"invalid config {path}: heads.{task}.type: unknown head type {head.type!r} "
+                f"(known: {', '.join(sorted(known_head_types()))})"
+            )
+        head.weights = _resolve(base, head.weights)
+    return cfg

@@ -1,0 +1,43 @@
+"""Logits -> labels and probabilities; BIO tags -> entity spans with character offsets."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def decode_sentence(labels: list[str], probs: np.ndarray, top_k: int, multi_label: bool) -> dict:
+    order = np.argsort(-probs, kind="stable")
+    out = {
+        "label": labels[int(order[0])],
+        "score": float(probs[order[0]]),
+        "scores": {lab: float(p) for lab, p in zip(labels, probs)},
+    }
+    if multi_label:
+        out["labels"] = [labels[i] for i in order if probs[i] >= 0.5]
+    if top_k > 1:
+        out["top"] = [{"label": labels[int(i)], "score": float(probs[i])} for i in order[:top_k]]
+    return out
+
+
+def decode_entities(
+    text: str, word_spans: list[tuple[int, int]], tags: list[str], tag_probs: list[float]
+) -> list[dict]:
+    """Group word tags into entities. An I- tag that does not continue an entity of its type
+    starts one (lenient, as conlleval does). Score: mean probability of the entity's word tags."""
+    entities: list[dict] = []
+    cur: dict | None = None
+    for (s, e), tag, p in zip(word_spans, tags, tag_probs):
+        if tag == "O":
+            cur = None
+            continue
+        prefix, typ = tag.split("-", 1)
+        if prefix == "I" and cur is not None and cur["label"] == typ:
+            cur["end"] = e
+            cur["_p"].append(p)
+            continue
+        cur = {"label": typ, "start": s, "end": e, "_p": [p]}
+        entities.append(cur)
+    return [
+        {"text": text[x["start"] : x["end"]], "label": x["label"], "start": x["start"], "end": x["end"],
+         "score": float(np.mean(x["_p"]))}
+        for x in entities
+    ]

@@ -1,0 +1,62 @@
+"""Atomic writes and input reading: nothing half-written, every bad file a one-line error."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Iterator
+
+from .errors import SentmtlError
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write to a temp file in the same folder, fsync, then rename over the target."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_lines(path: str) -> list[str]:
+    """One text a line from a file, or stdin for '-'. Blank lines are skipped."""
+    if path == "-":
+        data = sys.stdin.buffer.read()
+        name = "stdin"
+    else:
+        p = Path(path)
+        name = str(p)
+        try:
+            data = p.read_bytes()
+        except FileNotFoundError:
+            raise SentmtlError(f"file not found: {p}") from None
+        except IsADirectoryError:
+            raise SentmtlError(f"is a folder, not a file: {p}") from None
+        except OSError as e:
+            raise SentmtlError(f"cannot read {p}: {e.strerror}") from None
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SentmtlError(f"{name} is not UTF-8 text (bad byte at offset {e.start})") from None
+    lines = [ln.rstrip("\r") for ln in text.split("\n")]
+    return [ln for ln in lines if ln.strip()]
+
+
+def iter_chunks(items: list, size: int) -> Iterator[list]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

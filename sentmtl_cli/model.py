@@ -1,0 +1,196 @@
+"""MultiTaskModel: one backbone, named heads, one backbone forward per batch for every task.
+
+This is the Python API the CLI stands on:
+
+    import sentmtl_cli
+    m = sentmtl_cli.load()                   # the shipped config
+    m.embed(["a text"])                      # float32 [N, dim]
+    m.similarity(["a"], ["b", "c"])          # float32 [len(a), len(b)]
+    m.predict(["a text"], tasks=["cls"])     # list of dicts, the CLI's JSONL objects
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable, Iterable
+
+import numpy as np
+
+from .backbone import normalize_numpy, read_model_config, resolve_folder
+from .config import ModelConfig, load_config
+from .decode import decode_entities, decode_sentence
+from .errors import SentmtlError
+from .heads import Head, head_class
+from .text import align_first_subtokens, split_words
+from .tokenize import Tokenizer, warn_truncated
+
+METRICS = ("cosine", "dot", "euclidean")
+
+
+def check_texts(texts: Iterable[str]) -> list[str]:
+    texts = list(texts)
+    if not texts:
+        raise SentmtlError("no input text given (pass texts, --file PATH, or pipe them on stdin)")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise SentmtlError(f"input {i + 1} is not a string")
+        if not t.strip():
+            raise SentmtlError(f"input {i + 1} is empty or whitespace only")
+    return texts
+
+
+class MultiTaskModel:
+    def __init__(self, cfg: ModelConfig, threads: int | None = None):
+        self.cfg = cfg
+        self.folder = resolve_folder(cfg.backbone)
+        mcfg = read_model_config(self.folder)
+        self.dim = int(mcfg.get("hidden_size", 0))
+        self.num_layers = int(mcfg.get("num_hidden_layers", 0))
+        self.tokenizer = Tokenizer(self.folder, cfg.backbone.max_seq_length)
+        self.heads: dict[str, Head] = {}
+        for task, hcfg in cfg.heads.items():
+            head = head_class(hcfg.type)(task, hcfg, self.dim, self.num_layers)
+            if head.level == "token":
+                head.layer_indices()  # validate layer numbers up front
+            if hcfg.weights is not None:
+                head.load(hcfg.weights)
+            else:
+                head.init_params(cfg.seed)
+            self.heads[task] = head
+        self.threads = threads
+        self._backbone = None
+        self.backend = "torch"
+
+    # ---- the backbone is built on first use, so `info` and config errors stay fast ----------
+    @property
+    def backbone(self):
+        if self._backbone is None:
+            import torch
+
+            from .backbone import TorchBackbone
+
+            torch.manual_seed(self.cfg.seed)
+            if self.threads:
+                torch.set_num_threads(self.threads)
+            self._backbone = TorchBackbone(self.cfg.backbone, self.folder)
+        return self._backbone
+
+    @backbone.setter
+    def backbone(self, value) -> None:
+        self._backbone = value
+
+    @property
+    def name(self) -> str:
+        b = self.cfg.backbone
+        return b.package or b.name or str(b.path)
+
+    def resolve_tasks(self, tasks: Iterable[str] | None) -> list[str]:
+        if tasks is None:
+            return list(self.heads)
+        tasks = [t.strip() for t in tasks if t.strip()]
+        if not tasks:
+            raise SentmtlError("--tasks is empty")
+        unknown = [t for t in tasks if t not in self.heads]
+        if unknown:
+            raise SentmtlError(
+                f"unknown task {', '.join(map(repr, unknown))}: this config has {', '.join(self.heads) or 'no tasks'}"
+            )
+        return list(dict.fromkeys(tasks))
+
+    # ---- the one forward path ---------------------------------------------------------------
+    def run(
+        self,
+        texts: list[str],
+        tasks: list[str],
+        batch_size: int = 32,
+        top_k: int = 1,
+        want_embeddings: bool = True,
+        progress: Callable[[int], None] | None = None,
+        offset: int = 0,
+    ) -> tuple[np.ndarray | None, list[dict]]:
+        """Embeddings [N, dim] and one result dict per text, in input order.
+
+        Texts are sorted by length so a batch holds similar lengths (little padding), then put
+        back. `offset` is the index of texts[0] in the whole input, for warnings."""
+        texts = check_texts(texts)
+        if batch_size < 1:
+            raise SentmtlError("--batch-size must be at least 1")
+        heads = [self.heads[t] for t in tasks]
+        layers = {i for h in heads if h.level == "token" for i in h.layer_indices()}
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        emb = np.zeros((len(texts), self.dim), dtype=np.float32) if want_embeddings else None
+        results: list[dict] = [{"text": t} for t in texts]
+        for start in range(0, len(order), batch_size):
+            idx = order[start : start + batch_size]
+            chunk = [texts[i] for i in idx]
+            batch = self.tokenizer.encode(chunk)
+            warn_truncated(batch, [offset + i for i in idx], self.tokenizer.max_seq_length)
+            feats = self.backbone.encode(batch, layers)
+            if emb is not None:
+                emb[idx] = feats["sentence_embedding"]
+            for head in heads:
+                logits = head.logits(feats)
+                probs = head.probabilities(logits)
+                for b, i in enumerate(idx):
+                    if head.level == "sentence":
+                        out = decode_sentence(head.outputs, probs[b], top_k, head.cfg.multi_label)
+                    else:
+                        out = self._decode_tokens(head, chunk[b], batch, b, probs[b])
+                    out["untrained"] = not head.trained
+                    results[i][head.task] = out
+            if progress:
+                progress(len(idx))
+        return emb, results
+
+    @staticmethod
+    def _decode_tokens(head: Head, text: str, batch, b: int, probs: np.ndarray) -> dict:
+        spans = split_words(text)
+        first = align_first_subtokens(spans, batch.offsets[b], batch.special[b])
+        tags, ps, kept = [], [], []
+        for span, t in zip(spans, first):
+            if t < 0:
+                continue
+            k = int(np.argmax(probs[t]))
+            kept.append(span)
+            tags.append(head.outputs[k])
+            ps.append(float(probs[t, k]))
+        return {"entities": decode_entities(text, kept, tags, ps)}
+
+    # ---- the public API -----------------------------------------------------------------------
+    def embed(self, texts: Iterable[str], batch_size: int = 32, progress=None) -> np.ndarray:
+        emb, _ = self.run(list(texts), [], batch_size=batch_size, progress=progress)
+        return emb
+
+    def similarity(self, texts_a, texts_b, metric: str = "cosine", batch_size: int = 32) -> np.ndarray:
+        a, b = list(texts_a), list(texts_b)
+        emb = self.embed(a + b, batch_size=batch_size)
+        return pairwise(emb[: len(a)], emb[len(a) :], metric)
+
+    def predict(self, texts, tasks=None, top_k: int = 1, batch_size: int = 32, progress=None) -> list[dict]:
+        _, res = self.run(
+            list(texts), self.resolve_tasks(tasks), batch_size=batch_size, top_k=top_k,
+            want_embeddings=False, progress=progress,
+        )
+        return res
+
+    def search(self, query: str, corpus: list[str], top_k: int = 5, batch_size: int = 32, progress=None):
+        check_texts([query])
+        emb = self.embed([query] + check_texts(corpus), batch_size=batch_size, progress=progress)
+        scores = pairwise(emb[:1], emb[1:], "cosine")[0]
+        top = np.argsort(-scores, kind="stable")[:top_k]
+        return [{"rank": r + 1, "score": float(scores[i]), "line": int(i) + 1, "text": corpus[i]} for r, i in enumerate(top)]
+
+
+def pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    if metric == "cosine":
+        return (normalize_numpy(a) @ normalize_numpy(b).T).astype(np.float32)
+    if metric == "dot":
+        return (a @ b.T).astype(np.float32)
+    if metric == "euclidean":
+        d2 = (a * a).sum(1)[:, None] + (b * b).sum(1)[None, :] - 2 * a @ b.T
+        return np.sqrt(np.clip(d2, 0, None)).astype(np.float32)
+    raise SentmtlError(f"unknown metric {metric!r} (use {', '.join(METRICS)})")
+
+
+def load(config: str | Path | None = None, threads: int | None = None) -> MultiTaskModel:
+    """Load a model from a YAML config (default: the shipped one)."""
+    return MultiTaskModel(load_config(config), threads=threads)

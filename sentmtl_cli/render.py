@@ -1,0 +1,143 @@
+"""Output: rich tables for people, json/jsonl/npy for scripts. Machine output goes to stdout
+clean; everything else (progress, warnings) goes to stderr."""
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Table
+
+from .errors import SentmtlError
+
+
+def stdout_console() -> Console:
+    return Console(soft_wrap=False)
+
+
+def clip(text: str, n: int = 60) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= n else text[: n - 1] + "…"
+
+
+def write_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+
+
+def write_jsonl(objs) -> None:
+    for o in objs:
+        sys.stdout.write(json.dumps(o, ensure_ascii=False) + "\n")
+    sys.stdout.flush()
+
+
+def write_npy(path: Path | None, matrix: np.ndarray) -> None:
+    from .io import atomic_write_bytes
+
+    if path is None:
+        raise SentmtlError("--format npy needs --output FILE")
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(matrix, dtype=np.float32))
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+# ---- embed --------------------------------------------------------------------------------------
+def embed_json(model_name: str, normalized: bool, texts: list[str], emb: np.ndarray) -> dict:
+    return {
+        "model": model_name,
+        "dimension": int(emb.shape[1]),
+        "normalized": normalized,
+        "embeddings": [{"text": t, "embedding": e.tolist()} for t, e in zip(texts, emb)],
+    }
+
+
+def embed_table(texts: list[str], emb: np.ndarray) -> Table:
+    t = Table(title=f"embeddings ({emb.shape[1]} dimensions)")
+    for col in ("#", "text", "dim", "norm", "first values"):
+        t.add_column(col, justify="right" if col in ("#", "dim", "norm") else "left")
+    for i, (text, e) in enumerate(zip(texts, emb)):
+        head = " ".join(f"{v:+.4f}" for v in e[:4]) + " …"
+        t.add_row(str(i + 1), clip(text), str(e.shape[0]), f"{np.linalg.norm(e):.4f}", head)
+    return t
+
+
+# ---- similarity ---------------------------------------------------------------------------------
+def similarity_json(metric: str, texts: list[str], matrix: np.ndarray) -> dict:
+    doc = {"metric": metric, "texts": texts, "matrix": [[float(x) for x in row] for row in matrix]}
+    if len(texts) == 2:
+        doc["score"] = float(matrix[0, 1])
+    return doc
+
+
+def similarity_pairs(texts: list[str], matrix: np.ndarray) -> list[dict]:
+    return [
+        {"a": texts[i], "b": texts[j], "score": float(matrix[i, j])}
+        for i in range(len(texts))
+        for j in range(i + 1, len(texts))
+    ]
+
+
+def similarity_table(metric: str, texts: list[str], matrix: np.ndarray) -> Table:
+    if len(texts) == 2:
+        t = Table(title=f"{metric} similarity")
+        t.add_column("a")
+        t.add_column("b")
+        t.add_column("score", justify="right")
+        t.add_row(clip(texts[0], 40), clip(texts[1], 40), f"{matrix[0, 1]:.4f}")
+        return t
+    t = Table(title=f"{metric} similarity matrix")
+    t.add_column("#", justify="right")
+    t.add_column("text")
+    for j in range(len(texts)):
+        t.add_column(str(j + 1), justify="right")
+    for i, text in enumerate(texts):
+        t.add_row(str(i + 1), clip(text, 30), *[f"{x:.3f}" for x in matrix[i]])
+    return t
+
+
+# ---- predict ------------------------------------------------------------------------------------
+def predict_tables(results: list[dict], tasks: list[str], heads: dict, top_k: int) -> list[Table]:
+    tables = []
+    for task in tasks:
+        head = heads[task]
+        desc = f" — {head.cfg.description}" if head.cfg.description else ""
+        untrained = any(r[task].get("untrained") for r in results)
+        t = Table(title=f"{task}{desc}")
+        t.add_column("#", justify="right")
+        t.add_column("text")
+        if head.level == "sentence":
+            t.add_column("label")
+            t.add_column("score", justify="right")
+            if top_k > 1:
+                t.add_column(f"top {top_k}")
+        else:
+            t.add_column("entities")
+        if untrained:
+            t.add_column("untrained")
+        for i, r in enumerate(results):
+            out = r[task]
+            if head.level == "sentence":
+                row = [str(i + 1), clip(r["text"]), out["label"], f"{out['score']:.3f}"]
+                if top_k > 1:
+                    row.append(", ".join(f"{x['label']} {x['score']:.2f}" for x in out["top"]))
+            else:
+                ents = out["entities"]
+                row = [str(i + 1), clip(r["text"]),
+                       "; ".join(f"{e['text']} [{e['label']} {e['score']:.2f}]" for e in ents) or "—"]
+            if untrained:
+                row.append("yes (not a prediction)" if out.get("untrained") else "")
+            t.add_row(*row)
+        tables.append(t)
+    return tables
+
+
+# ---- search -------------------------------------------------------------------------------------
+def search_table(query: str, hits: list[dict]) -> Table:
+    t = Table(title=f"nearest lines to: {clip(query, 50)}")
+    for col in ("rank", "score", "line", "text"):
+        t.add_column(col, justify="right" if col != "text" else "left")
+    for h in hits:
+        t.add_row(str(h["rank"]), f"{h['score']:.4f}", str(h["line"]), clip(h["text"], 70))
+    return t
