@@ -110,17 +110,23 @@ def default_format(fmt):
 
 
 class Progress:
-    """A rich progress bar on stderr, shown only for more than a screenful of texts."""
+    """A rich progress bar on stderr (rate and time left), only for more than a screenful of texts."""
 
     def __init__(self, total: int, label: str, threshold: int = 40):
         self.bar = None
         if total > threshold and os.environ.get("SENTMTL_NO_PROGRESS") is None:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RP, TextColumn,
-                                       TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, ProgressColumn,
+                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+            from rich.text import Text
 
-            self.bar = RP(TextColumn(label), BarColumn(), MofNCompleteColumn(), TextColumn("{task.speed} texts/s" if False else ""),
-                          TimeElapsedColumn(), TimeRemainingColumn(), console=Console(stderr=True), transient=True)
+            class Rate(ProgressColumn):
+                def render(self, task):
+                    return Text(f"{task.speed:,.0f} texts/s" if task.speed else "")
+
+            self.bar = RichProgress(TextColumn(label), BarColumn(), MofNCompleteColumn(), Rate(),
+                                    TimeElapsedColumn(), TimeRemainingColumn(),
+                                    console=Console(stderr=True), transient=True)
             self.task = self.bar.add_task(label, total=total)
 
     def __enter__(self):

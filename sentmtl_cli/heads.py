@@ -125,9 +125,8 @@ class Head:
         }
 
     def load(self, path: Path) -> None:
-        from safetensors import SafetensorsError
+        from safetensors import SafetensorError, safe_open
         from safetensors.numpy import load_file
-        from safetensors import safe_open
 
         where = f"heads.{self.task}.weights ({path})"
         if not Path(path).is_file():
@@ -136,7 +135,7 @@ class Head:
             with safe_open(str(path), framework="numpy") as f:
                 meta = f.metadata() or {}
             tensors = load_file(str(path))
-        except (SafetensorsError, OSError, ValueError) as e:
+        except (SafetensorError, OSError, ValueError) as e:
             raise SentmtlError(f"{where}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
         if meta.get("format") != FORMAT:
             raise SentmtlError(f"{where}: not a sentmtl head file (header format={meta.get('format')!r})")
