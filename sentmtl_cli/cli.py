@@ -323,6 +323,108 @@ def info(
     con.print(t)
 
 
+def parse_overrides(pairs: Optional[List[str]]) -> dict:
+    import yaml
+
+    out = {}
+    for item in pairs or []:
+        if "=" not in item:
+            raise SentmtlError(f"--set {item!r}: expected KEY=VALUE (e.g. epochs=2)")
+        k, v = item.split("=", 1)
+        out[k.strip()] = yaml.safe_load(v)
+    return out
+
+
+class TrainProgress:
+    """Rich progress on stderr with the running loss of each task."""
+
+    def __init__(self, total: int, label: str):
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        self.bar = RP(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+                      TextColumn("{task.fields[losses]}"), console=Console(stderr=True), transient=False)
+        self.task = self.bar.add_task(label, total=total, losses="")
+
+    def __enter__(self):
+        self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        self.bar.__exit__(*exc)
+
+    def __call__(self, n: int, losses: dict | None = None) -> None:
+        text = " ".join(f"{t} {v:.3f}" for t, v in (losses or {}).items())
+        self.bar.update(self.task, advance=n, losses=f"loss {text}" if text else "")
+
+
+@app.command()
+@handles_errors
+def train(
+    config: Path = typer.Argument(..., help="Training recipe YAML (e.g. configs/train_default.yaml)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing output folder."),
+    resume: bool = typer.Option(False, "--resume", help="Continue from the output folder's last checkpoint."),
+    until_epoch: Optional[int] = typer.Option(None, "--until-epoch", min=1, help="Stop after this epoch (resume later)."),
+    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key: --set epochs=2 --set backbone.train=full."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
+):
+    """Train task heads (and optionally the backbone) from a YAML recipe."""
+    from .config import load_train_config
+    from .train import train as run_train
+
+    cfg = load_train_config(config, parse_overrides(set_))
+    res = run_train(cfg, force=force, resume=resume, stop_after=until_epoch,
+                    progress_factory=None if quiet else TrainProgress, quiet=quiet)
+    typer.echo(f"best epoch {res.best_epoch} (score {res.best_score:.4f}) -> {res.output} in {res.seconds:.0f}s", err=True)
+
+
+@app.command()
+@handles_errors
+def evaluate(
+    task: Optional[str] = typer.Option(None, "--task", help="The task (head) to score."),
+    data: Optional[Path] = typer.Option(None, "--data", help="Labelled data: TSV/CSV/JSONL, or CoNLL for token tasks."),
+    similarity_file: Optional[Path] = typer.Option(None, "--similarity", help="STS pairs (STS-B rows or s1<TAB>s2<TAB>score)."),
+    config: Optional[Path] = ConfigOpt,
+    text_column: str = typer.Option("0", "--text-column", help="Text column: index or name."),
+    label_column: str = typer.Option("1", "--label-column", help="Label column: index or name."),
+    labels_file: Optional[Path] = typer.Option(None, "--labels-file", help="For a plain text file: the parallel label file."),
+    label_map: Optional[str] = typer.Option(None, "--label-map", help="Map raw labels to the head's: '0=negative,1=neutral'."),
+    token_prefix: str = typer.Option("", "--token-prefix", help="CoNLL: strip this prefix from tokens (e.g. 'en:')."),
+    fmt: Optional[Fmt] = typer.Option(None, "--format", help="table | json."),
+    batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
+    threads: Optional[int] = ThreadsOpt,
+):
+    """Score a head on labelled data (accuracy, macro-F1, per-label P/R/F1; entity P/R/F1), or embeddings on STS."""
+    from . import render
+    from .data import DataConfig
+    from .evaluate import evaluate_similarity, evaluate_task
+
+    if (similarity_file is None) == (task is None):
+        raise SentmtlError("give either --task T --data FILE, or --similarity FILE")
+    m = load_model(config, threads)
+    if similarity_file is not None:
+        rep = evaluate_similarity(m, similarity_file, batch_size=batch_size, progress_factory=Progress)
+    else:
+        if data is None:
+            raise SentmtlError("--task needs --data FILE")
+        lm = {}
+        for pair in (label_map or "").split(","):
+            if pair.strip():
+                if "=" not in pair:
+                    raise SentmtlError(f"--label-map {pair!r}: expected RAW=LABEL")
+                k, v = pair.split("=", 1)
+                lm[k.strip()] = v.strip()
+        fmt_name = "text" if labels_file else "auto"
+        dc = DataConfig(path=data, format=fmt_name, labels_path=labels_file, text_column=text_column,
+                        label_column=label_column, label_map=lm, token_prefix=token_prefix)
+        m.resolve_tasks([task])
+        rep = evaluate_task(m, task, dc, batch_size=batch_size, progress_factory=Progress)
+    if default_format(fmt) in ("json", "jsonl"):
+        render.write_json(rep)
+    else:
+        render.stdout_console().print(render.evaluation_table(rep))
+
+
 def main() -> None:
     """Console entry point: no traceback reaches the user unless SENTMTL_DEBUG is set."""
     try:

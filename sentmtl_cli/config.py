@@ -160,3 +160,96 @@ def load_config(path: Path | str | None = None) -> ModelConfig:
             )
         head.weights = _resolve(base, head.weights)
     return cfg
+
+
+# ---- training recipes -------------------------------------------------------------------------------
+class UnfreezeStep(_Strict):
+    epoch: int = Field(ge=1)  # from this epoch on (1-based) ...
+    top_layers: int = Field(ge=0)  # ... the top N transformer layers train (a large N = all)
+
+
+class BackboneTrainConfig(_Strict):
+    train: Literal["frozen", "full", "top"] = "frozen"
+    top_layers: int = Field(2, ge=1)  # with train: top
+    unfreeze: list[UnfreezeStep] = Field(default_factory=list)  # gradual unfreezing schedule
+    lr: float = Field(2e-5, gt=0)
+    save_dtype: Literal["float16", "float32"] = "float16"
+
+
+class SamplingConfig(_Strict):
+    strategy: Literal["proportional", "temperature", "uniform", "round_robin"] = "proportional"
+    temperature: float = Field(2.0, gt=0)
+
+
+class PreserveConfig(_Strict):
+    weight: float = Field(1.0, ge=0)
+
+
+class TrainTaskConfig(_Strict):
+    data: "DataConfig"
+    val_data: "DataConfig | None" = None  # default: held out from `data` by val_fraction
+    extra_data: "list[DataConfig]" = Field(default_factory=list)  # more training data for this head (never validated on)
+    frozen: bool = False  # the head does not train (its loss still reaches the backbone)
+    eval_only: bool = False  # evaluated every epoch, never trained (e.g. to watch a frozen head drift)
+    grad_scale: float = Field(1.0, ge=0)  # scales this head's gradient into the backbone
+    weight: float = Field(1.0, ge=0)  # static loss weight
+    score_weight: float = Field(1.0, ge=0)  # weight in the checkpoint-selection score
+    metric: Literal["accuracy", "macro_f1", "macro_recall", "entity_f1"] | None = None
+
+
+class TrainConfig(_Strict):
+    model: Path  # the model config to start from (backbone + heads)
+    output: Path  # the trained model folder
+    init_heads: Literal["seed", "weights"] = "seed"  # trained heads start from the seed, or the config's weights
+    seed: int = 13
+    epochs: int = Field(3, ge=1)
+    batch_size: int = Field(32, ge=1)
+    steps_per_epoch: int | None = Field(None, ge=1)
+    heads_lr: float = Field(1e-3, gt=0)
+    weight_decay: float = Field(0.01, ge=0)
+    warmup: float = Field(0.1, ge=0, lt=1)  # fraction of all steps
+    schedule: Literal["linear", "constant"] = "linear"
+    mode: Literal["sampled", "joint"] = "sampled"
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    loss_weighting: Literal["static", "uncertainty"] = "static"
+    backbone: BackboneTrainConfig = Field(default_factory=BackboneTrainConfig)
+    preserve_embeddings: PreserveConfig | None = None
+    val_fraction: float = Field(0.1, ge=0, lt=1)
+    max_val_examples: int | None = Field(None, ge=1)
+    eval_batch_size: int = Field(64, ge=1)
+    tasks: dict[str, TrainTaskConfig] = Field(min_length=1)
+    source: Path | None = Field(None, exclude=True)
+
+
+from .data import DataConfig  # noqa: E402
+
+TrainTaskConfig.model_rebuild()
+TrainConfig.model_rebuild()
+
+
+def load_train_config(path: Path | str, overrides: dict | None = None) -> TrainConfig:
+    """Load a training recipe; `overrides` (dotted keys) are applied before validation."""
+    path = Path(path)
+    data = read_yaml(path)
+    for key, value in (overrides or {}).items():
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SentmtlError(f"override {key}: {p} is not a mapping in {path}")
+        node[parts[-1]] = value
+    try:
+        cfg = TrainConfig.model_validate(data)
+    except ValidationError as e:
+        raise SentmtlError(format_validation_error(e, path)) from None
+    base = path.resolve().parent
+    cfg.source = path.resolve()
+    cfg.model = _resolve(base, cfg.model)
+    cfg.output = _resolve(base, cfg.output)
+    for t in cfg.tasks.values():
+        for d in (t.data, t.val_data, *t.extra_data):
+            if d is not None:
+                d.path = _resolve(base, d.path)
+                d.labels_path = _resolve(base, d.labels_path)
+    return cfg

@@ -99,6 +99,9 @@ class Head:
         rng = np.random.default_rng(task_seed(seed, self.task))
         params = {}
         for name, shape in self.shapes().items():
+            if name == "mix":  # layer-mix logits start equal
+                params[name] = np.zeros(shape, dtype=np.float32)
+                continue
             fan_in = shape[1] if len(shape) == 2 else self.shapes()[name.replace("bias", "weight")][1]
             bound = 1.0 / np.sqrt(fan_in)
             params[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
@@ -213,11 +216,6 @@ class TokenClassificationHead(Head):
         if len(self.cfg.layers) > 1:
             shapes = {"mix": (len(self.cfg.layers),), **shapes}
         return shapes
-
-    def init_params(self, seed: int) -> None:
-        super().init_params(seed)
-        if "mix" in self.params:
-            self.params["mix"] = np.zeros(len(self.cfg.layers), dtype=np.float32)
 
     def token_features(self, features: dict) -> np.ndarray:
         hs = [features["hidden_states"][i] for i in self.layer_indices()]

@@ -106,6 +106,7 @@ class MultiTaskModel:
         want_embeddings: bool = True,
         progress: Callable[[int], None] | None = None,
         offset: int = 0,
+        word_tags: bool = False,
     ) -> tuple[np.ndarray | None, list[dict]]:
         """Embeddings [N, dim] and one result dict per text, in input order.
 
@@ -134,7 +135,7 @@ class MultiTaskModel:
                     if head.level == "sentence":
                         out = decode_sentence(head.outputs, probs[b], top_k, head.cfg.multi_label)
                     else:
-                        out = self._decode_tokens(head, chunk[b], batch, b, probs[b])
+                        out = self._decode_tokens(head, chunk[b], batch, b, probs[b], word_tags)
                     out["untrained"] = not head.trained
                     results[i][head.task] = out
             if progress:
@@ -142,7 +143,7 @@ class MultiTaskModel:
         return emb, results
 
     @staticmethod
-    def _decode_tokens(head: Head, text: str, batch, b: int, probs: np.ndarray) -> dict:
+    def _decode_tokens(head: Head, text: str, batch, b: int, probs: np.ndarray, word_tags: bool = False) -> dict:
         spans = split_words(text)
         first = align_first_subtokens(spans, batch.offsets[b], batch.special[b])
         tags, ps, kept = [], [], []
@@ -153,7 +154,10 @@ class MultiTaskModel:
             kept.append(span)
             tags.append(head.outputs[k])
             ps.append(float(probs[t, k]))
-        return {"entities": decode_entities(text, kept, tags, ps)}
+        out = {"entities": decode_entities(text, kept, tags, ps)}
+        if word_tags:  # per word (start, end, BIO tag): what evaluation scores
+            out["words"] = [(s, e, t) for (s, e), t in zip(kept, tags)]
+        return out
 
     # ---- the public API -----------------------------------------------------------------------
     def embed(self, texts: Iterable[str], batch_size: int = 32, progress=None) -> np.ndarray:

@@ -141,3 +141,27 @@ def search_table(query: str, hits: list[dict]) -> Table:
     for h in hits:
         t.add_row(str(h["rank"]), f"{h['score']:.4f}", str(h["line"]), clip(h["text"], 70))
     return t
+
+
+# ---- evaluate -----------------------------------------------------------------------------------
+def evaluation_table(rep: dict) -> Table:
+    if "spearman" in rep:
+        t = Table(title=f"similarity on {rep['data']} ({rep['pairs']} pairs)")
+        t.add_column("Spearman x100", justify="right")
+        t.add_column("Pearson x100", justify="right")
+        t.add_row(f"{rep['spearman']:.2f}", f"{rep['pearson']:.2f}")
+        return t
+    flag = " — UNTRAINED head" if rep.get("untrained") else ""
+    if "per_type" in rep:
+        t = Table(title=f"{rep['task']} on {rep['data']}: entity F1 {rep['entity_f1']:.4f} "
+                        f"(P {rep['precision']:.4f}, R {rep['recall']:.4f}, {rep['n']} sentences){flag}")
+        rows = rep["per_type"]
+    else:
+        t = Table(title=f"{rep['task']} on {rep['data']}: accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}, "
+                        f"macro-recall {rep['macro_recall']:.4f} ({rep['n']} examples){flag}")
+        rows = rep["per_label"]
+    for col in ("label", "precision", "recall", "f1", "support"):
+        t.add_column(col, justify="left" if col == "label" else "right")
+    for lab, r in rows.items():
+        t.add_row(lab, f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}", str(int(r["support"])))
+    return t

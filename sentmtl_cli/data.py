@@ -1,0 +1,204 @@
+"""Readers for task data: TSV/CSV/JSONL, text + label files, CoNLL. Bad rows are counted and
+reported, and fail the run past a threshold; they are never silently dropped."""
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from .errors import SentmtlError
+from .text import words_to_text
+
+
+class DataConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    path: Path
+    format: Literal["tsv", "csv", "jsonl", "text", "conll", "auto"] = "auto"
+    labels_path: Path | None = None  # format text: a parallel file of labels
+    text_column: str | int = 0  # a name (header row / JSON key) or a 0-based column index
+    label_column: str | int = 1
+    header: bool | None = None  # None: a header row if the columns are named
+    label_map: dict[str, str] = Field(default_factory=dict)
+    token_prefix: str = ""  # conll: a prefix to strip from tokens, such as "en:"
+    max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
+    limit: int | None = Field(None, ge=1)  # keep the first N examples (after validation)
+
+
+@dataclass
+class SentenceData:
+    texts: list[str]
+    labels: list[int]
+    bad: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass
+class TokenData:
+    words: list[list[str]]
+    tags: list[list[int]]  # indices into the BIO tag list
+    bad: dict[str, int] = field(default_factory=dict)
+
+    @property
+    def texts(self) -> list[str]:
+        return [words_to_text(w)[0] for w in self.words]
+
+
+def infer_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    return {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".conll": "conll",
+            ".txt": "text", ".iob": "conll", ".bio": "conll"}.get(suffix, "tsv")
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SentmtlError(f"data file not found: {path}") from None
+    except IsADirectoryError:
+        raise SentmtlError(f"data path is a folder, not a file: {path}") from None
+    except UnicodeDecodeError as e:
+        raise SentmtlError(f"data file {path} is not UTF-8 (bad byte at offset {e.start})") from None
+    except OSError as e:
+        raise SentmtlError(f"cannot read data file {path}: {e.strerror}") from None
+
+
+def _column(row, col, names: list[str] | None, path: Path):
+    if isinstance(row, dict):
+        return row.get(str(col))
+    if isinstance(col, str) and not col.lstrip("-").isdigit():
+        if names is None or col not in names:
+            raise SentmtlError(f"{path}: column {col!r} not found (columns: {names})")
+        col = names.index(col)
+    col = int(col)
+    return row[col] if -len(row) <= col < len(row) else None
+
+
+def _check_bad(bad: dict[str, int], total: int, cfg: DataConfig, task: str) -> None:
+    n_bad = sum(bad.values())
+    if not n_bad:
+        return
+    detail = ", ".join(f"{v} {k}" for k, v in bad.items())
+    frac = n_bad / max(total, 1)
+    msg = f"{task}: {n_bad} of {total} rows in {cfg.path} are bad ({detail})"
+    if frac > cfg.max_bad_fraction:
+        raise SentmtlError(f"{msg}: {frac:.1%} is over max_bad_fraction={cfg.max_bad_fraction:.1%}; fix the data or the label_map")
+    print(f"warning: {msg}; they are skipped", file=sys.stderr)
+
+
+def read_sentence_data(cfg: DataConfig, labels: list[str], task: str = "task") -> SentenceData:
+    fmt = infer_format(cfg.path) if cfg.format == "auto" else cfg.format
+    rows: list[tuple[object, object]] = []
+    if fmt == "text":
+        if cfg.labels_path is None:
+            raise SentmtlError(f"{task}: format text needs labels_path (a parallel file of labels)")
+        texts = _read_text(cfg.path).split("\n")
+        labs = _read_text(cfg.labels_path).split("\n")
+        if texts and texts[-1] == "":
+            texts.pop()
+        if labs and labs[-1] == "":
+            labs.pop()
+        if len(texts) != len(labs):
+            raise SentmtlError(f"{task}: {cfg.path} has {len(texts)} lines but {cfg.labels_path} has {len(labs)}")
+        rows = list(zip(texts, labs))
+    elif fmt == "jsonl":
+        for n, line in enumerate(_read_text(cfg.path).splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                obj = json.loads(line)
+            except ValueError:
+                raise SentmtlError(f"{cfg.path}:{n}: not valid JSON") from None
+            if not isinstance(obj, dict):
+                raise SentmtlError(f"{cfg.path}:{n}: each line must be a JSON object")
+            tc = cfg.text_column if isinstance(cfg.text_column, str) and not str(cfg.text_column).isdigit() else "text"
+            lc = cfg.label_column if isinstance(cfg.label_column, str) and not str(cfg.label_column).isdigit() else "label"
+            rows.append((obj.get(tc), obj.get(lc)))
+    elif fmt in ("tsv", "csv"):
+        text = _read_text(cfg.path)
+        if fmt == "tsv":
+            # plain TSV: no quoting (quotes are part of the text in SST-2 and AG News)
+            table = [line.split("\t") for line in text.splitlines() if line.strip()]
+        else:
+            table = list(csv.reader(io.StringIO(text)))
+        named = any(isinstance(c, str) and not c.lstrip("-").isdigit() for c in (cfg.text_column, cfg.label_column))
+        header = cfg.header if cfg.header is not None else named
+        names = [c.strip() for c in table[0]] if header and table else None
+        body = table[1:] if header else table
+        rows = [(_column(r, cfg.text_column, names, cfg.path), _column(r, cfg.label_column, names, cfg.path)) for r in body]
+    else:
+        raise SentmtlError(f"{task}: format {fmt!r} is for token tasks; a sentence task reads tsv, csv, jsonl or text")
+    index = {lab: i for i, lab in enumerate(labels)}
+    out_t, out_l, bad = [], [], {}
+    for text, lab in rows:
+        if text is None or not str(text).strip():
+            bad["empty text"] = bad.get("empty text", 0) + 1
+            continue
+        if lab is None or str(lab).strip() == "":
+            bad["missing label"] = bad.get("missing label", 0) + 1
+            continue
+        lab = str(lab).strip()
+        lab = cfg.label_map.get(lab, lab)
+        if lab not in index:
+            bad["label outside the task's labels"] = bad.get("label outside the task's labels", 0) + 1
+            continue
+        out_t.append(str(text).strip())
+        out_l.append(index[lab])
+    _check_bad(bad, len(rows), cfg, task)
+    if not out_t:
+        raise SentmtlError(f"{task}: no usable rows in {cfg.path}")
+    if cfg.limit:
+        out_t, out_l = out_t[: cfg.limit], out_l[: cfg.limit]
+    return SentenceData(out_t, out_l, bad)
+
+
+def read_token_data(cfg: DataConfig, tags: list[str], task: str = "task") -> TokenData:
+    fmt = infer_format(cfg.path) if cfg.format == "auto" else cfg.format
+    if fmt != "conll":
+        raise SentmtlError(f"{task}: a token task reads CoNLL (token<TAB>tag, blank line between sentences), not {fmt}")
+    index = {t: i for i, t in enumerate(tags)}
+    sentences, bad, total = [], {}, 0
+    words: list[str] = []
+    wtags: list[str] = []
+    ok = True
+
+    def flush():
+        nonlocal words, wtags, ok, total
+        if words:
+            total += 1
+            if ok:
+                sentences.append((words, [index[t] for t in wtags]))
+        words, wtags, ok = [], [], True
+
+    for n, line in enumerate(_read_text(cfg.path).splitlines(), 1):
+        if not line.strip():
+            flush()
+            continue
+        parts = line.split("\t") if "\t" in line else line.split()
+        if len(parts) < 2:
+            raise SentmtlError(f"{cfg.path}:{n}: expected token<TAB>tag, got {line[:40]!r}")
+        tok, tag = parts[0], cfg.label_map.get(parts[-1].strip(), parts[-1].strip())
+        if cfg.token_prefix and tok.startswith(cfg.token_prefix):
+            tok = tok[len(cfg.token_prefix):]
+        if not tok.strip():
+            if ok:
+                bad["empty token"] = bad.get("empty token", 0) + 1
+            ok = False
+        if tag not in index:
+            if ok:
+                bad["tag outside the task's labels"] = bad.get("tag outside the task's labels", 0) + 1
+            ok = False
+        words.append(tok.strip() or tok)
+        wtags.append(tag)
+    flush()
+    _check_bad(bad, total, cfg, task)
+    if not sentences:
+        raise SentmtlError(f"{task}: no usable sentences in {cfg.path}")
+    if cfg.limit:
+        sentences = sentences[: cfg.limit]
+    return TokenData([s[0] for s in sentences], [s[1] for s in sentences], bad)
