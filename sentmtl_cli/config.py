@@ -217,6 +217,9 @@ class TrainConfig(_Strict):
     val_fraction: float = Field(0.1, ge=0, lt=1)
     max_val_examples: int | None = Field(None, ge=1)
     eval_batch_size: int = Field(64, ge=1)
+    # frozen-backbone features are cached here between runs, keyed by a hash of everything they
+    # depend on (backbone bytes, pooling, layers, texts); unset = recompute every run
+    feature_cache: Path | None = None
     tasks: dict[str, TrainTaskConfig] = Field(min_length=1)
     source: Path | None = Field(None, exclude=True)
 
@@ -247,6 +250,7 @@ def load_train_config(path: Path | str, overrides: dict | None = None) -> TrainC
     cfg.source = path.resolve()
     cfg.model = _resolve(base, cfg.model)
     cfg.output = _resolve(base, cfg.output)
+    cfg.feature_cache = _resolve(base, cfg.feature_cache)
     for t in cfg.tasks.values():
         for d in (t.data, t.val_data, *t.extra_data):
             if d is not None:

@@ -28,7 +28,8 @@ class DataConfig(BaseModel):
     label_map: dict[str, str] = Field(default_factory=dict)
     token_prefix: str = ""  # conll: a prefix to strip from tokens, such as "en:"
     max_bad_fraction: float = Field(0.01, ge=0.0, le=1.0)
-    limit: int | None = Field(None, ge=1)  # keep the first N examples (after validation)
+    skip: int = Field(0, ge=0)  # drop the first N usable examples (e.g. to take validation from further on)
+    limit: int | None = Field(None, ge=1)  # then keep the first N examples
 
 
 @dataclass
@@ -152,8 +153,10 @@ def read_sentence_data(cfg: DataConfig, labels: list[str], task: str = "task") -
     _check_bad(bad, len(rows), cfg, task)
     if not out_t:
         raise SentmtlError(f"{task}: no usable rows in {cfg.path}")
-    if cfg.limit:
-        out_t, out_l = out_t[: cfg.limit], out_l[: cfg.limit]
+    end = cfg.skip + cfg.limit if cfg.limit else None
+    out_t, out_l = out_t[cfg.skip : end], out_l[cfg.skip : end]
+    if not out_t:
+        raise SentmtlError(f"{task}: skip={cfg.skip} leaves no rows in {cfg.path}")
     return SentenceData(out_t, out_l, bad)
 
 
@@ -199,6 +202,7 @@ def read_token_data(cfg: DataConfig, tags: list[str], task: str = "task") -> Tok
     _check_bad(bad, total, cfg, task)
     if not sentences:
         raise SentmtlError(f"{task}: no usable sentences in {cfg.path}")
-    if cfg.limit:
-        sentences = sentences[: cfg.limit]
+    sentences = sentences[cfg.skip : cfg.skip + cfg.limit if cfg.limit else None]
+    if not sentences:
+        raise SentmtlError(f"{task}: skip={cfg.skip} leaves no sentences in {cfg.path}")
     return TokenData([s[0] for s in sentences], [s[1] for s in sentences], bad)

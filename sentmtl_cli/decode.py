@@ -41,3 +41,33 @@ def decode_entities(
          "score": float(np.mean(x["_p"]))}
         for x in entities
     ]
+
+
+def bio_viterbi(probs: np.ndarray, tags: list[str]) -> list[int]:
+    """The most probable tag sequence that is valid BIO: I-X only after B-X or I-X.
+
+    Per-word argmax lets a stray I- tag open an entity (and run on through the next words);
+    a constrained path removes those, at the cost of a loop over words with K*K steps."""
+    n = len(probs)
+    if n == 0:
+        return []
+    logp = np.log(np.clip(probs, 1e-12, None))
+    k = len(tags)
+    allowed = np.ones((k, k), dtype=bool)  # allowed[prev, cur]
+    start_ok = np.ones(k, dtype=bool)
+    for j, t in enumerate(tags):
+        if t.startswith("I-"):
+            start_ok[j] = False
+            for i, p in enumerate(tags):
+                allowed[i, j] = p in (f"B-{t[2:]}", t)
+    trans = np.where(allowed, 0.0, -np.inf)
+    score = np.where(start_ok, logp[0], -np.inf)
+    back = np.zeros((n, k), dtype=np.int64)
+    for w in range(1, n):
+        cand = score[:, None] + trans  # [prev, cur]
+        back[w] = cand.argmax(0)
+        score = cand.max(0) + logp[w]
+    path = [int(score.argmax())]
+    for w in range(n - 1, 0, -1):
+        path.append(int(back[w, path[-1]]))
+    return path[::-1]

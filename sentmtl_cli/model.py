@@ -17,7 +17,7 @@ import numpy as np
 
 from .backbone import normalize_numpy, read_model_config, resolve_folder
 from .config import ModelConfig, load_config
-from .decode import decode_entities, decode_sentence
+from .decode import bio_viterbi, decode_entities, decode_sentence
 from .errors import SentmtlError
 from .heads import Head, head_class
 from .text import align_first_subtokens, split_words
@@ -39,7 +39,7 @@ def check_texts(texts: Iterable[str]) -> list[str]:
 
 
 class MultiTaskModel:
-    def __init__(self, cfg: ModelConfig, threads: int | None = None):
+    def __init__(self, cfg: ModelConfig, threads: int | None = None, backend: str | None = None):
         self.cfg = cfg
         self.folder = resolve_folder(cfg.backbone)
         mcfg = read_model_config(self.folder)
@@ -58,12 +58,31 @@ class MultiTaskModel:
             self.heads[task] = head
         self.threads = threads
         self._backbone = None
-        self.backend = "torch"
+        self.backend, self.onnx_path = self._choose_backend(backend or cfg.backbone.backend)
+
+    def _choose_backend(self, wanted: str) -> tuple[str, Path | None]:
+        """auto: the ONNX export when a fresh one exists, else torch. onnx/onnx-int8: required."""
+        from .onnx_backend import find_export
+
+        if wanted == "torch":
+            return "torch", None
+        int8 = wanted == "onnx-int8"
+        path, why = find_export(self.cfg, self.folder, int8)
+        if path is not None:
+            return wanted if wanted != "auto" else "onnx", path
+        if wanted == "auto":
+            return "torch", None
+        raise SentmtlError(f"backend {wanted}: {why}")
 
     # ---- the backbone is built on first use, so `info` and config errors stay fast ----------
     @property
     def backbone(self):
         if self._backbone is None:
+            if self.backend.startswith("onnx"):
+                from .onnx_backend import OnnxBackbone
+
+                self._backbone = OnnxBackbone(self.onnx_path, self.threads, self.num_layers, self.cfg.backbone)
+                return self._backbone
             import torch
 
             from .backbone import TorchBackbone
@@ -146,22 +165,19 @@ class MultiTaskModel:
     def _decode_tokens(head: Head, text: str, batch, b: int, probs: np.ndarray, word_tags: bool = False) -> dict:
         spans = split_words(text)
         first = align_first_subtokens(spans, batch.offsets[b], batch.special[b])
-        tags, ps, kept = [], [], []
-        for span, t in zip(spans, first):
-            if t < 0:
-                continue
-            k = int(np.argmax(probs[t]))
-            kept.append(span)
-            tags.append(head.outputs[k])
-            ps.append(float(probs[t, k]))
+        kept = [span for span, t in zip(spans, first) if t >= 0]
+        rows = probs[[t for t in first if t >= 0]]
+        path = bio_viterbi(rows, head.outputs)
+        tags = [head.outputs[k] for k in path]
+        ps = [float(rows[i, k]) for i, k in enumerate(path)]
         out = {"entities": decode_entities(text, kept, tags, ps)}
         if word_tags:  # per word (start, end, BIO tag): what evaluation scores
             out["words"] = [(s, e, t) for (s, e), t in zip(kept, tags)]
         return out
 
     # ---- the public API -----------------------------------------------------------------------
-    def embed(self, texts: Iterable[str], batch_size: int = 32, progress=None) -> np.ndarray:
-        emb, _ = self.run(list(texts), [], batch_size=batch_size, progress=progress)
+    def embed(self, texts: Iterable[str], batch_size: int = 32, progress=None, offset: int = 0) -> np.ndarray:
+        emb, _ = self.run(list(texts), [], batch_size=batch_size, progress=progress, offset=offset)
         return emb
 
     def similarity(self, texts_a, texts_b, metric: str = "cosine", batch_size: int = 32) -> np.ndarray:
@@ -169,10 +185,10 @@ class MultiTaskModel:
         emb = self.embed(a + b, batch_size=batch_size)
         return pairwise(emb[: len(a)], emb[len(a) :], metric)
 
-    def predict(self, texts, tasks=None, top_k: int = 1, batch_size: int = 32, progress=None) -> list[dict]:
+    def predict(self, texts, tasks=None, top_k: int = 1, batch_size: int = 32, progress=None, offset: int = 0) -> list[dict]:
         _, res = self.run(
             list(texts), self.resolve_tasks(tasks), batch_size=batch_size, top_k=top_k,
-            want_embeddings=False, progress=progress,
+            want_embeddings=False, progress=progress, offset=offset,
         )
         return res
 
@@ -195,6 +211,7 @@ def pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     raise SentmtlError(f"unknown metric {metric!r} (use {', '.join(METRICS)})")
 
 
-def load(config: str | Path | None = None, threads: int | None = None) -> MultiTaskModel:
-    """Load a model from a YAML config (default: the shipped one)."""
-    return MultiTaskModel(load_config(config), threads=threads)
+def load(config: str | Path | None = None, threads: int | None = None, backend: str | None = None) -> MultiTaskModel:
+    """Load a model from a YAML config (default: the shipped one). backend: torch | onnx |
+    onnx-int8 | auto (default: the config's, which defaults to auto)."""
+    return MultiTaskModel(load_config(config), threads=threads, backend=backend)

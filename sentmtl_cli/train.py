@@ -26,6 +26,7 @@ import yaml
 
 from .backbone import TorchBackbone
 from .config import ModelConfig, TrainConfig, load_config
+from .decode import bio_viterbi
 from .errors import SentmtlError
 from .heads import Head
 from .io import atomic_write_bytes, atomic_write_text
@@ -86,10 +87,48 @@ class Features:
 
 
 class FeatureCache:
-    """All features of a task's examples, computed once with the frozen backbone."""
+    """All features of a task's examples, computed once with the frozen backbone (and kept on disk
+    under `feature_cache`, keyed by a hash of everything they depend on, when that is set)."""
 
-    def __init__(self, feats: Features, task: str, kind: str, ex, batch_size: int, progress=None):
+    def __init__(self, feats: Features, task: str, kind: str, ex, batch_size: int, progress=None,
+                 disk: Path | None = None, backbone_key: str = ""):
         self.kind = kind
+        path = None
+        if disk is not None:
+            path = disk / f"{self.key(feats, task, kind, ex, backbone_key)}.safetensors"
+            if path.is_file():
+                from safetensors.torch import load_file
+
+                t = load_file(str(path))
+                self.x, self.y = t["x"], t["y"]
+                self.ranges = [tuple(r) for r in t["ranges"].tolist()]
+                if progress:
+                    progress(len(ex))
+                return
+        self._compute(feats, task, kind, ex, batch_size, progress)
+        if path is not None:
+            from safetensors.torch import save
+
+            atomic_write_bytes(path, save({"x": self.x.contiguous(), "y": self.y.contiguous(),
+                                           "ranges": torch.tensor(self.ranges, dtype=torch.long).reshape(-1, 2)}))
+
+    @staticmethod
+    def key(feats: Features, task: str, kind: str, ex, backbone_key: str) -> str:
+        import hashlib
+
+        h = hashlib.sha256()
+        cfg = feats.backbone.cfg
+        h.update(json.dumps([backbone_key, cfg.pooling, cfg.normalize, feats.tokenizer.max_seq_length, kind,
+                             feats.layers.get(task, [])]).encode())
+        for i, text in enumerate(ex.texts):
+            h.update(text.encode("utf-8", "surrogatepass") + b"\0")
+            if kind == "token":
+                h.update(np.asarray(ex.spans[i], dtype=np.int64).tobytes() + ex.tags[i].tobytes())
+            else:
+                h.update(int(ex.labels[i]).to_bytes(4, "little"))
+        return h.hexdigest()[:32]
+
+    def _compute(self, feats: Features, task: str, kind: str, ex, batch_size: int, progress=None):
         xs, ys, self.ranges = [], [], []
         order = sorted(range(len(ex)), key=lambda i: len(ex.texts[i]))
         parts: dict[int, tuple] = {}
@@ -218,7 +257,12 @@ class Trainer:
         self.quiet = quiet
         seed_everything(cfg.seed)
         self.mcfg: ModelConfig = load_config(cfg.model)
-        self.model = MultiTaskModel(self.mcfg)
+        if cfg.init_heads == "seed":
+            # heads that train start from the seed: their saved weights are not read (nor needed)
+            for name, tcfg in cfg.tasks.items():
+                if name in self.mcfg.heads and not tcfg.eval_only:
+                    self.mcfg.heads[name].weights = None
+        self.model = MultiTaskModel(self.mcfg, backend="torch")
         self.backbone: TorchBackbone = self.model.backbone
         self.num_layers = self.backbone.num_layers
         self.trains_backbone = backbone_ever_trains(cfg, self.num_layers)
@@ -233,8 +277,6 @@ class Trainer:
             head = self.model.heads[name]
             if getattr(head.cfg, "multi_label", False):
                 raise SentmtlError(f"tasks.{name}: training multi_label heads is not supported yet")
-            if cfg.init_heads == "seed" and not tcfg.eval_only:
-                head.init_params(self.mcfg.seed)
             ex = load_examples(head, tcfg.data, name)
             if tcfg.val_data is not None:
                 train, val = ex, load_examples(head, tcfg.val_data, name)
@@ -362,7 +404,7 @@ class Trainer:
                     elif s.cache_val is not None:
                         for i in idx:
                             x = s.cache_val.sentence_rows(i)
-                            preds.append(s.module(x).argmax(-1).tolist() if len(x) else [])
+                            preds.append(self._tag_path(s, x))
                     else:
                         batch, out = self.features.forward([s.val.texts[i] for i in idx], grad=False)
                         if s.kind == "sentence":
@@ -370,9 +412,16 @@ class Trainer:
                         else:
                             for r, i in enumerate(idx):
                                 x, _ = self.features.split(name, "token", s.val, np.array([i]), batch, out, r)
-                                preds.append(s.module(x).argmax(-1).tolist() if len(x) else [])
+                                preds.append(self._tag_path(s, x))
             results[name] = self.score_predictions(s, preds)
         return results
+
+    @staticmethod
+    def _tag_path(s: TaskState, x) -> list[int]:
+        """A sentence's word tags, decoded as predict decodes them (valid BIO)."""
+        if not len(x):
+            return []
+        return bio_viterbi(torch.softmax(s.module(x), -1).numpy(), s.head.outputs)
 
     @staticmethod
     def score_predictions(s: TaskState, preds) -> dict:
@@ -475,11 +524,15 @@ class Trainer:
     # ---- the loop ------------------------------------------------------------------------------------
     def build_caches(self, progress) -> None:
         set_backbone_trainable(self.backbone, 0, self.num_layers)
+        disk, key = self.cfg.feature_cache, ""
+        if disk is not None:
+            from .backbone import sha256_file
+
+            w = self.mcfg.backbone.weights
+            key = sha256_file(w if w else self.model.folder / "model.safetensors")
         for s in self.tasks.values():
-            if not self.trains_backbone:
-                s.cache_train = FeatureCache(self.features, s.name, s.kind, s.train, self.cfg.eval_batch_size, progress)
-            s.cache_val = FeatureCache(self.features, s.name, s.kind, s.val, self.cfg.eval_batch_size, progress) \
-                if not self.trains_backbone else None
+            s.cache_train = FeatureCache(self.features, s.name, s.kind, s.train, self.cfg.eval_batch_size, progress, disk, key)
+            s.cache_val = FeatureCache(self.features, s.name, s.kind, s.val, self.cfg.eval_batch_size, progress, disk, key)
 
     def run(self, resume: bool = False, stop_after: int | None = None, progress_factory=None) -> TrainResult:
         cfg = self.cfg

@@ -233,3 +233,40 @@ def test_existing_model_is_never_overwritten_without_force(tmp_path, runner):
     _one_line_error(_train_cli(runner, recipe), "--force")
     assert (tmp_path / "out" / "model.yaml").read_bytes() == stamp
     assert _train_cli(runner, recipe, "--force").exit_code == 0
+
+
+def test_experiment_writes_the_table_it_measured(tmp_path):
+    from sentmtl_cli.experiment import run_experiment
+
+    write_recipe(tmp_path, extra="epochs: 1")
+    (tmp_path / "sts.tsv").write_text(
+        "A man plays a guitar.\tA man is playing a guitar.\t4.8\nA dog runs.\tThe stock market fell.\t0.1\n"
+        "A woman cuts an onion.\tSomeone is slicing an onion.\t4.2\nKids play football.\tChildren are playing soccer.\t4.5\n",
+        encoding="utf-8")
+    (tmp_path / "exp.yaml").write_text("""
+name: tiny
+title: Tiny experiment
+recipe: train.yaml
+output: report/tiny.md
+workdir: work
+stsb: sts.tsv
+stsb_limit: 10
+speed_texts: 5
+columns: [scores, stsb, params, disk, ms_per_text, train_time]
+variants:
+  - name: frozen
+    set: {backbone.train: frozen}
+  - name: separate top-1
+    separate: true
+    set: {backbone.train: top, backbone.top_layers: 1, steps_per_epoch: 2}
+""", encoding="utf-8")
+    out = run_experiment(tmp_path / "exp.yaml", log=lambda s: None)
+    md = out.read_text()
+    assert md.startswith("### Tiny experiment")
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["variant"] for r in rows] == ["frozen", "separate top-1"]
+    assert set(rows[0]["scores"]) == {"topic", "ents"} and len(rows[1]["stsb"]) == 2
+    assert rows[1]["params"] > 2 * rows[0]["params"] * 0.9  # two backbones
+    for r in rows:
+        for t, v in r["scores"].items():
+            assert f"{100 * v:.1f}" in md  # the table quotes the measured numbers
