@@ -1,10 +1,12 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+EXPERIMENTS := configs/experiments/q1_freeze.yaml configs/experiments/q1_trap.yaml \
+               configs/experiments/q2_shared.yaml configs/experiments/q3_imbalance.yaml
 
-.PHONY: setup test bench heads experiments clean
+.PHONY: setup test heads experiments bench clean
 
-setup: $(BIN)/sentmtl
+setup: $(BIN)/sentmtl configs/default.onnx/export.json
 
 $(BIN)/sentmtl: pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -14,8 +16,27 @@ $(BIN)/sentmtl: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+# the fast path: the shipped backbone exported to ONNX (fp32 and int8)
+configs/default.onnx/export.json: $(BIN)/sentmtl
+	$(BIN)/sentmtl export --int8
+
 test: setup
 	$(BIN)/python -m pytest -q
+
+# Reproduce the shipped head weights from ../shared/data (about 10 minutes on 2 cores).
+heads: setup
+	$(BIN)/sentmtl train configs/train_default.yaml --force
+	mkdir -p configs/heads
+	cp build/heads/heads/cls.safetensors build/heads/heads/sent.safetensors build/heads/heads/ner.safetensors configs/heads/
+	cp build/heads/val_report.json configs/heads/val_report.json
+
+# The tables quoted in docs/DISCUSSION.md (each under about 10 minutes on 2 cores).
+experiments: setup
+	$(BIN)/sentmtl experiment $(EXPERIMENTS)
+
+# sentmtl against sentence-transformers, same model and inputs, ratios from one run
+bench: setup
+	$(BIN)/python bench/bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

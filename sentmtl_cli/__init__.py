@@ -5,11 +5,12 @@
 __version__ = "0.1.0"
 
 
-def load(config=None, threads=None):
-    """Load the multi-task model from a YAML config (default: the shipped configs/default.yaml)."""
+def load(config=None, threads=None, backend=None):
+    """Load the multi-task model from a YAML config (default: the shipped configs/default.yaml).
+    backend: torch | onnx | onnx-int8 | auto (the ONNX export when one exists, else torch)."""
     from .model import load as _load
 
-    return _load(config, threads=threads)
+    return _load(config, threads=threads, backend=backend)
 
 
 __all__ = ["load", "__version__"]

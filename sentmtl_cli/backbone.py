@@ -92,7 +92,7 @@ class TorchBackbone:
     """A transformers encoder with its pooling: forward() gives torch tensors (for training),
     encode() gives numpy features (for inference)."""
 
-    def __init__(self, cfg: BackboneConfig, folder: Path):
+    def __init__(self, cfg: BackboneConfig, folder: Path, attn_implementation: str | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
         import torch  # noqa: F401
@@ -102,8 +102,9 @@ class TorchBackbone:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
+            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
             self.model = AutoModel.from_pretrained(
-                str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False
+                str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False, **extra
             )
         except Exception as e:
             raise SentmtlError(f"cannot load the transformer in {folder}: {str(e).splitlines()[0]}") from None

@@ -88,6 +88,16 @@ BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, help="Texts per backbon
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores).")
 
 
+class Backend(str, Enum):
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+BackendOpt = typer.Option(None, "--backend", help="auto | torch | onnx | onnx-int8 (default: the config's backend).")
+
+
 def gather_texts(texts: Optional[List[str]], file: Optional[str]) -> list[str]:
     from .io import read_lines
     from .model import check_texts
@@ -143,13 +153,16 @@ class Progress:
             self.bar.advance(self.task, n)
 
 
-def load_model(config: Optional[Path], threads: Optional[int]):
+def load_model(config: Optional[Path], threads: Optional[int], backend=None):
     from .model import load
 
-    return load(config, threads=threads)
+    return load(config, threads=threads, backend=backend.value if backend else None)
 
 
 # ---- commands ------------------------------------------------------------------------------------
+CHUNK = 4096  # texts read, embedded and written at a time: memory stays flat on any input size
+
+
 @app.command()
 @handles_errors
 def embed(
@@ -160,25 +173,47 @@ def embed(
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="File for --format npy (float32 matrix)."),
     batch_size: int = BatchOpt,
     threads: Optional[int] = ThreadsOpt,
+    backend: Optional[Backend] = BackendOpt,
 ):
     """Embed texts into fixed-length vectors."""
     from . import render
+    from .stream import JsonArrayWriter, NpyWriter, TextSource
 
-    texts = gather_texts(texts, file)
     f = default_format(fmt)
     if f == "npy" and output is None:
         raise SentmtlError("--format npy needs --output FILE")
-    m = load_model(config, threads)
-    with Progress(len(texts), "embedding") as p:
-        emb = m.embed(texts, batch_size=batch_size, progress=p)
-    if f == "npy":
-        render.write_npy(output, emb)
-    elif f == "json":
-        render.write_json(render.embed_json(m.name, m.cfg.backbone.normalize, texts, emb))
-    elif f == "jsonl":
-        render.write_jsonl({"text": t, "embedding": e.tolist()} for t, e in zip(texts, emb))
-    else:
-        render.stdout_console().print(render.embed_table(texts, emb))
+    source = TextSource(texts, file)
+    total = source.count()
+    m = load_model(config, threads, backend)
+    npy = NpyWriter(output, total, m.dim) if f == "npy" else None
+    doc = JsonArrayWriter({"model": m.name, "dimension": m.dim, "normalized": m.cfg.backbone.normalize},
+                          "embeddings") if f == "json" else None
+    kept_texts, kept = [], []
+    ok = False
+    try:
+        with Progress(total, "embedding") as p:
+            for start, chunk in source.chunks(CHUNK):
+                emb = m.embed(chunk, batch_size=batch_size, progress=p, offset=start)
+                if npy:
+                    npy.write(start, emb)
+                elif doc:
+                    for t, e in zip(chunk, emb):
+                        doc.write({"text": t, "embedding": e.tolist()})
+                elif f == "jsonl":
+                    render.write_jsonl({"text": t, "embedding": e.tolist()} for t, e in zip(chunk, emb))
+                else:
+                    kept_texts += chunk
+                    kept.append(emb)
+        ok = True
+    finally:
+        if npy:
+            npy.close(ok)
+    if doc:
+        doc.close()
+    if f == "table":
+        import numpy as np
+
+        render.stdout_console().print(render.embed_table(kept_texts, np.concatenate(kept)))
 
 
 @app.command()
@@ -191,6 +226,7 @@ def similarity(
     fmt: Optional[Fmt] = typer.Option(None, "--format", help="table | json | jsonl."),
     batch_size: int = BatchOpt,
     threads: Optional[int] = ThreadsOpt,
+    backend: Optional[Backend] = BackendOpt,
 ):
     """Score how similar texts are: two texts print one score, more print the matrix."""
     from . import render
@@ -199,7 +235,7 @@ def similarity(
     texts = gather_texts(texts, file)
     if len(texts) < 2:
         raise SentmtlError("similarity needs at least two texts")
-    m = load_model(config, threads)
+    m = load_model(config, threads, backend)
     with Progress(len(texts), "embedding") as p:
         emb = m.embed(texts, batch_size=batch_size, progress=p)
     matrix = pairwise(emb, emb, metric.value)
@@ -223,23 +259,34 @@ def predict(
     fmt: Optional[Fmt] = typer.Option(None, "--format", help="table | json | jsonl."),
     batch_size: int = BatchOpt,
     threads: Optional[int] = ThreadsOpt,
+    backend: Optional[Backend] = BackendOpt,
 ):
     """Run task heads (classification, sentiment, entities) from one shared forward pass."""
     from . import render
+    from .stream import JsonArrayWriter, TextSource
 
-    m = load_model(config, threads)
+    m = load_model(config, threads, backend)
     task_list = m.resolve_tasks(tasks.split(",") if tasks is not None else None)
-    texts = gather_texts(texts, file)
-    with Progress(len(texts), "predicting") as p:
-        results = m.predict(texts, tasks=task_list, top_k=top_k, batch_size=batch_size, progress=p)
+    source = TextSource(texts, file)
+    total = source.count()
     f = default_format(fmt)
-    if f == "json":
-        render.write_json({"model": m.cfg.name, "tasks": task_list, "predictions": results})
-    elif f == "jsonl":
-        render.write_jsonl(results)
-    else:
+    doc = JsonArrayWriter({"model": m.cfg.name, "tasks": task_list}, "predictions") if f == "json" else None
+    kept = []
+    with Progress(total, "predicting") as p:
+        for start, chunk in source.chunks(CHUNK):
+            results = m.predict(chunk, tasks=task_list, top_k=top_k, batch_size=batch_size, progress=p, offset=start)
+            if doc:
+                for r in results:
+                    doc.write(r)
+            elif f == "jsonl":
+                render.write_jsonl(results)
+            else:
+                kept += results
+    if doc:
+        doc.close()
+    if f == "table":
         con = render.stdout_console()
-        for t in render.predict_tables(results, task_list, m.heads, top_k):
+        for t in render.predict_tables(kept, task_list, m.heads, top_k):
             con.print(t)
 
 
@@ -253,6 +300,7 @@ def search(
     fmt: Optional[Fmt] = typer.Option(None, "--format", help="table | json | jsonl."),
     batch_size: int = BatchOpt,
     threads: Optional[int] = ThreadsOpt,
+    backend: Optional[Backend] = BackendOpt,
 ):
     """Semantic search: the lines of a file nearest in meaning to a query."""
     from . import render
@@ -263,7 +311,7 @@ def search(
     lines = read_lines(corpus)
     if not lines:
         raise SentmtlError(f"corpus {corpus} has no non-empty lines")
-    m = load_model(config, threads)
+    m = load_model(config, threads, backend)
     with Progress(len(lines) + 1, "embedding corpus") as p:
         hits = m.search(query, lines, top_k=top_k, batch_size=batch_size, progress=p)
     f = default_format(fmt)
@@ -297,7 +345,8 @@ def info(
         "backbone": {
             "source": m.name, "folder": str(m.folder), "dimension": m.dim, "layers": m.num_layers,
             "pooling": b.pooling, "normalize": b.normalize, "max_seq_length": b.max_seq_length,
-            "backend": b.backend, "fine_tuned_weights": str(b.weights) if b.weights else None,
+            "backend": b.backend, "backend_in_use": m.backend, "onnx": str(m.onnx_path) if m.onnx_path else None,
+            "fine_tuned_weights": str(b.weights) if b.weights else None,
         },
         "heads": {
             task: {"type": h.type_name, "labels": list(h.cfg.labels), "outputs": len(h.outputs),
@@ -390,9 +439,12 @@ def evaluate(
     labels_file: Optional[Path] = typer.Option(None, "--labels-file", help="For a plain text file: the parallel label file."),
     label_map: Optional[str] = typer.Option(None, "--label-map", help="Map raw labels to the head's: '0=negative,1=neutral'."),
     token_prefix: str = typer.Option("", "--token-prefix", help="CoNLL: strip this prefix from tokens (e.g. 'en:')."),
+    skip: int = typer.Option(0, "--skip", min=0, help="Skip the first N examples."),
+    limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score at most N examples (after --skip)."),
     fmt: Optional[Fmt] = typer.Option(None, "--format", help="table | json."),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
     threads: Optional[int] = ThreadsOpt,
+    backend: Optional[Backend] = BackendOpt,
 ):
     """Score a head on labelled data (accuracy, macro-F1, per-label P/R/F1; entity P/R/F1), or embeddings on STS."""
     from . import render
@@ -401,7 +453,7 @@ def evaluate(
 
     if (similarity_file is None) == (task is None):
         raise SentmtlError("give either --task T --data FILE, or --similarity FILE")
-    m = load_model(config, threads)
+    m = load_model(config, threads, backend)
     if similarity_file is not None:
         rep = evaluate_similarity(m, similarity_file, batch_size=batch_size, progress_factory=Progress)
     else:
@@ -416,13 +468,43 @@ def evaluate(
                 lm[k.strip()] = v.strip()
         fmt_name = "text" if labels_file else "auto"
         dc = DataConfig(path=data, format=fmt_name, labels_path=labels_file, text_column=text_column,
-                        label_column=label_column, label_map=lm, token_prefix=token_prefix)
+                        label_column=label_column, label_map=lm, token_prefix=token_prefix, skip=skip, limit=limit)
         m.resolve_tasks([task])
         rep = evaluate_task(m, task, dc, batch_size=batch_size, progress_factory=Progress)
     if default_format(fmt) in ("json", "jsonl"):
         render.write_json(rep)
     else:
         render.stdout_console().print(render.evaluation_table(rep))
+
+
+@app.command()
+@handles_errors
+def export(
+    config: Optional[Path] = ConfigOpt,
+    int8: bool = typer.Option(False, "--int8", help="Also write a dynamically quantized int8 model."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder (default: <config>.onnx/ beside the config)."),
+):
+    """Export the backbone (transformer, pooling, normalization) to ONNX for the fast path."""
+    from .backbone import resolve_folder
+    from .config import load_config
+    from .onnx_backend import export as run_export
+
+    cfg = load_config(config)
+    out = run_export(cfg, resolve_folder(cfg.backbone), int8, output, log=lambda s: typer.echo(s, err=True))
+    typer.echo(f"wrote {out}", err=True)
+
+
+@app.command()
+@handles_errors
+def experiment(
+    configs: List[Path] = typer.Argument(..., help="Experiment YAML(s), e.g. configs/experiments/q1_freeze.yaml."),
+):
+    """Train recipe variants and write the markdown table that docs/DISCUSSION.md quotes."""
+    from .experiment import run_experiment
+
+    for c in configs:
+        out = run_experiment(c, log=lambda line: typer.echo(line, err=True))
+        typer.echo(f"wrote {out}", err=True)
 
 
 def main() -> None:

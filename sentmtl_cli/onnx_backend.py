@@ -1,0 +1,147 @@
+"""The fast path: the backbone exported to ONNX (optionally int8), run by ONNX Runtime.
+
+Running needs onnxruntime, tokenizers and numpy only: no torch, no transformers. Exporting needs
+torch (it runs once, in `sentmtl export` / `make setup`).
+
+The graph computes the transformer, pooling and normalization, and outputs the sentence embedding
+plus every hidden state; a call asks only for the outputs its heads read.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+
+from .config import ModelConfig
+from .errors import SentmtlError
+
+EXPORT_FORMAT = "sentmtl-onnx/1"
+FP32, INT8 = "model.onnx", "model.int8.onnx"
+
+
+def export_dir(cfg: ModelConfig) -> Path:
+    """Where a config's ONNX export lives: beside the config, `<name>.onnx/`."""
+    src = cfg.source
+    if src is None:
+        raise SentmtlError("this config was not loaded from a file, so it has no export folder")
+    return src.parent / f"{src.stem}.onnx"
+
+
+def _stamp(path: Path) -> list:
+    st = Path(path).stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def source_identity(cfg: ModelConfig, folder: Path) -> dict:
+    """What the export was made from; if any of it changes, the export is stale."""
+    b = cfg.backbone
+    return {
+        "weights": _stamp(folder / "model.safetensors"),
+        "fine_tuned": _stamp(b.weights) if b.weights else None,
+        "pooling": b.pooling,
+        "normalize": b.normalize,
+    }
+
+
+def find_export(cfg: ModelConfig, folder: Path, int8: bool) -> tuple[Path | None, str]:
+    """(path to the .onnx file, '') if a fresh export exists, else (None, why not)."""
+    try:
+        d = export_dir(cfg)
+    except SentmtlError as e:
+        return None, str(e)
+    meta_path = d / "export.json"
+    f = d / (INT8 if int8 else FP32)
+    if not meta_path.is_file() or not f.is_file():
+        return None, f"no ONNX export at {d} (run `sentmtl export --config {cfg.source}{' --int8' if int8 else ''}`)"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError:
+        return None, f"{meta_path} is unreadable; re-run `sentmtl export`"
+    if meta.get("format") != EXPORT_FORMAT or meta.get("source") != source_identity(cfg, folder):
+        return None, f"the ONNX export at {d} is stale (the backbone changed); re-run `sentmtl export`"
+    return f, ""
+
+
+class OnnxBackbone:
+    def __init__(self, path: Path, threads: int | None, num_layers: int, cfg):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise SentmtlError(f"cannot load the ONNX model {path}: {str(e).splitlines()[0]}") from None
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.num_layers = num_layers
+        self.cfg = cfg
+
+    def encode(self, batch, layers: set[int]) -> dict:
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self.inputs:
+            feeds["token_type_ids"] = batch.token_type_ids
+        wanted = sorted(layers)
+        outs = self.session.run(["sentence_embedding"] + [f"hidden_{i}" for i in wanted], feeds)
+        feats = {"sentence_embedding": outs[0]}
+        if wanted:
+            feats["hidden_states"] = dict(zip(wanted, outs[1:]))
+        return feats
+
+
+def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, log=print) -> Path:
+    """Export the config's backbone (transformer + pooling + normalization) to ONNX."""
+    import torch
+
+    from .backbone import TorchBackbone
+    from .io import atomic_write_text
+
+    out = out or export_dir(cfg)
+    out.mkdir(parents=True, exist_ok=True)
+    bb = TorchBackbone(cfg.backbone, folder, attn_implementation="eager")
+    n_layers = bb.num_layers
+
+    class Graph(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.bb = bb.model
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            o = bb.forward(input_ids, attention_mask, token_type_ids, hidden_states=True)
+            return (o["sentence_embedding"], *o["hidden_states"])
+
+    names = ["sentence_embedding"] + [f"hidden_{i}" for i in range(n_layers + 1)]
+    dyn = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+           "token_type_ids": {0: "batch", 1: "seq"}, "sentence_embedding": {0: "batch"}}
+    dyn.update({n: {0: "batch", 1: "seq"} for n in names[1:]})
+    ids = torch.ones((2, 8), dtype=torch.long)
+    tmp = out / (FP32 + ".tmp")
+    log(f"exporting {folder} -> {out / FP32}")
+    import logging
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the exporter's advice is for graphs unlike ours
+        torch.onnx.export(Graph().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp),
+                          input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=names,
+                          dynamic_axes=dyn, opset_version=17, dynamo=False, do_constant_folding=True)
+    os.replace(tmp, out / FP32)
+    if int8:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        log(f"quantizing -> {out / INT8}")
+        tmp8 = out / (INT8 + ".tmp")
+        logging.getLogger().setLevel(logging.ERROR)
+        # weights of every MatMul as int8, per output channel, in the 7-bit range (reduce_range):
+        # of the settings measured, this one kept the most labels and STS-B (docs/ARCHITECTURE.md)
+        quantize_dynamic(str(out / FP32), str(tmp8), weight_type=QuantType.QInt8, per_channel=True,
+                         reduce_range=True, op_types_to_quantize=["MatMul"])
+        os.replace(tmp8, out / INT8)
+    meta = {"format": EXPORT_FORMAT, "source": source_identity(cfg, folder), "layers": n_layers,
+            "outputs": names, "int8": int8 or (out / INT8).is_file()}
+    atomic_write_text(out / "export.json", json.dumps(meta, indent=1))
+    return out

