@@ -59,11 +59,15 @@ def load_experiment(path: Path) -> ExperimentConfig:
 
 
 def _sts_subset(path: Path, limit: int, dest: Path) -> Path:
-    """The first `limit` scored pairs, as s1<TAB>s2<TAB>score (a fixed, reproducible subsample)."""
+    """`limit` scored pairs drawn with a fixed seed across the whole file (STS-B is ordered by
+    genre, so its first rows alone would be one easy genre), as s1<TAB>s2<TAB>score."""
+    import numpy as np
+
     from .evaluate import read_sts
 
     a, b, g = read_sts(path)
-    dest.write_text("".join(f"{x}\t{y}\t{s}\n" for x, y, s in list(zip(a, b, g))[:limit]), encoding="utf-8")
+    idx = np.sort(np.random.default_rng(0).permutation(len(g))[:limit])
+    dest.write_text("".join(f"{a[i]}\t{b[i]}\t{g[i]}\n" for i in idx), encoding="utf-8")
     return dest
 
 

@@ -93,6 +93,23 @@ class OnnxBackbone:
         return feats
 
 
+def _fuse(path: Path, bb, log) -> None:
+    """ONNX Runtime's transformer fusions (attention, LayerNorm, GELU and bias into single kernels),
+    applied once here rather than left to chance at every load. Skipped, with a note, if the
+    optimizer does not recognise the graph: the plain graph still runs."""
+    try:
+        from onnxruntime.transformers import optimizer
+
+        cfg = bb.model.config
+        opt = optimizer.optimize_model(str(path), model_type="bert", num_heads=int(cfg.num_attention_heads),
+                                       hidden_size=int(cfg.hidden_size), opt_level=1)
+        opt.save_model_to_file(str(path))
+        fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
+        log(f"fused operators: {fused}")
+    except Exception as e:  # the optimizer is an optional extra step
+        log(f"note: transformer fusion skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+
+
 def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, log=print) -> Path:
     """Export the config's backbone (transformer + pooling + normalization) to ONNX."""
     import torch
@@ -129,8 +146,8 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
         torch.onnx.export(Graph().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp),
                           input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=names,
                           dynamic_axes=dyn, opset_version=17, dynamo=False, do_constant_folding=True)
-    os.replace(tmp, out / FP32)
     if int8:
+        # quantized from the plain graph: the quantizer does not know the fused operators' types
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         log(f"quantizing -> {out / INT8}")
@@ -138,9 +155,11 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
         logging.getLogger().setLevel(logging.ERROR)
         # weights of every MatMul as int8, per output channel, in the 7-bit range (reduce_range):
         # of the settings measured, this one kept the most labels and STS-B (docs/ARCHITECTURE.md)
-        quantize_dynamic(str(out / FP32), str(tmp8), weight_type=QuantType.QInt8, per_channel=True,
+        quantize_dynamic(str(tmp), str(tmp8), weight_type=QuantType.QInt8, per_channel=True,
                          reduce_range=True, op_types_to_quantize=["MatMul"])
         os.replace(tmp8, out / INT8)
+    _fuse(tmp, bb, log)
+    os.replace(tmp, out / FP32)
     meta = {"format": EXPORT_FORMAT, "source": source_identity(cfg, folder), "layers": n_layers,
             "outputs": names, "int8": int8 or (out / INT8).is_file()}
     atomic_write_text(out / "export.json", json.dumps(meta, indent=1))
