@@ -163,12 +163,17 @@ def load_config(path: Path | str | None = None) -> ModelConfig:
 
 
 # ---- training recipes -------------------------------------------------------------------------------
-class UnfreezeStep(_Strict):
+class _Recipe(BaseModel):
+    # validators are built on first use, not at import: `embed` and friends never pay for them
+    model_config = ConfigDict(extra="forbid", defer_build=True)
+
+
+class UnfreezeStep(_Recipe):
     epoch: int = Field(ge=1)  # from this epoch on (1-based) ...
     top_layers: int = Field(ge=0)  # ... the top N transformer layers train (a large N = all)
 
 
-class BackboneTrainConfig(_Strict):
+class BackboneTrainConfig(_Recipe):
     train: Literal["frozen", "full", "top"] = "frozen"
     top_layers: int = Field(2, ge=1)  # with train: top
     unfreeze: list[UnfreezeStep] = Field(default_factory=list)  # gradual unfreezing schedule
@@ -176,16 +181,16 @@ class BackboneTrainConfig(_Strict):
     save_dtype: Literal["float16", "float32"] = "float16"
 
 
-class SamplingConfig(_Strict):
+class SamplingConfig(_Recipe):
     strategy: Literal["proportional", "temperature", "uniform", "round_robin"] = "proportional"
     temperature: float = Field(2.0, gt=0)
 
 
-class PreserveConfig(_Strict):
+class PreserveConfig(_Recipe):
     weight: float = Field(1.0, ge=0)
 
 
-class TrainTaskConfig(_Strict):
+class TrainTaskConfig(_Recipe):
     data: "DataConfig"
     val_data: "DataConfig | None" = None  # default: held out from `data` by val_fraction
     extra_data: "list[DataConfig]" = Field(default_factory=list)  # more training data for this head (never validated on)
@@ -197,7 +202,7 @@ class TrainTaskConfig(_Strict):
     metric: Literal["accuracy", "macro_f1", "macro_recall", "entity_f1"] | None = None
 
 
-class TrainConfig(_Strict):
+class TrainConfig(_Recipe):
     model: Path  # the model config to start from (backbone + heads)
     output: Path  # the trained model folder
     init_heads: Literal["seed", "weights"] = "seed"  # trained heads start from the seed, or the config's weights

@@ -17,7 +17,7 @@ from .text import words_to_text
 
 
 class DataConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", defer_build=True)
 
     path: Path
     format: Literal["tsv", "csv", "jsonl", "text", "conll", "auto"] = "auto"

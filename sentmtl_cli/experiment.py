@@ -169,8 +169,20 @@ def fmt(x, digits=1, scale=100.0) -> str:
     return "—" if x is None else f"{scale * x:.{digits}f}"
 
 
+def trained_tasks(exp: ExperimentConfig) -> set[str]:
+    """Tasks that some stage of some variant trains (a head that only ever watched is left out)."""
+    out = set()
+    for v in exp.variants:
+        for over in [v.set] + ([v.then.set] if v.then else []):
+            cfg = load_train_config(exp.recipe, over)
+            out |= {t for t, c in cfg.tasks.items() if not c.eval_only}
+    return out
+
+
 def render_markdown(exp: ExperimentConfig, rows: list[dict], seconds: float, recipe) -> str:
-    tasks = sorted({t for r in rows for t in r["scores"]}, key=lambda t: list(recipe.tasks).index(t) if t in recipe.tasks else 99)
+    shown = trained_tasks(exp)
+    tasks = sorted({t for r in rows for t in r["scores"] if t in shown},
+                   key=lambda t: list(recipe.tasks).index(t) if t in recipe.tasks else 99)
     metrics = {t: (recipe.tasks[t].metric or ("entity_f1" if t == "ner" else "accuracy")) for t in tasks}
     head = ["variant"] + [f"{t} ({metrics[t].replace('_', '-')})" for t in tasks]
     if "stsb" in exp.columns:
@@ -200,13 +212,21 @@ def render_markdown(exp: ExperimentConfig, rows: list[dict], seconds: float, rec
     out = [f"### {exp.title}", "", *lines, ""]
     for r in rows:
         if r.get("history"):
-            ts = [k for k in r["history"][0] if k != "epoch"]
+            ts = [k for k in r["history"][0] if k != "epoch" and k in shown]
             out += [f"Per epoch, `{r['variant']}`:", "", "| epoch | " + " | ".join(ts) + " |", "|---|" + "---|" * len(ts)]
             out += [f"| {h['epoch']} | " + " | ".join(fmt(h[t]) for t in ts) + " |" for h in r["history"]]
             out.append("")
     out.append(f"_Measured by `sentmtl experiment` from `{exp.name}` in {seconds / 60:.1f} min on this machine; "
                f"scores are x100 on the recipe's held-out validation split._")
     return "\n".join(out) + "\n"
+
+
+def rerender(path: Path) -> Path:
+    """Write the table again from the JSON of the last run (no training)."""
+    exp = load_experiment(path)
+    doc = json.loads(exp.output.with_suffix(".json").read_text())
+    atomic_write_text(exp.output, render_markdown(exp, doc["rows"], doc["seconds"], load_train_config(exp.recipe)))
+    return exp.output
 
 
 def run_experiment(path: Path, log=print) -> Path:

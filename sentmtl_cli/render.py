@@ -8,14 +8,21 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from rich.console import Console
-from rich.table import Table
 
 from .errors import SentmtlError
 
 
-def stdout_console() -> Console:
+def stdout_console():
+    from rich.console import Console
+
     return Console(soft_wrap=False)
+
+
+def new_table(*args, **kwargs):
+    """A rich Table; rich is imported only when a table is drawn (JSON output never loads it)."""
+    from rich.table import Table
+
+    return Table(*args, **kwargs)
 
 
 def clip(text: str, n: int = 60) -> str:
@@ -53,8 +60,8 @@ def embed_json(model_name: str, normalized: bool, texts: list[str], emb: np.ndar
     }
 
 
-def embed_table(texts: list[str], emb: np.ndarray) -> Table:
-    t = Table(title=f"embeddings ({emb.shape[1]} dimensions)")
+def embed_table(texts: list[str], emb: np.ndarray) -> "rich.table.Table":
+    t = new_table(title=f"embeddings ({emb.shape[1]} dimensions)")
     for col in ("#", "text", "dim", "norm", "first values"):
         t.add_column(col, justify="right" if col in ("#", "dim", "norm") else "left")
     for i, (text, e) in enumerate(zip(texts, emb)):
@@ -79,15 +86,15 @@ def similarity_pairs(texts: list[str], matrix: np.ndarray) -> list[dict]:
     ]
 
 
-def similarity_table(metric: str, texts: list[str], matrix: np.ndarray) -> Table:
+def similarity_table(metric: str, texts: list[str], matrix: np.ndarray) -> "rich.table.Table":
     if len(texts) == 2:
-        t = Table(title=f"{metric} similarity")
+        t = new_table(title=f"{metric} similarity")
         t.add_column("a")
         t.add_column("b")
         t.add_column("score", justify="right")
         t.add_row(clip(texts[0], 40), clip(texts[1], 40), f"{matrix[0, 1]:.4f}")
         return t
-    t = Table(title=f"{metric} similarity matrix")
+    t = new_table(title=f"{metric} similarity matrix")
     t.add_column("#", justify="right")
     t.add_column("text")
     for j in range(len(texts)):
@@ -98,13 +105,13 @@ def similarity_table(metric: str, texts: list[str], matrix: np.ndarray) -> Table
 
 
 # ---- predict ------------------------------------------------------------------------------------
-def predict_tables(results: list[dict], tasks: list[str], heads: dict, top_k: int) -> list[Table]:
+def predict_tables(results: list[dict], tasks: list[str], heads: dict, top_k: int) -> list["rich.table.Table"]:
     tables = []
     for task in tasks:
         head = heads[task]
         desc = f" — {head.cfg.description}" if head.cfg.description else ""
         untrained = any(r[task].get("untrained") for r in results)
-        t = Table(title=f"{task}{desc}")
+        t = new_table(title=f"{task}{desc}")
         t.add_column("#", justify="right")
         t.add_column("text")
         if head.level == "sentence":
@@ -134,8 +141,8 @@ def predict_tables(results: list[dict], tasks: list[str], heads: dict, top_k: in
 
 
 # ---- search -------------------------------------------------------------------------------------
-def search_table(query: str, hits: list[dict]) -> Table:
-    t = Table(title=f"nearest lines to: {clip(query, 50)}")
+def search_table(query: str, hits: list[dict]) -> "rich.table.Table":
+    t = new_table(title=f"nearest lines to: {clip(query, 50)}")
     for col in ("rank", "score", "line", "text"):
         t.add_column(col, justify="right" if col != "text" else "left")
     for h in hits:
@@ -144,20 +151,20 @@ def search_table(query: str, hits: list[dict]) -> Table:
 
 
 # ---- evaluate -----------------------------------------------------------------------------------
-def evaluation_table(rep: dict) -> Table:
+def evaluation_table(rep: dict) -> "rich.table.Table":
     if "spearman" in rep:
-        t = Table(title=f"similarity on {rep['data']} ({rep['pairs']} pairs)")
+        t = new_table(title=f"similarity on {rep['data']} ({rep['pairs']} pairs)")
         t.add_column("Spearman x100", justify="right")
         t.add_column("Pearson x100", justify="right")
         t.add_row(f"{rep['spearman']:.2f}", f"{rep['pearson']:.2f}")
         return t
     flag = " — UNTRAINED head" if rep.get("untrained") else ""
     if "per_type" in rep:
-        t = Table(title=f"{rep['task']} on {rep['data']}: entity F1 {rep['entity_f1']:.4f} "
+        t = new_table(title=f"{rep['task']} on {rep['data']}: entity F1 {rep['entity_f1']:.4f} "
                         f"(P {rep['precision']:.4f}, R {rep['recall']:.4f}, {rep['n']} sentences){flag}")
         rows = rep["per_type"]
     else:
-        t = Table(title=f"{rep['task']} on {rep['data']}: accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}, "
+        t = new_table(title=f"{rep['task']} on {rep['data']}: accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}, "
                         f"macro-recall {rep['macro_recall']:.4f} ({rep['n']} examples){flag}")
         rows = rep["per_label"]
     for col in ("label", "precision", "recall", "f1", "support"):
