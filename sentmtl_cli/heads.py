@@ -45,8 +45,18 @@ def activation(name: str, x: np.ndarray) -> np.ndarray:
         return np.maximum(x, 0)
     if name == "tanh":
         return np.tanh(x)
-    # tanh-approximated GELU: the torch module uses nn.GELU(approximate="tanh") to match
-    return 0.5 * x * (1.0 + np.tanh(0.7978845608028654 * (x + 0.044715 * x**3)))
+    # tanh-approximated GELU (the torch module uses nn.GELU(approximate="tanh") to match),
+    # computed in place: no temporaries the size of x beyond one
+    y = x * x
+    y *= x
+    y *= 0.044715
+    y += x
+    y *= 0.7978845608028654
+    np.tanh(y, out=y)
+    y += 1.0
+    y *= x
+    y *= 0.5
+    return y
 
 
 def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:

@@ -134,6 +134,14 @@ class MultiTaskModel:
         texts = check_texts(texts)
         if batch_size < 1:
             raise SentmtlError("--batch-size must be at least 1")
+        from threadpoolctl import threadpool_limits
+
+        # The heads' small matrix products run in numpy; BLAS threads left spinning after them
+        # would compete with the backbone's own threads, so numpy gets one thread here.
+        with threadpool_limits(limits=1, user_api="blas"):
+            return self._run(texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags)
+
+    def _run(self, texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags):
         heads = [self.heads[t] for t in tasks]
         layers = {i for h in heads if h.level == "token" for i in h.layer_indices()}
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -147,32 +155,45 @@ class MultiTaskModel:
             feats = self.backbone.encode(batch, layers)
             if emb is not None:
                 emb[idx] = feats["sentence_embedding"]
+            words = None
             for head in heads:
-                logits = head.logits(feats)
-                probs = head.probabilities(logits)
-                for b, i in enumerate(idx):
-                    if head.level == "sentence":
+                if head.level == "sentence":
+                    probs = head.probabilities(head.logits(feats))
+                    for b, i in enumerate(idx):
                         out = decode_sentence(head.outputs, probs[b], top_k, head.cfg.multi_label)
-                    else:
-                        out = self._decode_tokens(head, chunk[b], batch, b, probs[b], word_tags)
+                        out["untrained"] = not head.trained
+                        results[i][head.task] = out
+                    continue
+                if words is None:  # each word's span and first sub-token, shared by token heads
+                    words = []
+                    for b, text in enumerate(chunk):
+                        spans = split_words(text)
+                        first = align_first_subtokens(spans, batch.offsets[b], batch.special[b])
+                        words.append([(sp, t) for sp, t in zip(spans, first) if t >= 0])
+                # the head runs on first sub-tokens only, not on padding and word pieces
+                rows_b = np.array([b for b, ws in enumerate(words) for _ in ws], dtype=np.int64)
+                rows_t = np.array([t for ws in words for _, t in ws], dtype=np.int64)
+                tokens = head.token_features(feats)[rows_b, rows_t]
+                probs = head.probabilities(head.mlp(tokens)) if len(tokens) else np.zeros((0, len(head.outputs)))
+                pos = 0
+                for b, i in enumerate(idx):
+                    n = len(words[b])
+                    out = self._decode_words(head, chunk[b], [sp for sp, _ in words[b]], probs[pos : pos + n], word_tags)
                     out["untrained"] = not head.trained
                     results[i][head.task] = out
+                    pos += n
             if progress:
                 progress(len(idx))
         return emb, results
 
     @staticmethod
-    def _decode_tokens(head: Head, text: str, batch, b: int, probs: np.ndarray, word_tags: bool = False) -> dict:
-        spans = split_words(text)
-        first = align_first_subtokens(spans, batch.offsets[b], batch.special[b])
-        kept = [span for span, t in zip(spans, first) if t >= 0]
-        rows = probs[[t for t in first if t >= 0]]
-        path = bio_viterbi(rows, head.outputs)
+    def _decode_words(head: Head, text: str, spans: list, probs: np.ndarray, word_tags: bool = False) -> dict:
+        path = bio_viterbi(probs, head.outputs)
         tags = [head.outputs[k] for k in path]
-        ps = [float(rows[i, k]) for i, k in enumerate(path)]
-        out = {"entities": decode_entities(text, kept, tags, ps)}
+        ps = [float(probs[i, k]) for i, k in enumerate(path)]
+        out = {"entities": decode_entities(text, spans, tags, ps)}
         if word_tags:  # per word (start, end, BIO tag): what evaluation scores
-            out["words"] = [(s, e, t) for (s, e), t in zip(kept, tags)]
+            out["words"] = [(s, e, t) for (s, e), t in zip(spans, tags)]
         return out
 
     # ---- the public API -----------------------------------------------------------------------
