@@ -51,6 +51,9 @@ def bio_viterbi(probs: np.ndarray, tags: list[str]) -> list[int]:
     n = len(probs)
     if n == 0:
         return []
+    best = probs.argmax(-1).tolist()
+    if _valid_bio(best, tags):  # the unconstrained optimum is valid, so it is the answer
+        return best
     logp = np.log(np.clip(probs, 1e-12, None))
     k = len(tags)
     allowed = np.ones((k, k), dtype=bool)  # allowed[prev, cur]
@@ -71,3 +74,13 @@ def bio_viterbi(probs: np.ndarray, tags: list[str]) -> list[int]:
     for w in range(n - 1, 0, -1):
         path.append(int(back[w, path[-1]]))
     return path[::-1]
+
+
+def _valid_bio(path: list[int], tags: list[str]) -> bool:
+    prev = "O"
+    for k in path:
+        t = tags[k]
+        if t.startswith("I-") and prev not in (f"B-{t[2:]}", t):
+            return False
+        prev = t
+    return True

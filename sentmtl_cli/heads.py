@@ -207,7 +207,10 @@ class TokenClassificationHead(Head):
 
     @property
     def outputs(self) -> list[str]:
-        return bio_tags(self.cfg.labels)
+        key = tuple(self.cfg.labels)
+        if getattr(self, "_tags_key", None) != key:  # computed once per label set, not per word
+            self._tags_key, self._tags = key, bio_tags(self.cfg.labels)
+        return self._tags
 
     def layer_indices(self) -> list[int]:
         out = []

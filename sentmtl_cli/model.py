@@ -188,8 +188,9 @@ class MultiTaskModel:
 
     @staticmethod
     def _decode_words(head: Head, text: str, spans: list, probs: np.ndarray, word_tags: bool = False) -> dict:
-        path = bio_viterbi(probs, head.outputs)
-        tags = [head.outputs[k] for k in path]
+        names = head.outputs
+        path = bio_viterbi(probs, names)
+        tags = [names[k] for k in path]
         ps = [float(probs[i, k]) for i, k in enumerate(path)]
         out = {"entities": decode_entities(text, spans, tags, ps)}
         if word_tags:  # per word (start, end, BIO tag): what evaluation scores

@@ -183,3 +183,23 @@ def test_property_unicode_never_crashes_and_spans_slice(model, text):
         assert 0 <= e["start"] < e["end"] <= len(text)
         assert text[e["start"] : e["end"]] == e["text"]
         assert e["text"].strip() == e["text"] and e["text"]
+
+
+def test_bio_viterbi_is_the_best_valid_path():
+    """Checked against brute force: the most probable tag sequence in which I-X follows B-X or I-X."""
+    import itertools
+
+    from sentmtl_cli.decode import _valid_bio, bio_viterbi
+
+    tags = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG"]
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        n = int(rng.integers(1, 5))
+        p = rng.dirichlet(np.ones(len(tags)) * 0.5, size=n)
+        valid = [list(c) for c in itertools.product(range(len(tags)), repeat=n) if _valid_bio(list(c), tags)]
+        best = max(valid, key=lambda c: np.log(p[np.arange(n), c]).sum())
+        got = bio_viterbi(p, tags)
+        assert _valid_bio(got, tags) and got == best
+    # a stray I- tag cannot open an entity
+    p = np.array([[0.2, 0.1, 0.0, 0.0, 0.7], [0.9, 0.0, 0.0, 0.0, 0.1]])
+    assert [tags[k] for k in bio_viterbi(p, tags)] != ["I-ORG", "O"]
