@@ -144,13 +144,15 @@ class MultiTaskModel:
     def _run(self, texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags):
         heads = [self.heads[t] for t in tasks]
         layers = {i for h in heads if h.level == "token" for i in h.layer_indices()}
-        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        # tokenize once, then batch texts of similar token counts: little padding to compute
+        raw = self.tokenizer.encode_raw(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(raw[i][0]))
         emb = np.zeros((len(texts), self.dim), dtype=np.float32) if want_embeddings else None
         results: list[dict] = [{"text": t} for t in texts]
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
             chunk = [texts[i] for i in idx]
-            batch = self.tokenizer.encode(chunk)
+            batch = self.tokenizer.pad([raw[i] for i in idx])
             warn_truncated(batch, [offset + i for i in idx], self.tokenizer.max_seq_length)
             feats = self.backbone.encode(batch, layers)
             if emb is not None:

@@ -43,10 +43,11 @@ class Tokenizer:
             pad = self._tok.token_to_id("<pad>")
         self.pad_id = 0 if pad is None else pad
 
-    def encode(self, texts: list[str], warn_names: list[str] | None = None) -> Batch:
+    def encode_raw(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]], list[int], int]]:
+        """Per text, unpadded: ids, char offsets, special-token mask, tokens dropped by truncation."""
         encs = self._tok.encode_batch(list(texts), add_special_tokens=True)
         L = self.max_seq_length
-        ids, offs, specials, dropped = [], [], [], []
+        out = []
         for enc in encs:
             i, o, s = list(enc.ids), list(enc.offsets), list(enc.special_tokens_mask)
             cut = 0
@@ -59,18 +60,22 @@ class Tokenizer:
                 i = i[: L - tail] + i[len(i) - tail :]
                 o = o[: L - tail] + o[len(o) - tail :]
                 s = s[: L - tail] + s[len(s) - tail :]
-            ids.append(i)
-            offs.append([tuple(x) for x in o])
-            specials.append(s)
-            dropped.append(cut)
-        T = max(len(i) for i in ids) if ids else 0
-        B = len(ids)
-        input_ids = np.full((B, T), self.pad_id, dtype=np.int64)
-        mask = np.zeros((B, T), dtype=np.int64)
-        for b, i in enumerate(ids):
-            input_ids[b, : len(i)] = i
-            mask[b, : len(i)] = 1
-        return Batch(input_ids, mask, np.zeros_like(input_ids), offs, specials, dropped)
+            out.append((i, [tuple(x) for x in o], s, cut))
+        return out
+
+    def pad(self, items) -> Batch:
+        """A padded batch from encode_raw items."""
+        T = max((len(it[0]) for it in items), default=0)
+        input_ids = np.full((len(items), T), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(items), T), dtype=np.int64)
+        for b, it in enumerate(items):
+            input_ids[b, : len(it[0])] = it[0]
+            mask[b, : len(it[0])] = 1
+        return Batch(input_ids, mask, np.zeros_like(input_ids), [it[1] for it in items],
+                     [it[2] for it in items], [it[3] for it in items])
+
+    def encode(self, texts: list[str]) -> Batch:
+        return self.pad(self.encode_raw(texts))
 
     def lengths(self, texts: list[str]) -> list[int]:
         return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=True)]
