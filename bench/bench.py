@@ -71,10 +71,11 @@ def forward_gflop(model, texts: list[str], batch_size: int = 32) -> float:
 
     cfg = _j.loads((model.folder / "config.json").read_text())
     d, L, ff = cfg["hidden_size"], cfg["num_hidden_layers"], cfg["intermediate_size"]
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    raw = model.tokenizer.encode_raw(texts)
+    order = sorted(range(len(texts)), key=lambda i: len(raw[i][0]))  # batched as sentmtl batches
     total = 0.0
     for s in range(0, len(order), batch_size):
-        batch = model.tokenizer.encode([texts[i] for i in order[s : s + batch_size]])
+        batch = model.tokenizer.pad([raw[i] for i in order[s : s + batch_size]])
         B, T = batch.input_ids.shape
         total += B * T * L * (2 * 4 * d * d + 2 * 2 * d * ff + 4 * T * d)
     return total / 1e9
