@@ -82,8 +82,6 @@ def forward_gflop(model, texts: list[str], batch_size: int = 32) -> float:
 
 
 def bulk(texts: list[str]) -> dict:
-    import numpy as np
-
     import sentmtl_cli
 
     res = {}

@@ -95,7 +95,6 @@ class TorchBackbone:
     def __init__(self, cfg: BackboneConfig, folder: Path, attn_implementation: str | None = None):
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
         os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-        import torch  # noqa: F401
         from transformers import AutoModel
         from transformers.utils import logging as hf_logging
 

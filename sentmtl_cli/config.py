@@ -97,17 +97,10 @@ def read_yaml(path: Path) -> dict:
     """Read a YAML mapping with errors that name the file."""
     import yaml
 
+    from .io import read_text
+
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SentmtlError(f"config not found: {path}") from None
-    except IsADirectoryError:
-        raise SentmtlError(f"config is a folder, not a YAML file: {path}") from None
-    except UnicodeDecodeError:
-        raise SentmtlError(f"config is not UTF-8 text: {path}") from None
-    except OSError as e:
-        raise SentmtlError(f"cannot read config {path}: {e.strerror}") from None
+    text = read_text(path, "config")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -131,6 +124,17 @@ def format_validation_error(e: ValidationError, path: Path) -> str:
     return f"invalid config {path}: {loc}: {msg}{more}"
 
 
+def validate(model_cls, data: dict, path: Path):
+    """Validate a YAML mapping against a config model; errors name the file and the key."""
+    try:
+        cfg = model_cls.model_validate(data)
+    except ValidationError as e:
+        raise SentmtlError(format_validation_error(e, path)) from None
+    if "source" in model_cls.model_fields:
+        cfg.source = Path(path).resolve()
+    return cfg
+
+
 def _resolve(base: Path, p: Path | None) -> Path | None:
     if p is None:
         return None
@@ -141,13 +145,8 @@ def _resolve(base: Path, p: Path | None) -> Path | None:
 def load_config(path: Path | str | None = None) -> ModelConfig:
     """Load and validate a model config; relative paths are taken from the config's folder."""
     path = Path(path) if path is not None else default_config_path()
-    data = read_yaml(path)
-    try:
-        cfg = ModelConfig.model_validate(data)
-    except ValidationError as e:
-        raise SentmtlError(format_validation_error(e, path)) from None
+    cfg = validate(ModelConfig, read_yaml(path), path)
     base = path.resolve().parent
-    cfg.source = path.resolve()
     cfg.backbone.path = _resolve(base, cfg.backbone.path)
     cfg.backbone.weights = _resolve(base, cfg.backbone.weights)
     from .heads import known_head_types
@@ -247,12 +246,8 @@ def load_train_config(path: Path | str, overrides: dict | None = None) -> TrainC
             if not isinstance(node, dict):
                 raise SentmtlError(f"override {key}: {p} is not a mapping in {path}")
         node[parts[-1]] = value
-    try:
-        cfg = TrainConfig.model_validate(data)
-    except ValidationError as e:
-        raise SentmtlError(format_validation_error(e, path)) from None
+    cfg = validate(TrainConfig, data, path)
     base = path.resolve().parent
-    cfg.source = path.resolve()
     cfg.model = _resolve(base, cfg.model)
     cfg.output = _resolve(base, cfg.output)
     cfg.feature_cache = _resolve(base, cfg.feature_cache)

@@ -57,16 +57,9 @@ def infer_format(path: Path) -> str:
 
 
 def _read_text(path: Path) -> str:
-    try:
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise SentmtlError(f"data file not found: {path}") from None
-    except IsADirectoryError:
-        raise SentmtlError(f"data path is a folder, not a file: {path}") from None
-    except UnicodeDecodeError as e:
-        raise SentmtlError(f"data file {path} is not UTF-8 (bad byte at offset {e.start})") from None
-    except OSError as e:
-        raise SentmtlError(f"cannot read data file {path}: {e.strerror}") from None
+    from .io import read_text
+
+    return read_text(path, "data file")
 
 
 def _column(row, col, names: list[str] | None, path: Path):

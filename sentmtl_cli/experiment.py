@@ -7,9 +7,9 @@ import time
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from .config import _resolve, format_validation_error, load_train_config, read_yaml
+from .config import _resolve, load_train_config, read_yaml, validate
 from .errors import SentmtlError
 from .io import atomic_write_text
 
@@ -46,10 +46,7 @@ class ExperimentConfig(_Strict):
 
 def load_experiment(path: Path) -> ExperimentConfig:
     path = Path(path)
-    try:
-        cfg = ExperimentConfig.model_validate(read_yaml(path))
-    except ValidationError as e:
-        raise SentmtlError(format_validation_error(e, path)) from None
+    cfg = validate(ExperimentConfig, read_yaml(path), path)
     base = path.resolve().parent
     cfg.recipe = _resolve(base, cfg.recipe)
     cfg.output = _resolve(base, cfg.output)

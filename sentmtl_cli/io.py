@@ -5,7 +5,6 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Iterator
 
 from .errors import SentmtlError
 
@@ -40,30 +39,31 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def read_text(path: Path, what: str = "file") -> str:
+    """A UTF-8 text file, with a one-line error naming it for each way reading can fail."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise SentmtlError(f"{what} not found: {path}") from None
+    except IsADirectoryError:
+        raise SentmtlError(f"{path} is a folder, not a {what}") from None
+    except OSError as e:
+        raise SentmtlError(f"cannot read {what} {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SentmtlError(f"{what} {path} is not UTF-8 text (bad byte at offset {e.start})") from None
+
+
 def read_lines(path: str) -> list[str]:
     """One text a line from a file, or stdin for '-'. Blank lines are skipped."""
     if path == "-":
-        data = sys.stdin.buffer.read()
-        name = "stdin"
-    else:
-        p = Path(path)
-        name = str(p)
         try:
-            data = p.read_bytes()
-        except FileNotFoundError:
-            raise SentmtlError(f"file not found: {p}") from None
-        except IsADirectoryError:
-            raise SentmtlError(f"is a folder, not a file: {p}") from None
-        except OSError as e:
-            raise SentmtlError(f"cannot read {p}: {e.strerror}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise SentmtlError(f"{name} is not UTF-8 text (bad byte at offset {e.start})") from None
+            text = sys.stdin.buffer.read().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SentmtlError(f"stdin is not UTF-8 text (bad byte at offset {e.start})") from None
+    else:
+        text = read_text(Path(path))
     lines = [ln.rstrip("\r") for ln in text.split("\n")]
     return [ln for ln in lines if ln.strip()]
-
-
-def iter_chunks(items: list, size: int) -> Iterator[list]:
-    for i in range(0, len(items), size):
-        yield items[i : i + size]

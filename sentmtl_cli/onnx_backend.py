@@ -12,8 +12,6 @@ import json
 import os
 from pathlib import Path
 
-import numpy as np
-
 from .config import ModelConfig
 from .errors import SentmtlError
 

@@ -7,9 +7,14 @@ import json
 import sys
 from pathlib import Path
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 
 from .errors import SentmtlError
+
+if TYPE_CHECKING:
+    import rich.table
 
 
 def stdout_console():

@@ -33,7 +33,7 @@ from .io import atomic_write_bytes, atomic_write_text
 from .metrics import classification_report, entity_report
 from .model import MultiTaskModel
 from .samplers import make_sampler
-from .taskdata import SentenceExamples, TokenExamples, load_examples, split_examples, to_conll_tags
+from .taskdata import load_examples, split_examples, to_conll_tags
 from .text import align_first_subtokens
 from .torch_heads import GradScale, TorchHead
 

@@ -1,6 +1,4 @@
 """Data readers and metrics, on small files the tests write."""
-import json
-
 import numpy as np
 import pytest
 

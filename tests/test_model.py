@@ -7,7 +7,6 @@ from hypothesis import strategies as st
 import sentmtl_cli
 from sentmtl_cli.decode import decode_entities
 from sentmtl_cli.errors import SentmtlError
-from sentmtl_cli.heads import TokenClassificationHead
 from sentmtl_cli.text import align_first_subtokens, split_words
 
 from conftest import write_config

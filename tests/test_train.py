@@ -8,12 +8,11 @@ import torch
 from safetensors.numpy import load_file
 
 from sentmtl_cli.config import load_train_config
-from sentmtl_cli.errors import SentmtlError
 from sentmtl_cli.samplers import make_sampler
 from sentmtl_cli.train import Trainer, train
 
 from conftest import invoke
-from fixtures import write_recipe, write_tsv
+from fixtures import write_recipe
 
 
 def _weights(folder):
