@@ -99,18 +99,12 @@ BackendOpt = typer.Option(None, "--backend", help="auto | torch | onnx | onnx-in
 
 
 def gather_texts(texts: Optional[List[str]], file: Optional[str]) -> list[str]:
-    from .io import read_lines
-    from .model import check_texts
+    """All input texts at once (for commands that need them together, like similarity)."""
+    from .stream import TextSource
 
-    if texts and file:
-        raise SentmtlError("give texts as arguments or --file, not both")
-    if file:
-        return check_texts(read_lines(file))
-    if texts:
-        return check_texts(texts)
-    if not sys.stdin.isatty():
-        return check_texts(read_lines("-"))
-    raise SentmtlError("no input text given (pass texts, --file PATH, or pipe them on stdin)")
+    source = TextSource(texts, file)
+    source.count()  # a clear error when there is no text
+    return list(source)
 
 
 def default_format(fmt):
