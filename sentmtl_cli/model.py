@@ -225,8 +225,8 @@ class MultiTaskModel:
 
 
 def pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
-    if metric == "cosine":
-        return (normalize_numpy(a) @ normalize_numpy(b).T).astype(np.float32)
+    if metric == "cosine":  # clipped: float32 rounding can put a text's self-similarity at 1.0000001
+        return np.clip(normalize_numpy(a) @ normalize_numpy(b).T, -1.0, 1.0).astype(np.float32)
     if metric == "dot":
         return (a @ b.T).astype(np.float32)
     if metric == "euclidean":
