@@ -358,6 +358,7 @@ def info(
     con.print(f"backbone: {bb['source']} ({bb['dimension']} dims, {bb['layers']} layers, {bb['pooling']} pooling, "
               f"{'normalized' if bb['normalize'] else 'not normalized'}, max {bb['max_seq_length']} tokens)")
     con.print(f"folder:   {bb['folder']}")
+    con.print(f"backend:  {bb['backend_in_use']} (config: {bb['backend']}{'; ' + bb['onnx'] if bb['onnx'] else ''})")
     t = Table(title="heads")
     for col in ("task", "type", "labels", "parameters", "trained"):
         t.add_column(col)
