@@ -13,7 +13,6 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import SentmtlError
-from .text import words_to_text
 
 
 class DataConfig(BaseModel):
@@ -44,10 +43,6 @@ class TokenData:
     words: list[list[str]]
     tags: list[list[int]]  # indices into the BIO tag list
     bad: dict[str, int] = field(default_factory=dict)
-
-    @property
-    def texts(self) -> list[str]:
-        return [words_to_text(w)[0] for w in self.words]
 
 
 def infer_format(path: Path) -> str:

@@ -7,24 +7,14 @@ import numpy as np
 
 from .data import DataConfig, _read_text
 from .errors import SentmtlError
+from .io import NullProgress
 from .metrics import classification_report, entity_report, pearson, spearman
 from .backbone import normalize_numpy
 from .model import MultiTaskModel
 from .taskdata import TokenExamples, load_examples, to_conll_tags
 
 
-class _NoProgress:
-    def __init__(self, *a):
-        pass
-
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
-
-
-def evaluate_task(model: MultiTaskModel, task: str, data: DataConfig, batch_size: int = 64, progress_factory=_NoProgress) -> dict:
+def evaluate_task(model: MultiTaskModel, task: str, data: DataConfig, batch_size: int = 64, progress_factory=NullProgress) -> dict:
     model.resolve_tasks([task])
     head = model.heads[task]
     ex = load_examples(head, data, task)
@@ -81,7 +71,7 @@ def read_sts(path: Path) -> tuple[list[str], list[str], np.ndarray]:
     return a, b, np.array(gold)
 
 
-def evaluate_similarity(model: MultiTaskModel, path: Path, batch_size: int = 64, progress_factory=_NoProgress) -> dict:
+def evaluate_similarity(model: MultiTaskModel, path: Path, batch_size: int = 64, progress_factory=NullProgress) -> dict:
     a, b, gold = read_sts(path)
     with progress_factory(len(a) * 2, "embedding pairs") as progress:
         emb = model.embed(a + b, batch_size=batch_size, progress=progress)

@@ -67,3 +67,16 @@ def read_lines(path: str) -> list[str]:
         text = read_text(Path(path))
     lines = [ln.rstrip("\r") for ln in text.split("\n")]
     return [ln for ln in lines if ln.strip()]
+
+
+class NullProgress:
+    """Stands in for a progress bar where none is shown: a context manager yielding None."""
+
+    def __init__(self, *args):
+        pass
+
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False

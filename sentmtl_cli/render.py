@@ -1,17 +1,12 @@
-"""Output: rich tables for people, json/jsonl/npy for scripts. Machine output goes to stdout
+"""Output: rich tables for people, json/jsonl for scripts (streamed writers are in stream.py). Machine output goes to stdout
 clean; everything else (progress, warnings) goes to stderr."""
 from __future__ import annotations
 
-import io
 import json
 import sys
-from pathlib import Path
-
 from typing import TYPE_CHECKING
 
 import numpy as np
-
-from .errors import SentmtlError
 
 if TYPE_CHECKING:
     import rich.table
@@ -45,26 +40,7 @@ def write_jsonl(objs) -> None:
     sys.stdout.flush()
 
 
-def write_npy(path: Path | None, matrix: np.ndarray) -> None:
-    from .io import atomic_write_bytes
-
-    if path is None:
-        raise SentmtlError("--format npy needs --output FILE")
-    buf = io.BytesIO()
-    np.save(buf, np.ascontiguousarray(matrix, dtype=np.float32))
-    atomic_write_bytes(Path(path), buf.getvalue())
-
-
 # ---- embed --------------------------------------------------------------------------------------
-def embed_json(model_name: str, normalized: bool, texts: list[str], emb: np.ndarray) -> dict:
-    return {
-        "model": model_name,
-        "dimension": int(emb.shape[1]),
-        "normalized": normalized,
-        "embeddings": [{"text": t, "embedding": e.tolist()} for t, e in zip(texts, emb)],
-    }
-
-
 def embed_table(texts: list[str], emb: np.ndarray) -> "rich.table.Table":
     t = new_table(title=f"embeddings ({emb.shape[1]} dimensions)")
     for col in ("#", "text", "dim", "norm", "first values"):

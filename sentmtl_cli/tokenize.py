@@ -77,9 +77,6 @@ class Tokenizer:
     def encode(self, texts: list[str]) -> Batch:
         return self.pad(self.encode_raw(texts))
 
-    def lengths(self, texts: list[str]) -> list[int]:
-        return [len(e.ids) for e in self._tok.encode_batch(list(texts), add_special_tokens=True)]
-
 
 def warn_truncated(batch: Batch, indices: list[int], max_len: int) -> None:
     """One stderr line per cut text: which input, how many tokens were dropped."""

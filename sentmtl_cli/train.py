@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -29,7 +30,7 @@ from .config import ModelConfig, TrainConfig, load_config
 from .decode import bio_viterbi
 from .errors import SentmtlError
 from .heads import Head
-from .io import atomic_write_bytes, atomic_write_text
+from .io import NullProgress, atomic_write_bytes, atomic_write_text
 from .metrics import classification_report, entity_report
 from .model import MultiTaskModel
 from .samplers import make_sampler
@@ -545,7 +546,7 @@ class Trainer:
             start_epoch = done + 1
             if metrics_path.is_file():
                 result.history = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()][:done]
-        pf = progress_factory or (lambda total, label: _NullProgress())
+        pf = progress_factory or NullProgress
         if not self.trains_backbone:
             n = sum(len(s.train) + len(s.val) for s in self.tasks.values())
             with pf(n, "caching backbone features") as p:
@@ -598,14 +599,6 @@ class Trainer:
         return result
 
 
-class _NullProgress:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
-
-
 class _Cycler:
     """Batches of indices in a seeded order, reshuffled whenever the data runs out."""
 
@@ -650,22 +643,39 @@ def plot_curves(history: list[dict], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def prepare_output(cfg: TrainConfig, force: bool, resume: bool) -> None:
+def prepare_output(cfg: TrainConfig, force: bool, resume: bool) -> Path | None:
+    """Make the output folder ready. An existing model is never overwritten without --force, and
+    with --force it is moved aside (returned), to be deleted only once the new run has succeeded."""
     out = cfg.output
     if out.exists() and not out.is_dir():
         raise SentmtlError(f"output {out} exists and is not a folder")
     if resume:
-        return
+        return None
+    backup = None
     if out.exists() and any(out.iterdir()):
         if not force:
             raise SentmtlError(f"output folder {out} already holds files; pass --force to overwrite it or --resume to continue")
-        shutil.rmtree(out)
+        backup = out.with_name(out.name + ".replaced")
+        if backup.exists():
+            shutil.rmtree(backup)
+        os.replace(out, backup)
     out.mkdir(parents=True, exist_ok=True)
+    return backup
 
 
 def train(cfg: TrainConfig, force: bool = False, resume: bool = False, stop_after: int | None = None,
           progress_factory=None, quiet: bool = False) -> TrainResult:
-    """Train per the recipe; write the best model to cfg.output (see Trainer)."""
-    prepare_output(cfg, force, resume)
-    trainer = Trainer(cfg, quiet=quiet)
-    return trainer.run(resume=resume, stop_after=stop_after, progress_factory=progress_factory)
+    """Train per the recipe; write the best model to cfg.output (see Trainer). If the run fails, a
+    model that --force was replacing is put back."""
+    backup = prepare_output(cfg, force, resume)
+    try:
+        trainer = Trainer(cfg, quiet=quiet)
+        result = trainer.run(resume=resume, stop_after=stop_after, progress_factory=progress_factory)
+    except BaseException:
+        if backup is not None:
+            shutil.rmtree(cfg.output, ignore_errors=True)
+            os.replace(backup, cfg.output)
+        raise
+    if backup is not None:
+        shutil.rmtree(backup)
+    return result

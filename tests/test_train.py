@@ -232,6 +232,12 @@ def test_existing_model_is_never_overwritten_without_force(tmp_path, runner):
     _one_line_error(_train_cli(runner, recipe), "--force")
     assert (tmp_path / "out" / "model.yaml").read_bytes() == stamp
     assert _train_cli(runner, recipe, "--force").exit_code == 0
+    # a --force run that fails puts the model it was replacing back
+    stamp = (tmp_path / "out" / "heads" / "topic.safetensors").read_bytes()
+    (tmp_path / "topic.tsv").unlink()
+    _one_line_error(_train_cli(runner, recipe, "--force"), "data file not found")
+    assert (tmp_path / "out" / "heads" / "topic.safetensors").read_bytes() == stamp
+    assert not (tmp_path / "out.replaced").exists()
 
 
 def test_experiment_writes_the_table_it_measured(tmp_path):
