@@ -16,8 +16,9 @@ $(BIN)/sentmtl: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
-# the fast path: the shipped backbone exported to ONNX (fp32 and int8)
-configs/default.onnx/export.json: $(BIN)/sentmtl
+# the fast path: the shipped backbone exported to ONNX (fp32 and int8); made again when the
+# exporter changes (an export from an older sentmtl is not used)
+configs/default.onnx/export.json: $(BIN)/sentmtl sentmtl_cli/onnx_backend.py sentmtl_cli/quantize.py
 	$(BIN)/sentmtl export --int8
 
 test: setup

@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import ModelConfig
 from .errors import SentmtlError
 
-EXPORT_FORMAT = "sentmtl-onnx/1"
+EXPORT_FORMAT = "sentmtl-onnx/2"  # 2: int8 with per-token activation scales (quantize.py)
 FP32, INT8 = "model.onnx", "model.int8.onnx"
 
 
@@ -57,8 +57,20 @@ def find_export(cfg: ModelConfig, folder: Path, int8: bool) -> tuple[Path | None
         meta = json.loads(meta_path.read_text())
     except ValueError:
         return None, f"{meta_path} is unreadable; re-run `sentmtl export`"
-    if meta.get("format") != EXPORT_FORMAT or meta.get("source") != source_identity(cfg, folder):
+    if meta.get("format") != EXPORT_FORMAT:
+        return None, f"the ONNX export at {d} was made by an older sentmtl; re-run `sentmtl export{' --int8' if int8 else ''}`"
+    if meta.get("source") != source_identity(cfg, folder):
         return None, f"the ONNX export at {d} is stale (the backbone changed); re-run `sentmtl export`"
+    if int8:
+        from .quantize import exact_weight_bits
+
+        info = meta.get("int8")
+        if not isinstance(info, dict):
+            return None, f"no int8 export at {d} (run `sentmtl export --config {cfg.source} --int8`)"
+        bits = int(info.get("weight_bits", 8))
+        if bits > exact_weight_bits():
+            return None, (f"the int8 export at {d} has {bits}-bit weights, which this CPU (no VNNI) can "
+                          "saturate; re-run `sentmtl export --int8` here")
     return f, ""
 
 
@@ -136,7 +148,6 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
     ids = torch.ones((2, 8), dtype=torch.long)
     tmp = out / (FP32 + ".tmp")
     log(f"exporting {folder} -> {out / FP32}")
-    import logging
     import warnings
 
     with torch.no_grad(), warnings.catch_warnings():
@@ -144,21 +155,32 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
         torch.onnx.export(Graph().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp),
                           input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=names,
                           dynamic_axes=dyn, opset_version=17, dynamo=False, do_constant_folding=True)
+    int8_info = None
     if int8:
-        # quantized from the plain graph: the quantizer does not know the fused operators' types
-        from onnxruntime.quantization import QuantType, quantize_dynamic
+        # quantized from the plain graph: the rewrite works on MatMuls with constant weights, which
+        # the fused graph folds into its attention operator
+        from .quantize import calibration_feeds, exact_weight_bits, quantize_per_token
+        from .tokenize import Tokenizer
 
         log(f"quantizing -> {out / INT8}")
         tmp8 = out / (INT8 + ".tmp")
-        logging.getLogger().setLevel(logging.ERROR)
-        # weights of every MatMul as int8, per output channel, in the 7-bit range (reduce_range):
-        # of the settings measured, this one kept the most labels and STS-B (docs/ARCHITECTURE.md)
-        quantize_dynamic(str(tmp), str(tmp8), weight_type=QuantType.QInt8, per_channel=True,
-                         reduce_range=True, op_types_to_quantize=["MatMul"])
+        feeds = calibration_feeds(Tokenizer(folder, cfg.backbone.max_seq_length))
+        int8_info = quantize_per_token(tmp, tmp8, feeds, weight_bits=exact_weight_bits())
+        log(f"int8: {int8_info}")
         os.replace(tmp8, out / INT8)
     _fuse(tmp, bb, log)
     os.replace(tmp, out / FP32)
+    if int8_info is None and (out / INT8).is_file():
+        # an fp32-only re-export keeps an int8 file made from the same backbone by this version
+        try:
+            old = json.loads((out / "export.json").read_text())
+        except (OSError, ValueError):
+            old = {}
+        if old.get("format") == EXPORT_FORMAT and old.get("source") == source_identity(cfg, folder):
+            int8_info = old.get("int8")
+        if not int8_info:
+            os.remove(out / INT8)
     meta = {"format": EXPORT_FORMAT, "source": source_identity(cfg, folder), "layers": n_layers,
-            "outputs": names, "int8": int8 or (out / INT8).is_file()}
+            "outputs": names, "int8": int8_info}
     atomic_write_text(out / "export.json", json.dumps(meta, indent=1))
     return out

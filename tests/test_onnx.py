@@ -68,18 +68,40 @@ def test_fp32_onnx_equals_torch(exported):
 def test_int8_keeps_labels(exported):
     texts = fixture_texts()
     fp, q = sentmtl_cli.load(backend="onnx").predict(texts), sentmtl_cli.load(backend="onnx-int8").predict(texts)
-    # The issue's target is 97% for every head. Topic labels meet it. Sentiment does not: dynamic
-    # int8 scales activations per batch, and on this fixture's many near-neutral sentences 5-8% of
-    # sentiment labels flip (96-97% agree on 600 real tweets and news texts). That shortfall is
-    # reported in the README; this test pins what int8 does deliver, so it cannot get worse unseen.
-    minimum = {"cls": 0.97, "sent": 0.90}
     for task in ("cls", "sent"):
         agree = np.mean([x[task]["label"] == y[task]["label"] for x, y in zip(fp, q)])
-        assert agree >= minimum[task], (task, agree)
+        assert agree >= 0.97, (task, agree)
     ents_fp = {(i, e["label"], e["start"], e["end"]) for i, r in enumerate(fp) for e in r["ner"]["entities"]}
     ents_q = {(i, e["label"], e["start"], e["end"]) for i, r in enumerate(q) for e in r["ner"]["entities"]}
-    if ents_fp:
-        assert len(ents_fp & ents_q) / len(ents_fp | ents_q) >= 0.97 * 0.9  # span-level agreement
+    assert ents_fp
+    assert len(ents_fp & ents_q) / len(ents_fp | ents_q) >= 0.9  # span-level agreement
+
+
+def test_int8_vector_does_not_depend_on_batch_neighbours(exported):
+    """Per-token activation scales: a text's int8 vector is the same alone or beside texts with
+    far larger activations (per-batch scales moved it by about 1% in cosine)."""
+    m = sentmtl_cli.load(backend="onnx-int8")
+    text = "The committee met on Tuesday to discuss the budget."
+    others = ["WOW!!! best. game. EVER!!! #winning", "Stocks plunged 12% as the bank raised rates to 9.5%.", "zzzz " * 60]
+    alone = m.embed([text])[0]
+    in_batch = m.embed([text] + others, batch_size=8)[0]
+    assert np.abs(alone - in_batch).max() < 1e-5
+
+
+def test_int8_export_made_for_another_cpu_is_not_used(exported, monkeypatch):
+    """An export with 8-bit weights on a CPU whose int8 products would saturate them: refused."""
+    import sentmtl_cli.quantize as quantize
+
+    cfg = load_config(ROOT / "configs" / "default.yaml")
+    folder = sentmtl_cli.load(backend="torch").folder
+    bits = json.loads((export_dir(cfg) / "export.json").read_text())["int8"]["weight_bits"]
+    monkeypatch.setattr(quantize, "exact_weight_bits", lambda: 7)
+    path, why = find_export(cfg, folder, int8=True)
+    if bits == 8:
+        assert path is None and "saturate" in why
+    else:
+        assert path is not None
+    assert find_export(cfg, folder, int8=False)[0] is not None  # fp32 is unaffected
 
 
 def test_auto_picks_onnx_and_falls_back(exported, tmp_path):
