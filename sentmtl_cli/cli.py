@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import typer
 
-from . import __version__
+from . import BATCH_SIZE, __version__
 from .errors import SentmtlError
 
 app = typer.Typer(
@@ -84,7 +84,7 @@ def root(
 TextsArg = typer.Argument(None, help="Texts. Or use --file, or pipe one text a line on stdin.", show_default=False)
 FileOpt = typer.Option(None, "--file", "-f", help="Read texts from a file, one a line ('-' for stdin).")
 ConfigOpt = typer.Option(None, "--config", "-c", help="Model config YAML (default: the shipped configs/default.yaml).")
-BatchOpt = typer.Option(32, "--batch-size", "-b", min=1, help="Texts per backbone forward.")
+BatchOpt = typer.Option(BATCH_SIZE, "--batch-size", "-b", min=1, help="Texts per backbone forward.")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores).")
 
 

@@ -43,6 +43,69 @@ def decode_entities(
     ]
 
 
+def _bio_rules(tags: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(start_ok[k], allowed[prev, cur]): which tags may open a sequence, and follow which."""
+    key = tuple(tags)
+    rules = _RULES.get(key)
+    if rules is None:
+        k = len(tags)
+        allowed = np.ones((k, k), dtype=bool)
+        start_ok = np.ones(k, dtype=bool)
+        for j, t in enumerate(tags):
+            if t.startswith("I-"):
+                start_ok[j] = False
+                for i, p in enumerate(tags):
+                    allowed[i, j] = p in (f"B-{t[2:]}", t)
+        rules = _RULES[key] = (start_ok, allowed)
+    return rules
+
+
+_RULES: dict[tuple, tuple[np.ndarray, np.ndarray]] = {}
+
+
+def bio_paths(probs: np.ndarray, lengths: list[int], tags: list[str]) -> list[np.ndarray]:
+    """bio_viterbi for many sequences stacked in `probs` ([sum(lengths), K]), one path per sequence.
+
+    Where a sequence's per-word argmax is already valid BIO it is the answer (checked once over the
+    whole stack). The rest run one Viterbi together, padded to the longest: a loop over word
+    positions, not over sequences."""
+    start_ok, allowed = _bio_rules(tags)
+    best = probs.argmax(-1) if len(probs) else np.zeros(0, dtype=np.int64)
+    ok = np.empty(len(best), dtype=bool)
+    if len(best):
+        ok[0] = True
+        ok[1:] = allowed[best[:-1], best[1:]]
+    starts = np.cumsum([0] + list(lengths[:-1])).astype(np.int64)
+    nonempty = np.asarray(lengths) > 0
+    ok[starts[nonempty]] = start_ok[best[starts[nonempty]]]
+    out = [best[s : s + n] for s, n in zip(starts.tolist(), lengths)]
+    redo = [j for j, (s, n) in enumerate(zip(starts.tolist(), lengths)) if n and not ok[s : s + n].all()]
+    if redo:
+        k, n_max = len(tags), max(lengths[j] for j in redo)
+        logp = np.zeros((len(redo), n_max, k))
+        for r, j in enumerate(redo):
+            logp[r, : lengths[j]] = np.log(np.clip(probs[starts[j] : starts[j] + lengths[j]], 1e-12, None))
+        n = np.array([lengths[j] for j in redo])
+        trans = np.where(allowed, 0.0, -np.inf)
+        score = np.where(start_ok, logp[:, 0], -np.inf)  # [R, K]
+        back = np.broadcast_to(np.arange(k), (len(redo), n_max, k)).copy()  # padding: stay put
+        for w in range(1, n_max):
+            cand = score[:, :, None] + trans  # [R, prev, cur]
+            live = (w < n)[:, None]
+            back[:, w] = np.where(live, cand.argmax(1), back[:, w])
+            score = np.where(live, cand.max(1) + logp[:, w], score)
+        cur = score.argmax(1)
+        paths = np.zeros((len(redo), n_max), dtype=np.int64)
+        rows = np.arange(len(redo))
+        for w in range(n_max - 1, 0, -1):
+            paths[:, w] = cur
+            cur = back[rows, w, cur]
+        paths[:, 0] = cur
+        for r, j in enumerate(redo):
+            out[j] = paths[r, : lengths[j]]
+    return out
+
+
 def bio_viterbi(probs: np.ndarray, tags: list[str]) -> list[int]:
     """The most probable tag sequence that is valid BIO: I-X only after B-X or I-X.
 
@@ -56,13 +119,7 @@ def bio_viterbi(probs: np.ndarray, tags: list[str]) -> list[int]:
         return best
     logp = np.log(np.clip(probs, 1e-12, None))
     k = len(tags)
-    allowed = np.ones((k, k), dtype=bool)  # allowed[prev, cur]
-    start_ok = np.ones(k, dtype=bool)
-    for j, t in enumerate(tags):
-        if t.startswith("I-"):
-            start_ok[j] = False
-            for i, p in enumerate(tags):
-                allowed[i, j] = p in (f"B-{t[2:]}", t)
+    start_ok, allowed = _bio_rules(tags)
     trans = np.where(allowed, 0.0, -np.inf)
     score = np.where(start_ok, logp[0], -np.inf)
     back = np.zeros((n, k), dtype=np.int64)

@@ -15,9 +15,10 @@ from typing import Callable, Iterable
 
 import numpy as np
 
+from . import BATCH_SIZE
 from .backbone import normalize_numpy, read_model_config, resolve_folder
 from .config import ModelConfig, load_config
-from .decode import bio_viterbi, decode_entities, decode_sentence
+from .decode import bio_paths, decode_entities, decode_sentence
 from .errors import SentmtlError
 from .heads import Head, head_class
 from .text import align_first_subtokens, split_words
@@ -120,7 +121,7 @@ class MultiTaskModel:
         self,
         texts: list[str],
         tasks: list[str],
-        batch_size: int = 32,
+        batch_size: int = BATCH_SIZE,
         top_k: int = 1,
         want_embeddings: bool = True,
         progress: Callable[[int], None] | None = None,
@@ -177,10 +178,14 @@ class MultiTaskModel:
                 rows_t = np.array([t for ws in words for _, t in ws], dtype=np.int64)
                 tokens = head.token_features(feats)[rows_b, rows_t]
                 probs = head.probabilities(head.mlp(tokens)) if len(tokens) else np.zeros((0, len(head.outputs)))
+                lengths = [len(ws) for ws in words]
+                paths = bio_paths(probs, lengths, head.outputs)
+                path_probs = probs[np.arange(len(probs)), np.concatenate(paths)].tolist() if len(probs) else []
                 pos = 0
                 for b, i in enumerate(idx):
-                    n = len(words[b])
-                    out = self._decode_words(head, chunk[b], [sp for sp, _ in words[b]], probs[pos : pos + n], word_tags)
+                    n = lengths[b]
+                    out = self._decode_words(head, chunk[b], [sp for sp, _ in words[b]], paths[b].tolist(),
+                                             path_probs[pos : pos + n], word_tags)
                     out["untrained"] = not head.trained
                     results[i][head.task] = out
                     pos += n
@@ -189,34 +194,32 @@ class MultiTaskModel:
         return emb, results
 
     @staticmethod
-    def _decode_words(head: Head, text: str, spans: list, probs: np.ndarray, word_tags: bool = False) -> dict:
-        names = head.outputs
-        path = bio_viterbi(probs, names)
-        tags = [names[k] for k in path]
-        ps = [float(probs[i, k]) for i, k in enumerate(path)]
-        out = {"entities": decode_entities(text, spans, tags, ps)}
+    def _decode_words(head: Head, text: str, spans: list, path: list[int], probs: list[float], word_tags: bool = False) -> dict:
+        """One text's entities from its words' BIO path and the probability of each chosen tag."""
+        tags = [head.outputs[k] for k in path]
+        out = {"entities": decode_entities(text, spans, tags, probs)}
         if word_tags:  # per word (start, end, BIO tag): what evaluation scores
             out["words"] = [(s, e, t) for (s, e), t in zip(spans, tags)]
         return out
 
     # ---- the public API -----------------------------------------------------------------------
-    def embed(self, texts: Iterable[str], batch_size: int = 32, progress=None, offset: int = 0) -> np.ndarray:
+    def embed(self, texts: Iterable[str], batch_size: int = BATCH_SIZE, progress=None, offset: int = 0) -> np.ndarray:
         emb, _ = self.run(list(texts), [], batch_size=batch_size, progress=progress, offset=offset)
         return emb
 
-    def similarity(self, texts_a, texts_b, metric: str = "cosine", batch_size: int = 32) -> np.ndarray:
+    def similarity(self, texts_a, texts_b, metric: str = "cosine", batch_size: int = BATCH_SIZE) -> np.ndarray:
         a, b = list(texts_a), list(texts_b)
         emb = self.embed(a + b, batch_size=batch_size)
         return pairwise(emb[: len(a)], emb[len(a) :], metric)
 
-    def predict(self, texts, tasks=None, top_k: int = 1, batch_size: int = 32, progress=None, offset: int = 0) -> list[dict]:
+    def predict(self, texts, tasks=None, top_k: int = 1, batch_size: int = BATCH_SIZE, progress=None, offset: int = 0) -> list[dict]:
         _, res = self.run(
             list(texts), self.resolve_tasks(tasks), batch_size=batch_size, top_k=top_k,
             want_embeddings=False, progress=progress, offset=offset,
         )
         return res
 
-    def search(self, query: str, corpus: list[str], top_k: int = 5, batch_size: int = 32, progress=None):
+    def search(self, query: str, corpus: list[str], top_k: int = 5, batch_size: int = BATCH_SIZE, progress=None):
         check_texts([query])
         emb = self.embed([query] + check_texts(corpus), batch_size=batch_size, progress=progress)
         scores = pairwise(emb[:1], emb[1:], "cosine")[0]

@@ -202,3 +202,23 @@ def test_bio_viterbi_is_the_best_valid_path():
     # a stray I- tag cannot open an entity
     p = np.array([[0.2, 0.1, 0.0, 0.0, 0.7], [0.9, 0.0, 0.0, 0.0, 0.1]])
     assert [tags[k] for k in bio_viterbi(p, tags)] != ["I-ORG", "O"]
+
+
+def test_bio_paths_equal_viterbi_per_sequence():
+    """The batched decoder gives each sequence exactly what bio_viterbi gives it alone, including
+    empty sequences and sequences whose argmax is not valid BIO."""
+    from sentmtl_cli.decode import bio_paths, bio_viterbi
+
+    tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    rng = np.random.default_rng(3)
+    lengths = [0, 1, 5, 0, 3, 7, 2, 0]
+    probs = rng.dirichlet(np.ones(len(tags)) * 0.3, size=sum(lengths)).astype(np.float32)
+    paths = bio_paths(probs, lengths, tags)
+    assert len(paths) == len(lengths)
+    start, invalid_argmax = 0, 0
+    for n, path in zip(lengths, paths):
+        seg = probs[start : start + n]
+        assert path.tolist() == bio_viterbi(seg, tags)
+        invalid_argmax += n > 0 and seg.argmax(-1).tolist() != path.tolist()
+        start += n
+    assert invalid_argmax > 0  # the fallback path was exercised
