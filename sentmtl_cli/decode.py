@@ -4,17 +4,19 @@ from __future__ import annotations
 import numpy as np
 
 
-def decode_sentence(labels: list[str], probs: np.ndarray, top_k: int, multi_label: bool) -> dict:
-    order = np.argsort(-probs, kind="stable")
-    out = {
-        "label": labels[int(order[0])],
-        "score": float(probs[order[0]]),
-        "scores": {lab: float(p) for lab, p in zip(labels, probs)},
-    }
-    if multi_label:
-        out["labels"] = [labels[i] for i in order if probs[i] >= 0.5]
-    if top_k > 1:
-        out["top"] = [{"label": labels[int(i)], "score": float(probs[i])} for i in order[:top_k]]
+def decode_sentences(labels: list[str], probs: np.ndarray, top_k: int, multi_label: bool) -> list[dict]:
+    """One result per row of probs [N, labels]: the label, its score, every label's score, and the
+    top k (and, multi-label, every label at 0.5 or more). Sorted once for the whole batch."""
+    order = np.argsort(-probs, axis=1, kind="stable").tolist()
+    rows = probs.tolist()
+    out = []
+    for ps, o in zip(rows, order):
+        r = {"label": labels[o[0]], "score": ps[o[0]], "scores": dict(zip(labels, ps))}
+        if multi_label:
+            r["labels"] = [labels[i] for i in o if ps[i] >= 0.5]
+        if top_k > 1:
+            r["top"] = [{"label": labels[i], "score": ps[i]} for i in o[:top_k]]
+        out.append(r)
     return out
 
 
@@ -38,7 +40,7 @@ def decode_entities(
         entities.append(cur)
     return [
         {"text": text[x["start"] : x["end"]], "label": x["label"], "start": x["start"], "end": x["end"],
-         "score": float(np.mean(x["_p"]))}
+         "score": sum(x["_p"]) / len(x["_p"])}
         for x in entities
     ]
 

@@ -230,8 +230,12 @@ class TokenClassificationHead(Head):
             shapes = {"mix": (len(self.cfg.layers),), **shapes}
         return shapes
 
-    def token_features(self, features: dict) -> np.ndarray:
+    def token_features(self, features: dict, rows: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """Token vectors [B, T, d], or only those at (batch, position) `rows` [n, d]: gathered
+        before the layers are mixed, so padding and word pieces cost nothing."""
         hs = [features["hidden_states"][i] for i in self.layer_indices()]
+        if rows is not None:
+            hs = [h[rows] for h in hs]
         if len(hs) == 1:
             return hs[0]
         w = softmax(self.params["mix"])

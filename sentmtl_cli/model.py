@@ -18,7 +18,7 @@ import numpy as np
 from . import BATCH_SIZE
 from .backbone import normalize_numpy, read_model_config, resolve_folder
 from .config import ModelConfig, load_config
-from .decode import bio_paths, decode_entities, decode_sentence
+from .decode import bio_paths, decode_entities, decode_sentences
 from .errors import SentmtlError
 from .heads import Head, head_class
 from .text import align_first_subtokens, split_words
@@ -162,8 +162,7 @@ class MultiTaskModel:
             for head in heads:
                 if head.level == "sentence":
                     probs = head.probabilities(head.logits(feats))
-                    for b, i in enumerate(idx):
-                        out = decode_sentence(head.outputs, probs[b], top_k, head.cfg.multi_label)
+                    for i, out in zip(idx, decode_sentences(head.outputs, probs, top_k, head.cfg.multi_label)):
                         out["untrained"] = not head.trained
                         results[i][head.task] = out
                     continue
@@ -176,7 +175,7 @@ class MultiTaskModel:
                 # the head runs on first sub-tokens only, not on padding and word pieces
                 rows_b = np.array([b for b, ws in enumerate(words) for _ in ws], dtype=np.int64)
                 rows_t = np.array([t for ws in words for _, t in ws], dtype=np.int64)
-                tokens = head.token_features(feats)[rows_b, rows_t]
+                tokens = head.token_features(feats, (rows_b, rows_t))
                 probs = head.probabilities(head.mlp(tokens)) if len(tokens) else np.zeros((0, len(head.outputs)))
                 lengths = [len(ws) for ws in words]
                 paths = bio_paths(probs, lengths, head.outputs)
@@ -196,7 +195,8 @@ class MultiTaskModel:
     @staticmethod
     def _decode_words(head: Head, text: str, spans: list, path: list[int], probs: list[float], word_tags: bool = False) -> dict:
         """One text's entities from its words' BIO path and the probability of each chosen tag."""
-        tags = [head.outputs[k] for k in path]
+        names = head.outputs
+        tags = [names[k] for k in path]
         out = {"entities": decode_entities(text, spans, tags, probs)}
         if word_tags:  # per word (start, end, BIO tag): what evaluation scores
             out["words"] = [(s, e, t) for (s, e), t in zip(spans, tags)]

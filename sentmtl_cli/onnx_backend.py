@@ -103,23 +103,6 @@ class OnnxBackbone:
         return feats
 
 
-def _fuse(path: Path, bb, log) -> None:
-    """ONNX Runtime's transformer fusions (attention, LayerNorm, GELU and bias into single kernels),
-    applied once here rather than left to chance at every load. Skipped, with a note, if the
-    optimizer does not recognise the graph: the plain graph still runs."""
-    try:
-        from onnxruntime.transformers import optimizer
-
-        cfg = bb.model.config
-        opt = optimizer.optimize_model(str(path), model_type="bert", num_heads=int(cfg.num_attention_heads),
-                                       hidden_size=int(cfg.hidden_size), opt_level=1)
-        opt.save_model_to_file(str(path))
-        fused = {k: v for k, v in opt.get_fused_operator_statistics().items() if v}
-        log(f"fused operators: {fused}")
-    except Exception as e:  # the optimizer is an optional extra step
-        log(f"note: transformer fusion skipped ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
-
-
 def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, log=print) -> Path:
     """Export the config's backbone (transformer + pooling + normalization) to ONNX."""
     import torch
@@ -155,10 +138,11 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
         torch.onnx.export(Graph().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp),
                           input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=names,
                           dynamic_axes=dyn, opset_version=17, dynamo=False, do_constant_folding=True)
+    # The graph is saved as exported, not run through ONNX Runtime's transformer optimizer: its fused
+    # Attention operator made the whole model 15-20% slower on 2 cores with short inputs
+    # (docs/ARCHITECTURE.md); the optimizations ONNX Runtime applies at load are kept.
     int8_info = None
     if int8:
-        # quantized from the plain graph: the rewrite works on MatMuls with constant weights, which
-        # the fused graph folds into its attention operator
         from .quantize import calibration_feeds, exact_weight_bits, quantize_per_token
         from .tokenize import Tokenizer
 
@@ -168,7 +152,6 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
         int8_info = quantize_per_token(tmp, tmp8, feeds, weight_bits=exact_weight_bits())
         log(f"int8: {int8_info}")
         os.replace(tmp8, out / INT8)
-    _fuse(tmp, bb, log)
     os.replace(tmp, out / FP32)
     if int8_info is None and (out / INT8).is_file():
         # an fp32-only re-export keeps an int8 file made from the same backbone by this version
