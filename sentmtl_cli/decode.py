@@ -84,10 +84,13 @@ def bio_paths(probs: np.ndarray, lengths: list[int], tags: list[str]) -> list[np
     redo = [j for j, (s, n) in enumerate(zip(starts.tolist(), lengths)) if n and not ok[s : s + n].all()]
     if redo:
         k, n_max = len(tags), max(lengths[j] for j in redo)
-        logp = np.zeros((len(redo), n_max, k))
-        for r, j in enumerate(redo):
-            logp[r, : lengths[j]] = np.log(np.clip(probs[starts[j] : starts[j] + lengths[j]], 1e-12, None))
         n = np.array([lengths[j] for j in redo])
+        # scatter the redo sequences' words into [R, n_max, K] with one index per word
+        r_of = np.repeat(np.arange(len(redo)), n)
+        w_of = np.arange(n.sum()) - np.repeat(np.cumsum(n) - n, n)
+        src = np.repeat(starts[redo], n) + w_of
+        logp = np.zeros((len(redo), n_max, k))
+        logp[r_of, w_of] = np.log(np.clip(probs[src], 1e-12, None))
         trans = np.where(allowed, 0.0, -np.inf)
         score = np.where(start_ok, logp[:, 0], -np.inf)  # [R, K]
         back = np.broadcast_to(np.arange(k), (len(redo), n_max, k)).copy()  # padding: stay put
