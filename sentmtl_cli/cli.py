@@ -476,7 +476,7 @@ def evaluate(
 @handles_errors
 def export(
     config: Optional[Path] = ConfigOpt,
-    int8: bool = typer.Option(False, "--int8", help="Also write a dynamically quantized int8 model."),
+    int8: bool = typer.Option(False, "--int8", help="Also write an int8 model (int8 weights; each token's activations quantized at run time)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder (default: <config>.onnx/ beside the config)."),
 ):
     """Export the backbone (transformer, pooling, normalization) to ONNX for the fast path."""
