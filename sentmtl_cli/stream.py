@@ -92,8 +92,8 @@ class TextSource:
 
 
 class NpyWriter:
-    """A float32 [N, D] .npy filled chunk by chunk through a memory map, renamed into place
-    only when complete."""
+    """A float32 [N, D] .npy written chunk by chunk with plain file writes (a memory map would keep
+    every written page in the process's resident memory), renamed into place only when complete."""
 
     def __init__(self, path: Path, rows: int, dim: int):
         import numpy as np
@@ -101,15 +101,20 @@ class NpyWriter:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        os.close(fd)
-        self.mm = np.lib.format.open_memmap(self.tmp, mode="w+", dtype=np.float32, shape=(rows, dim))
+        self.f = os.fdopen(fd, "wb")
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (rows, dim)}
+        np.lib.format.write_array_header_1_0(self.f, header)
+        self.offset, self.row_bytes, self.rows = self.f.tell(), 4 * dim, rows
 
     def write(self, start: int, emb) -> None:
-        self.mm[start : start + len(emb)] = emb
+        import numpy as np
+
+        self.f.seek(self.offset + start * self.row_bytes)
+        self.f.write(np.ascontiguousarray(emb, dtype="<f4").tobytes())
 
     def close(self, ok: bool) -> None:
-        self.mm.flush()
-        del self.mm
+        self.f.truncate(self.offset + self.rows * self.row_bytes)
+        self.f.close()
         if ok:
             os.replace(self.tmp, self.path)
         else:
