@@ -111,7 +111,10 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
     from .io import atomic_write_text
 
     out = out or export_dir(cfg)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise SentmtlError(f"cannot write the export to {out}: {e.strerror}") from None
     bb = TorchBackbone(cfg.backbone, folder, attn_implementation="eager")
     n_layers = bb.num_layers
 
@@ -133,26 +136,30 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
     log(f"exporting {folder} -> {out / FP32}")
     import warnings
 
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the exporter's advice is for graphs unlike ours
-        torch.onnx.export(Graph().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp),
-                          input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=names,
-                          dynamic_axes=dyn, opset_version=17, dynamo=False, do_constant_folding=True)
-    # The graph is saved as exported, not run through ONNX Runtime's transformer optimizer: its fused
-    # Attention operator made the whole model 15-20% slower on 2 cores with short inputs
-    # (docs/ARCHITECTURE.md); the optimizations ONNX Runtime applies at load are kept.
-    int8_info = None
-    if int8:
-        from .quantize import calibration_feeds, exact_weight_bits, quantize_per_token
-        from .tokenize import Tokenizer
+    tmp8 = out / (INT8 + ".tmp")
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the exporter's advice is for graphs unlike ours
+            torch.onnx.export(Graph().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp),
+                              input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=names,
+                              dynamic_axes=dyn, opset_version=17, dynamo=False, do_constant_folding=True)
+        # The graph is saved as exported, not run through ONNX Runtime's transformer optimizer: its fused
+        # Attention operator made the whole model 15-20% slower on 2 cores with short inputs
+        # (docs/ARCHITECTURE.md); the optimizations ONNX Runtime applies at load are kept.
+        int8_info = None
+        if int8:
+            from .quantize import calibration_feeds, exact_weight_bits, quantize_per_token
+            from .tokenize import Tokenizer
 
-        log(f"quantizing -> {out / INT8}")
-        tmp8 = out / (INT8 + ".tmp")
-        feeds = calibration_feeds(Tokenizer(folder, cfg.backbone.max_seq_length))
-        int8_info = quantize_per_token(tmp, tmp8, feeds, weight_bits=exact_weight_bits())
-        log(f"int8: {int8_info}")
-        os.replace(tmp8, out / INT8)
-    os.replace(tmp, out / FP32)
+            log(f"quantizing -> {out / INT8}")
+            feeds = calibration_feeds(Tokenizer(folder, cfg.backbone.max_seq_length))
+            int8_info = quantize_per_token(tmp, tmp8, feeds, weight_bits=exact_weight_bits())
+            log(f"int8: {int8_info}")
+            os.replace(tmp8, out / INT8)
+        os.replace(tmp, out / FP32)
+    finally:  # a failed export leaves no half-written files beside the good ones
+        for t in (tmp, tmp8):
+            t.unlink(missing_ok=True)
     if int8_info is None and (out / INT8).is_file():
         # an fp32-only re-export keeps an int8 file made from the same backbone by this version
         try:

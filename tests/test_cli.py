@@ -225,3 +225,12 @@ def test_console_script_pipes_clean_json(tmp_path):
     assert json.loads(r.stdout)["score"] <= 1.0  # not a terminal: json by default
     r = subprocess.run([_sentmtl(), "embed", ""], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+def test_unwritable_outputs_are_one_line_errors(runner, tmp_path):
+    """An output path under a file (not a folder): a clear error, exit 2, nothing written."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("keep me")
+    _bad(runner, ["embed", "a", "--format", "npy", "--output", str(blocker / "e.npy")], "cannot write")
+    _bad(runner, ["export", "--output", str(blocker / "onnx")], "cannot write the export")
+    assert blocker.read_text() == "keep me" and list(tmp_path.iterdir()) == [blocker]
