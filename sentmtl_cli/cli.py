@@ -342,6 +342,7 @@ def info(
             "backend": b.backend, "backend_in_use": m.backend, "onnx": str(m.onnx_path) if m.onnx_path else None,
             "fine_tuned_weights": str(b.weights) if b.weights else None,
         },
+        "int8": int8_status(),
         "heads": {
             task: {"type": h.type_name, "labels": list(h.cfg.labels), "outputs": len(h.outputs),
                    "parameters": h.parameter_count(), "trained": h.trained,
@@ -359,12 +360,25 @@ def info(
               f"{'normalized' if bb['normalize'] else 'not normalized'}, max {bb['max_seq_length']} tokens)")
     con.print(f"folder:   {bb['folder']}")
     con.print(f"backend:  {bb['backend_in_use']} (config: {bb['backend']}{'; ' + bb['onnx'] if bb['onnx'] else ''})")
+    q = doc["int8"]
+    con.print(f"int8:     {q['weights']} weights on this CPU ({q['cpu']}): {q['note']}")
     t = Table(title="heads")
     for col in ("task", "type", "labels", "parameters", "trained"):
         t.add_column(col)
     for task, h in doc["heads"].items():
         t.add_row(task, h["type"], ", ".join(h["labels"]), f"{h['parameters']:,}", "yes" if h["trained"] else "no (untrained)")
     con.print(t)
+
+
+def int8_status() -> dict:
+    """Which int8 encoding this CPU gets, and what that costs (docs/ARCHITECTURE.md has the numbers)."""
+    from .quantize import cpu_class, weight_type_for
+
+    cpu = cpu_class()
+    wt = weight_type_for(cpu)
+    note = ("int8 weights, exact with VNNI; the fastest int8" if wt == "s8" else
+            "uint8 weights offset by 128, exact without VNNI; same labels and vectors as on a VNNI CPU")
+    return {"cpu": cpu, "weights": wt, "weight_bits": 8, "note": note}
 
 
 def parse_overrides(pairs: Optional[List[str]]) -> dict:

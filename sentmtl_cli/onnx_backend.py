@@ -15,7 +15,7 @@ from pathlib import Path
 from .config import ModelConfig
 from .errors import SentmtlError
 
-EXPORT_FORMAT = "sentmtl-onnx/2"  # 2: int8 with per-token activation scales (quantize.py)
+EXPORT_FORMAT = "sentmtl-onnx/3"  # 2: int8 with per-token activation scales; 3: 8-bit weights on every CPU (quantize.py)
 FP32, INT8 = "model.onnx", "model.int8.onnx"
 
 
@@ -62,15 +62,14 @@ def find_export(cfg: ModelConfig, folder: Path, int8: bool) -> tuple[Path | None
     if meta.get("source") != source_identity(cfg, folder):
         return None, f"the ONNX export at {d} is stale (the backbone changed); re-run `sentmtl export`"
     if int8:
-        from .quantize import exact_weight_bits
+        from .quantize import exact_on_this_cpu
 
         info = meta.get("int8")
         if not isinstance(info, dict):
             return None, f"no int8 export at {d} (run `sentmtl export --config {cfg.source} --int8`)"
-        bits = int(info.get("weight_bits", 8))
-        if bits > exact_weight_bits():
-            return None, (f"the int8 export at {d} has {bits}-bit weights, which this CPU (no VNNI) can "
-                          "saturate; re-run `sentmtl export --int8` here")
+        if not exact_on_this_cpu(str(info.get("weight_type")), int(info.get("weight_bits", 8))):
+            return None, (f"the int8 export at {d} stores int8 weights, which this CPU (no AVX-512 VNNI) "
+                          "can saturate; re-run `sentmtl export --int8` here")
     return f, ""
 
 
@@ -148,12 +147,12 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
         # (docs/ARCHITECTURE.md); the optimizations ONNX Runtime applies at load are kept.
         int8_info = None
         if int8:
-            from .quantize import calibration_feeds, exact_weight_bits, quantize_per_token
+            from .quantize import calibration_feeds, quantize_per_token, weight_type_for
             from .tokenize import Tokenizer
 
             log(f"quantizing -> {out / INT8}")
             feeds = calibration_feeds(Tokenizer(folder, cfg.backbone.max_seq_length))
-            int8_info = quantize_per_token(tmp, tmp8, feeds, weight_bits=exact_weight_bits())
+            int8_info = quantize_per_token(tmp, tmp8, feeds, weight_bits=8, weight_type=weight_type_for())
             log(f"int8: {int8_info}")
             os.replace(tmp8, out / INT8)
         os.replace(tmp, out / FP32)

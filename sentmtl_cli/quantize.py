@@ -21,9 +21,12 @@ The zero point zp is where 0 falls in a row's range. Two kinds of input, chosen 
   so these cost nothing extra.
 docs/ARCHITECTURE.md gives the measured error and speed of each choice.
 
-Weights use 8 bits where the CPU multiplies u8 x s8 exactly (x86 with VNNI, ARM64), else 7 bits
-(|w| <= 63): x86 CPUs without VNNI add u8 x s8 products in pairs into 16 bits, which 8-bit weights can
-saturate. The export records which; an 8-bit export is not used on a CPU that would saturate it.
+Weights have 8-bit levels (|w| <= 127) per output column on every CPU, stored as int8 where the CPU
+multiplies u8 x s8 exactly (x86 with AVX-512 VNNI), else as uint8 offset by 128: x86 CPUs without
+VNNI add u8 x s8 products in pairs into 16 bits, which 8-bit int8 weights saturate (an AVX2-only AMD
+EPYC lost 4% of topic labels to the old 7-bit workaround), while u8 x u8 products are widened to 16
+bits first and stay exact. Both encodings give the same numbers; the export records which it used, and
+an int8-encoded export is not used on a CPU that would saturate it.
 """
 from __future__ import annotations
 
@@ -102,23 +105,46 @@ def calibrate_zero_points(model, names: list[str], feeds: list[dict]) -> dict[st
     return out
 
 
-def exact_weight_bits() -> int:
-    """The widest int8 weights this CPU's u8 x s8 products keep exact: 8, or 7 (x86 without VNNI,
-    or a CPU whose features cannot be read)."""
+def cpu_class() -> str:
+    """Which int8 kernels ONNX Runtime will run here, as far as the weights' encoding matters:
+    "x86-vnni" (AVX-512 VNNI: u8 x s8 products summed exactly in 32 bits), "x86" (other x86-64:
+    u8 x s8 products are added in pairs into 16 bits and can saturate), "arm64", or "other".
+    Read from the CPU itself (numpy's cpuid-based detection), not /proc/cpuinfo: an emulated or
+    virtualised CPU reports what it really executes."""
     machine = platform.machine().lower()
     if machine in ("arm64", "aarch64"):
-        return 8
+        return "arm64"
+    if machine not in ("x86_64", "amd64", "i386", "i686", "x86"):
+        return "other"
     try:
-        flags = Path("/proc/cpuinfo").read_text(errors="replace")
-    except OSError:
-        return 7
-    return 8 if re.search(r"\b(avx512_vnni|avx_vnni)\b", flags) else 7
+        from numpy._core._multiarray_umath import __cpu_features__ as features
+    except ImportError:  # numpy < 2
+        from numpy.core._multiarray_umath import __cpu_features__ as features
+    return "x86-vnni" if features.get("AVX512VNNI") else "x86"
 
 
-def quantize_per_token(src: Path, dst: Path, feeds: list[dict] | None = None, weight_bits: int = 7) -> dict:
+def weight_type_for(cpu: str | None = None) -> str:
+    """The weight encoding whose integer products this CPU computes exactly and fastest: int8 ("s8")
+    with AVX-512 VNNI; elsewhere uint8 offset by 128 ("u8"), which ONNX Runtime multiplies by
+    widening to 16 bits (x86) or with unsigned dot products (ARM64): exact, with the same 8-bit
+    levels, so every CPU gives the same numbers (u8 is about 2x slower than s8 on a VNNI CPU)."""
+    return "s8" if (cpu or cpu_class()) == "x86-vnni" else "u8"
+
+
+def exact_on_this_cpu(weight_type: str, weight_bits: int) -> bool:
+    """Does this CPU multiply an export's weights without saturating? u8 and 7-bit s8 always do;
+    8-bit s8 only with VNNI."""
+    return weight_type == "u8" or weight_bits <= 7 or cpu_class() == "x86-vnni"
+
+
+def quantize_per_token(src: Path, dst: Path, feeds: list[dict] | None = None, weight_bits: int = 8,
+                       weight_type: str = "u8") -> dict:
     """Rewrite every MatMul with a constant 2-D weight in `src` as the per-token int8 product above;
     write the graph to `dst`. `feeds` (ONNX inputs of sample texts) calibrate the fixed zero points.
-    Returns counts for the log."""
+    weight_type "s8" stores weights as int8; "u8" as uint8 offset by a zero point of 128 (the same
+    levels, run by ONNX Runtime's u8 x u8 kernels, which are exact on every CPU). Returns counts."""
+    if weight_type not in ("s8", "u8"):
+        raise ValueError(f"weight_type must be s8 or u8, not {weight_type!r}")
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -227,10 +253,13 @@ def quantize_per_token(src: Path, dst: Path, feeds: list[dict] | None = None, we
         x = n.input[0]
         q, s, zp = quantize_input(x, k)
         p = f"ptq/mm{i}/"
-        ins = [q, const(p + "Wq", Wq), const(p + "one", np.float32(1)), const(p + "w_scale", w_scale)]
+        stored = Wq if weight_type == "s8" else (Wq.astype(np.int16) + 128).astype(np.uint8)
+        ins = [q, const(p + "Wq", stored), const(p + "one", np.float32(1)), const(p + "w_scale", w_scale)]
+        a_zp = const(p + "zp", np.uint8(zp)) if isinstance(zp, int) else ""  # "" = no input zero point
+        b_zp = [const(p + "w_zp", np.uint8(128))] if weight_type == "u8" else []
+        ins += [a_zp] + b_zp if (isinstance(zp, int) or b_zp) else []
         if isinstance(zp, int):
-            nodes.append(helper.make_node("MatMulIntegerToFloat", ins + [const(p + "zp", np.uint8(zp))], [p + "yc"],
-                                          domain="com.microsoft"))
+            nodes.append(helper.make_node("MatMulIntegerToFloat", ins, [p + "yc"], domain="com.microsoft"))
         else:  # (q - zp) @ W = q @ W - zp * colsum(W): the zero point's share as one rank-1 update
             colsum = (Wq.astype(np.float32) * w_scale).sum(axis=0).astype(np.float32)
             nodes.extend([
@@ -250,5 +279,5 @@ def quantize_per_token(src: Path, dst: Path, feeds: list[dict] | None = None, we
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(dst))
-    return {"scheme": SCHEME, "weight_bits": weight_bits, "matmuls": len(quantizable),
+    return {"scheme": SCHEME, "weight_bits": weight_bits, "weight_type": weight_type, "matmuls": len(quantizable),
             "per_row_zero_points": len(per_row), "fixed_zero_points": len(fixed), "calibrated": bool(zero_points)}

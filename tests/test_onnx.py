@@ -65,16 +65,22 @@ def test_fp32_onnx_equals_torch(exported):
     assert _labels(pa) == _labels(pb)
 
 
+# What docs/ARCHITECTURE.md states for the shipped int8 on the fixture: 8-bit weight levels on every
+# CPU class (int8-stored with VNNI, uint8-stored elsewhere) give the same numbers everywhere:
+# topic 100%, sentiment 97.3%, entity spans 95.7%.
+INT8_AGREEMENT = {"cls": 0.97, "sent": 0.97, "spans": 0.95}
+
+
 def test_int8_keeps_labels(exported):
     texts = fixture_texts()
     fp, q = sentmtl_cli.load(backend="onnx").predict(texts), sentmtl_cli.load(backend="onnx-int8").predict(texts)
     for task in ("cls", "sent"):
         agree = np.mean([x[task]["label"] == y[task]["label"] for x, y in zip(fp, q)])
-        assert agree >= 0.97, (task, agree)
+        assert agree >= INT8_AGREEMENT[task], (task, agree)
     ents_fp = {(i, e["label"], e["start"], e["end"]) for i, r in enumerate(fp) for e in r["ner"]["entities"]}
     ents_q = {(i, e["label"], e["start"], e["end"]) for i, r in enumerate(q) for e in r["ner"]["entities"]}
     assert ents_fp
-    assert len(ents_fp & ents_q) / len(ents_fp | ents_q) >= 0.9  # span-level agreement
+    assert len(ents_fp & ents_q) / len(ents_fp | ents_q) >= INT8_AGREEMENT["spans"]  # span-level agreement
 
 
 def test_int8_vector_does_not_depend_on_batch_neighbours(exported):
@@ -89,18 +95,22 @@ def test_int8_vector_does_not_depend_on_batch_neighbours(exported):
 
 
 def test_int8_export_made_for_another_cpu_is_not_used(exported, monkeypatch):
-    """An export with 8-bit weights on a CPU whose int8 products would saturate them: refused."""
+    """An export with int8-stored weights on a CPU whose u8 x s8 products would saturate them:
+    refused. A u8 export runs anywhere."""
     import sentmtl_cli.quantize as quantize
 
     cfg = load_config(ROOT / "configs" / "default.yaml")
     folder = sentmtl_cli.load(backend="torch").folder
-    bits = json.loads((export_dir(cfg) / "export.json").read_text())["int8"]["weight_bits"]
-    monkeypatch.setattr(quantize, "exact_weight_bits", lambda: 7)
+    info = json.loads((export_dir(cfg) / "export.json").read_text())["int8"]
+    assert info["weight_bits"] == 8 and info["weight_type"] == quantize.weight_type_for()
+    monkeypatch.setattr(quantize, "cpu_class", lambda: "x86")
     path, why = find_export(cfg, folder, int8=True)
-    if bits == 8:
+    if info["weight_type"] == "s8":
         assert path is None and "saturate" in why
     else:
         assert path is not None
+    monkeypatch.setattr(quantize, "cpu_class", lambda: "x86-vnni")
+    assert find_export(cfg, folder, int8=True)[0] is not None
     assert find_export(cfg, folder, int8=False)[0] is not None  # fp32 is unaffected
 
 

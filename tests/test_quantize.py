@@ -6,7 +6,19 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 from onnx import TensorProto, helper, numpy_helper  # noqa: E402
 
-from sentmtl_cli.quantize import calibrate_zero_points, exact_weight_bits, quantize_per_token  # noqa: E402
+import json  # noqa: E402
+import platform  # noqa: E402
+import shutil  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from sentmtl_cli.quantize import (calibrate_zero_points, cpu_class, exact_on_this_cpu,  # noqa: E402
+                                  quantize_per_token, weight_type_for)
+
+from int8_probe import product_error  # noqa: E402
+
+NO_VNNI = "this CPU has no AVX-512 VNNI: its u8 x s8 products saturate 8-bit int8 weights (not used here)"
 
 K, N = 64, 48
 
@@ -47,13 +59,18 @@ def _inputs(rng, b=3, t=5):
     return x
 
 
-@pytest.mark.parametrize("bits", [7, 8])
-def test_rewrite_matches_float_and_marks_inputs(tmp_path, bits):
+@pytest.mark.parametrize("weight_type,bits", [("u8", 8), ("s8", 7), ("s8", 8)])
+def test_rewrite_matches_float_and_marks_inputs(tmp_path, weight_type, bits):
+    """u8 and 7-bit s8 run exactly on every CPU, so they are tested everywhere; 8-bit s8 only where
+    the CPU multiplies it exactly."""
+    if not exact_on_this_cpu(weight_type, bits):
+        pytest.skip(NO_VNNI)
     rng = np.random.default_rng(0)
     _graph(tmp_path / "f.onnx", rng)
     x = _inputs(rng)
     feeds = [{"x": _inputs(rng), "attention_mask": np.ones((3, 5), np.int64)}]
-    info = quantize_per_token(tmp_path / "f.onnx", tmp_path / "q.onnx", feeds, weight_bits=bits)
+    info = quantize_per_token(tmp_path / "f.onnx", tmp_path / "q.onnx", feeds, weight_bits=bits, weight_type=weight_type)
+    assert info["weight_type"] == weight_type
     assert info["matmuls"] == 4 and info["per_row_zero_points"] == 1 and info["fixed_zero_points"] == 1
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
     assert "MatMulIntegerToFloat" in ops and "MatMul" not in ops
@@ -86,5 +103,42 @@ def test_zero_point_calibration_follows_the_data(tmp_path):
     assert calibrate_zero_points(model, ["x"], feeds)["x"] > 192
 
 
-def test_exact_weight_bits_is_7_or_8():
-    assert exact_weight_bits() in (7, 8)
+def test_u8_and_s8_encodings_give_the_same_numbers(tmp_path):
+    """The two encodings hold the same levels, so where both run exactly they agree bit for bit:
+    an export made on any CPU gives the numbers the docs state."""
+    if not exact_on_this_cpu("s8", 8):
+        pytest.skip(NO_VNNI)
+    rng = np.random.default_rng(3)
+    _graph(tmp_path / "f.onnx", rng)
+    x = _inputs(rng)
+    for wt in ("s8", "u8"):
+        quantize_per_token(tmp_path / "f.onnx", tmp_path / f"{wt}.onnx", None, weight_bits=8, weight_type=wt)
+    for a, b in zip(_run(tmp_path / "s8.onnx", x), _run(tmp_path / "u8.onnx", x)):
+        np.testing.assert_allclose(a, b, rtol=0, atol=1e-6 * np.abs(a).max())
+
+
+def test_this_cpus_encoding_multiplies_exactly():
+    """On inputs that saturate a 16-bit pairwise sum, the encoding chosen for this CPU gives the exact
+    integer product; so do u8 and 7-bit s8 on every CPU."""
+    assert cpu_class() in ("x86-vnni", "x86", "arm64", "other")
+    assert product_error(weight_type_for()) < 1e-6
+    assert product_error("u8") < 1e-6
+    assert product_error("s8", 7) < 1e-6
+
+
+@pytest.mark.skipif(platform.machine().lower() not in ("x86_64", "amd64"), reason="emulates an x86-64 CPU")
+def test_avx2_only_cpu_is_given_exact_weights_emulated():
+    """The CPU class a VNNI machine cannot show: an AVX2-only x86-64 (as on AMD EPYC before Zen 4),
+    emulated by qemu-user. There 8-bit int8 weights saturate (the probe must see it, or the
+    emulation proves nothing), and sentmtl picks u8, which stays exact."""
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-x86_64 is not installed (.ci/run installs Debian's qemu-user for this test)")
+    probe = Path(__file__).with_name("int8_probe.py")
+    r = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, str(probe)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = json.loads(r.stdout.strip().splitlines()[-1])
+    assert got["cpu"] == "x86" and got["weight_type"] == "u8", got
+    assert got["s8_8bit"] > 0.05, got  # the emulated CPU saturates, as the real one did
+    assert got["u8"] < 1e-6 and got["s8_7bit"] < 1e-6, got
