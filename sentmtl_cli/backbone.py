@@ -35,7 +35,10 @@ def _check_folder(folder: Path, what: str) -> Path:
 def resolve_folder(cfg: BackboneConfig) -> Path:
     """The local sentence-transformers folder a backbone config points at. Never downloads."""
     if cfg.package:
-        spec = importlib.util.find_spec(cfg.package)  # locate without importing it
+        try:
+            spec = importlib.util.find_spec(cfg.package)  # locate without importing it
+        except (ImportError, ValueError):  # a relative or malformed name
+            spec = None
         if spec is None or not spec.submodule_search_locations:
             raise SentmtlError(
                 f"backbone.package: Python package {cfg.package!r} is not installed (run `make setup`)"
@@ -125,6 +128,11 @@ class TorchBackbone:
             state = load_file(str(path))
         except Exception as e:
             raise SentmtlError(f"backbone.weights: cannot read {path}: {str(e).splitlines()[0]}") from None
+        for k, v in state.items():
+            if v.dtype not in (torch.float16, torch.float32, torch.bfloat16):
+                raise SentmtlError(f"backbone.weights: {path}: {k} is {v.dtype}, not a float16/float32 weight")
+            if not torch.isfinite(v).all():
+                raise SentmtlError(f"backbone.weights: {path}: {k} holds NaN or infinite values")
         state = {k: v.to(torch.float32) for k, v in state.items()}
         missing, unexpected = self.model.load_state_dict(state, strict=False)
         if unexpected or [m for m in missing if "position_ids" not in m]:

@@ -5,6 +5,7 @@ instant. Bad input raises SentmtlError, which becomes one line on stderr and exi
 """
 from __future__ import annotations
 
+import errno
 import functools
 import os
 import sys
@@ -61,10 +62,61 @@ def handles_errors(fn):
             fail(str(e), e.exit_code)
         except BrokenPipeError:
             # the reader went away (`| head`): stop quietly
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            _silence_stdout()
             raise typer.Exit(0)
+        except Terminated:  # cleanup ran on the way out (temp files removed, old model restored)
+            typer.echo("terminated", err=True)
+            raise typer.Exit(143)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130)
+        except MemoryError:
+            fail("out of memory (a config asking for a huge head, or a batch too large: try --batch-size)")
+        except OSError as e:  # a disk filling up, a file vanishing mid-run: one line, never a traceback
+            if e.errno == errno.ENOSPC:
+                _silence_stdout()
+            where = f" {e.filename}" if getattr(e, "filename", None) else ""
+            fail(f"cannot complete:{where} {e.strerror or e}")
 
     return wrapper
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what could not be written
+    does not print a second error (or a traceback) on the way out."""
+    try:
+        fd = sys.stdout.fileno()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
+class _ClosedStdout:
+    """Stands in for a closed stdout (`sentmtl embed hi >&-`): writing to it is a one-line error."""
+
+    encoding = "utf-8"
+    buffer = property(lambda self: self)
+
+    def write(self, data):
+        raise SentmtlError("standard output is closed; give --output FILE or leave stdout open")
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        raise ValueError("stdout is closed")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that every cleanup SIGINT runs also runs for it:
+    temporary files removed, a model that --force was replacing put back."""
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
 
 
 def version_callback(value: bool):
@@ -107,10 +159,15 @@ def gather_texts(texts: Optional[List[str]], file: Optional[str]) -> list[str]:
     return list(source)
 
 
-def default_format(fmt):
+def default_format(fmt, output=None):
+    """The format asked for; else JSON into a file or a pipe, a table on a terminal."""
     if fmt is not None:
         return fmt.value
-    return "table" if sys.stdout.isatty() else "json"
+    if output is not None and str(output) != "-":
+        return "json"
+    from .stream import _isatty
+
+    return "table" if _isatty(sys.stdout) else "json"
 
 
 class Progress:
@@ -150,11 +207,20 @@ class Progress:
 def load_model(config: Optional[Path], threads: Optional[int], backend=None):
     from .model import load
 
-    return load(config, threads=threads, backend=backend.value if backend else None)
+    m = load(config, threads=threads, backend=backend.value if backend else None)
+    if m.backend == "torch" and (backend is None or backend.value == "auto") and m.cfg.backbone.backend == "auto":
+        src = m.cfg.source
+        typer.echo(f"note: no ONNX export beside {src}, so this runs on torch (seconds slower to start); "
+                   f"`sentmtl export --config {src} --int8` makes the fast path", err=True)
+    return m
 
 
 # ---- commands ------------------------------------------------------------------------------------
 CHUNK = 4096  # texts read, embedded and written at a time: memory stays flat on any input size
+
+
+OutputOpt = typer.Option(None, "--output", "-o",
+                         help="Write to this file (atomically; '-' = stdout) instead of stdout. Needed for --format npy.")
 
 
 @app.command()
@@ -164,50 +230,36 @@ def embed(
     file: Optional[str] = FileOpt,
     config: Optional[Path] = ConfigOpt,
     fmt: Optional[EmbedFmt] = typer.Option(None, "--format", help="table | json | jsonl | npy (default: table on a terminal, else json)."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="File for --format npy (float32 matrix)."),
+    output: Optional[str] = OutputOpt,
     batch_size: int = BatchOpt,
     threads: Optional[int] = ThreadsOpt,
     backend: Optional[Backend] = BackendOpt,
 ):
     """Embed texts into fixed-length vectors."""
     from . import render
-    from .stream import JsonArrayWriter, NpyWriter, TextSource
+    from .stream import Sink, TextSource
 
-    f = default_format(fmt)
+    f = default_format(fmt, output)
     if f == "npy" and output is None:
-        raise SentmtlError("--format npy needs --output FILE")
+        raise SentmtlError("--format npy needs --output FILE (or --output - for stdout)")
     source = TextSource(texts, file)
     total = source.count()
     m = load_model(config, threads, backend)
-    npy = NpyWriter(output, total, m.dim) if f == "npy" else None
-    doc = JsonArrayWriter({"model": m.name, "dimension": m.dim, "normalized": m.cfg.backbone.normalize},
-                          "embeddings") if f == "json" else None
-    kept_texts, kept = [], []
-    ok = False
-    try:
-        with Progress(total, "embedding") as p:
-            for start, chunk in source.chunks(CHUNK):
-                emb = m.embed(chunk, batch_size=batch_size, progress=p, offset=start)
-                if npy:
-                    npy.write(start, emb)
-                elif doc:
-                    for t, e in zip(chunk, emb):
-                        doc.write({"text": t, "embedding": e.tolist()})
-                elif f == "jsonl":
-                    render.write_jsonl({"text": t, "embedding": e.tolist()} for t, e in zip(chunk, emb))
-                else:
-                    kept_texts += chunk
-                    kept.append(emb)
-        ok = True
-    finally:
-        if npy:
-            npy.close(ok)
-    if doc:
-        doc.close()
+    head = {"model": m.name, "dimension": m.dim, "normalized": m.cfg.backbone.normalize}
+    with Sink(f, output, json_head=head, json_key="embeddings", rows=total, dim=m.dim) as out, \
+            Progress(total, "embedding") as p:
+        for start, chunk in source.chunks(CHUNK):
+            emb = m.embed(chunk, batch_size=batch_size, progress=p, offset=start)
+            if f == "npy":
+                out.matrix(emb)
+            else:
+                out.rows({"text": t, "embedding": e.tolist()} for t, e in zip(chunk, emb))
     if f == "table":
         import numpy as np
 
-        render.stdout_console().print(render.embed_table(kept_texts, np.concatenate(kept)))
+        kept = out.kept
+        render.stdout_console().print(render.embed_table([k["text"] for k in kept],
+                                                         np.array([k["embedding"] for k in kept], dtype=np.float32)))
 
 
 @app.command()
@@ -251,36 +303,27 @@ def predict(
     top_k: int = typer.Option(1, "--top-k", min=1, help="Labels to show per sentence task."),
     config: Optional[Path] = ConfigOpt,
     fmt: Optional[Fmt] = typer.Option(None, "--format", help="table | json | jsonl."),
+    output: Optional[str] = OutputOpt,
     batch_size: int = BatchOpt,
     threads: Optional[int] = ThreadsOpt,
     backend: Optional[Backend] = BackendOpt,
 ):
     """Run task heads (classification, sentiment, entities) from one shared forward pass."""
     from . import render
-    from .stream import JsonArrayWriter, TextSource
+    from .stream import Sink, TextSource
 
     m = load_model(config, threads, backend)
     task_list = m.resolve_tasks(tasks.split(",") if tasks is not None else None)
     source = TextSource(texts, file)
     total = source.count()
-    f = default_format(fmt)
-    doc = JsonArrayWriter({"model": m.cfg.name, "tasks": task_list}, "predictions") if f == "json" else None
-    kept = []
-    with Progress(total, "predicting") as p:
+    f = default_format(fmt, output)
+    with Sink(f, output, json_head={"model": m.cfg.name, "tasks": task_list}, json_key="predictions") as out, \
+            Progress(total, "predicting") as p:
         for start, chunk in source.chunks(CHUNK):
-            results = m.predict(chunk, tasks=task_list, top_k=top_k, batch_size=batch_size, progress=p, offset=start)
-            if doc:
-                for r in results:
-                    doc.write(r)
-            elif f == "jsonl":
-                render.write_jsonl(results)
-            else:
-                kept += results
-    if doc:
-        doc.close()
+            out.rows(m.predict(chunk, tasks=task_list, top_k=top_k, batch_size=batch_size, progress=p, offset=start))
     if f == "table":
         con = render.stdout_console()
-        for t in render.predict_tables(kept, task_list, m.heads, top_k):
+        for t in render.predict_tables(out.kept, task_list, m.heads, top_k):
             con.print(t)
 
 
@@ -302,12 +345,13 @@ def search(
     from .model import check_texts
 
     check_texts([query])
-    lines = read_lines(corpus)
-    if not lines:
+    numbered = read_lines(corpus)
+    if not numbered:
         raise SentmtlError(f"corpus {corpus} has no non-empty lines")
     m = load_model(config, threads, backend)
-    with Progress(len(lines) + 1, "embedding corpus") as p:
-        hits = m.search(query, lines, top_k=top_k, batch_size=batch_size, progress=p)
+    with Progress(len(numbered) + 1, "embedding corpus") as p:
+        hits = m.search(query, [t for _, t in numbered], top_k=top_k, batch_size=batch_size, progress=p,
+                        line_numbers=[n for n, _ in numbered])
     f = default_format(fmt)
     if f == "json":
         render.write_json({"query": query, "corpus": corpus, "results": hits})
@@ -434,6 +478,8 @@ def train(
     res = run_train(cfg, force=force, resume=resume, stop_after=until_epoch,
                     progress_factory=None if quiet else TrainProgress, quiet=quiet)
     typer.echo(f"best epoch {res.best_epoch} (score {res.best_score:.4f}) -> {res.output} in {res.seconds:.0f}s", err=True)
+    typer.echo(f"for the fast path (ONNX, under a second to start): sentmtl export --config {res.output / 'model.yaml'} --int8",
+               err=True)
 
 
 @app.command()
@@ -518,11 +564,20 @@ def experiment(
 
 def main() -> None:
     """Console entry point: no traceback reaches the user unless SENTMTL_DEBUG is set."""
+    import signal
+
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    if sys.stdout is None:  # started with stdout closed
+        sys.stdout = _ClosedStdout()
     try:
         app()
     except SentmtlError as e:  # raised outside a command (should not happen, but never a traceback)
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except Terminated:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        typer.echo("terminated", err=True)
+        sys.exit(143)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)

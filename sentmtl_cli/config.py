@@ -20,6 +20,11 @@ def default_config_path() -> Path:
     return Path(env) if env else SHIPPED_CONFIG
 
 
+SEED_MAX = 2**32 - 1  # numpy and torch seeds are 32-bit here
+HIDDEN_MAX = 65536  # a head's hidden layer; far past any useful size, well short of exhausting memory
+PACKAGE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -31,7 +36,7 @@ class BackboneConfig(_Strict):
     `path` (a local folder) or `name` (a hub id, used only when a local copy is cached) is set.
     """
 
-    package: str | None = None
+    package: str | None = Field(None, pattern=PACKAGE_NAME)
     path: Path | None = None
     name: str | None = None
     pooling: Literal["mean", "cls", "max"] = "mean"
@@ -57,7 +62,7 @@ class HeadConfig(_Strict):
     activation: Literal["gelu", "relu", "tanh"] = "gelu"
     multi_label: bool = False
     # token heads: which hidden-state layers to read (0 = embeddings, -1 = last); several are mixed
-    layers: list[int] = Field(default_factory=lambda: [-1])
+    layers: list[int] = Field(default_factory=lambda: [-1], min_length=1)
     weights: Path | None = None
 
     @field_validator("labels")
@@ -72,14 +77,14 @@ class HeadConfig(_Strict):
     @field_validator("hidden")
     @classmethod
     def _positive_hidden(cls, v: list[int]) -> list[int]:
-        if any(h <= 0 for h in v):
-            raise ValueError("hidden sizes must be positive")
+        if any(h <= 0 or h > HIDDEN_MAX for h in v):
+            raise ValueError(f"hidden sizes must be between 1 and {HIDDEN_MAX}")
         return v
 
 
 class ModelConfig(_Strict):
     name: str = "sentmtl"
-    seed: int = 13
+    seed: int = Field(13, ge=0, le=SEED_MAX)
     backbone: BackboneConfig
     heads: dict[str, HeadConfig] = Field(default_factory=dict)
     source: Path | None = Field(None, exclude=True)  # the YAML file it came from
@@ -93,6 +98,31 @@ class ModelConfig(_Strict):
         return v
 
 
+def _strict_loader():
+    """yaml's SafeLoader, except that a key given twice in one mapping is an error (PyYAML keeps
+    the last silently, so a typo'd override would go unnoticed)."""
+    import yaml
+
+    class StrictLoader(yaml.SafeLoader):
+        pass
+
+    def mapping(loader, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = loader.construct_object(key_node, deep=deep)
+            try:
+                dup = key in seen
+            except TypeError:  # an unhashable key: let the default constructor report it
+                break
+            if dup:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return loader.construct_mapping(node, deep=deep)
+
+    StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
+    return StrictLoader
+
+
 def read_yaml(path: Path) -> dict:
     """Read a YAML mapping with errors that name the file."""
     import yaml
@@ -102,7 +132,7 @@ def read_yaml(path: Path) -> dict:
     path = Path(path)
     text = read_text(path, "config")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_strict_loader())
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
@@ -149,7 +179,7 @@ def load_config(path: Path | str | None = None) -> ModelConfig:
     base = path.resolve().parent
     cfg.backbone.path = _resolve(base, cfg.backbone.path)
     cfg.backbone.weights = _resolve(base, cfg.backbone.weights)
-    from .heads import known_head_types
+    from .heads import head_class, known_head_types
 
     for task, head in cfg.heads.items():
         if head.type not in known_head_types():
@@ -157,6 +187,9 @@ def load_config(path: Path | str | None = None) -> ModelConfig:
                 f"invalid config {path}: heads.{task}.type: unknown head type {head.type!r} "
                 f"(known: {', '.join(sorted(known_head_types()))})"
             )
+        problem = head_class(head.type).check_config(head)
+        if problem:
+            raise SentmtlError(f"invalid config {path}: heads.{task}.{problem}")
         head.weights = _resolve(base, head.weights)
     return cfg
 
@@ -205,7 +238,7 @@ class TrainConfig(_Recipe):
     model: Path  # the model config to start from (backbone + heads)
     output: Path  # the trained model folder
     init_heads: Literal["seed", "weights"] = "seed"  # trained heads start from the seed, or the config's weights
-    seed: int = 13
+    seed: int = Field(13, ge=0, le=SEED_MAX)
     epochs: int = Field(3, ge=1)
     batch_size: int = Field(32, ge=1)
     steps_per_epoch: int | None = Field(None, ge=1)

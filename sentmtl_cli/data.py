@@ -114,7 +114,13 @@ def read_sentence_data(cfg: DataConfig, labels: list[str], task: str = "task") -
             # plain TSV: no quoting (quotes are part of the text in SST-2 and AG News)
             table = [line.split("\t") for line in text.splitlines() if line.strip()]
         else:
-            table = list(csv.reader(io.StringIO(text)))
+            # csv's default field limit (128 KiB) would fail on one long document; a text may be
+            # as long as the file
+            csv.field_size_limit(max(csv.field_size_limit(), len(text) + 1))
+            try:
+                table = list(csv.reader(io.StringIO(text)))
+            except csv.Error as e:
+                raise SentmtlError(f"{cfg.path}: malformed CSV ({e})") from None
         named = any(isinstance(c, str) and not c.lstrip("-").isdigit() for c in (cfg.text_column, cfg.label_column))
         header = cfg.header if cfg.header is not None else named
         names = [c.strip() for c in table[0]] if header and table else None

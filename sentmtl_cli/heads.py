@@ -84,6 +84,11 @@ class Head:
         self.params: dict[str, np.ndarray] = {}
         self.trained = False
 
+    @classmethod
+    def check_config(cls, cfg: HeadConfig) -> str | None:
+        """What is wrong with a config for this head type ("key: why"), or None."""
+        return None
+
     # ---- structure -------------------------------------------------------------------------
     @property
     def outputs(self) -> list[str]:
@@ -154,12 +159,19 @@ class Head:
             raise SentmtlError(f"{where}: not a sentmtl head file (header format={meta.get('format')!r})")
         if meta.get("type") != self.type_name:
             raise SentmtlError(f"{where}: holds a {meta.get('type')!r} head, config says {self.type_name!r}")
-        saved_labels = json.loads(meta.get("labels", "[]"))
+        try:
+            saved_labels = json.loads(meta.get("labels", "[]"))
+        except ValueError:
+            raise SentmtlError(f"{where}: its header's labels are not a JSON list") from None
         if saved_labels != list(self.cfg.labels):
             raise SentmtlError(
                 f"{where}: trained for labels {saved_labels}, config has {list(self.cfg.labels)}"
             )
-        if int(meta.get("input_dim", -1)) != self.input_dim:
+        try:
+            saved_dim = int(meta.get("input_dim", -1))
+        except ValueError:
+            raise SentmtlError(f"{where}: its header's input_dim {meta.get('input_dim')!r} is not a number") from None
+        if saved_dim != self.input_dim:
             raise SentmtlError(
                 f"{where}: expects input size {meta.get('input_dim')}, the backbone gives {self.input_dim}"
             )
@@ -174,15 +186,17 @@ class Head:
                 raise SentmtlError(
                     f"{where}: {name} has shape {tuple(tensors[name].shape)}, the config needs {shape}"
                 )
+            if tensors[name].dtype != np.float32:
+                raise SentmtlError(f"{where}: {name} is {tensors[name].dtype}, a head's weights are float32")
+            if not np.isfinite(tensors[name]).all():
+                raise SentmtlError(f"{where}: {name} holds NaN or infinite values")
         self.params = {k: v.astype(np.float32) for k, v in tensors.items()}
         self.trained = True
 
     def save(self, path: Path) -> None:
-        from safetensors.numpy import save
+        from .io import atomic_write_bytes, safetensors_bytes
 
-        from .io import atomic_write_bytes
-
-        data = save({k: np.ascontiguousarray(v, dtype=np.float32) for k, v in self.params.items()}, metadata=self.header())
+        data = safetensors_bytes({k: np.asarray(v, dtype=np.float32) for k, v in self.params.items()}, self.header())
         atomic_write_bytes(Path(path), data)
 
 
@@ -204,6 +218,14 @@ class TokenClassificationHead(Head):
     """BIO tagging over token vectors from one or more backbone layers (a learned softmax mix)."""
 
     level = "token"
+
+    @classmethod
+    def check_config(cls, cfg: HeadConfig) -> str | None:
+        bio = [lab for lab in cfg.labels if lab == "O" or lab[:2] in ("B-", "I-", "E-", "S-", "L-", "U-")]
+        if bio:
+            return (f"labels: give entity types (e.g. [PER, ORG]), not BIO tags ({', '.join(bio)}): "
+                    "the B-/I-/O tags are made from the types")
+        return None
 
     @property
     def outputs(self) -> list[str]:

@@ -10,6 +10,7 @@ This is the Python API the CLI stands on:
 """
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Callable, Iterable
 
@@ -28,9 +29,11 @@ METRICS = ("cosine", "dot", "euclidean")
 
 
 def check_texts(texts: Iterable[str]) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
     texts = list(texts)
     if not texts:
-        raise SentmtlError("no input text given (pass texts, --file PATH, or pipe them on stdin)")
+        raise SentmtlError("no input text given (an empty list of texts)")
     for i, t in enumerate(texts):
         if not isinstance(t, str):
             raise SentmtlError(f"input {i + 1} is not a string")
@@ -46,6 +49,12 @@ class MultiTaskModel:
         mcfg = read_model_config(self.folder)
         self.dim = int(mcfg.get("hidden_size", 0))
         self.num_layers = int(mcfg.get("num_hidden_layers", 0))
+        limit = int(mcfg.get("max_position_embeddings") or 0)
+        if limit and cfg.backbone.max_seq_length > limit:
+            # the transformer has no position vectors past its limit: longer inputs would crash it
+            print(f"warning: backbone.max_seq_length={cfg.backbone.max_seq_length} is past the model's "
+                  f"{limit} positions; using {limit}", file=sys.stderr)
+            cfg.backbone.max_seq_length = limit
         self.tokenizer = Tokenizer(self.folder, cfg.backbone.max_seq_length)
         self.heads: dict[str, Head] = {}
         for task, hcfg in cfg.heads.items():
@@ -103,12 +112,18 @@ class MultiTaskModel:
         b = self.cfg.backbone
         return b.package or b.name or str(b.path)
 
-    def resolve_tasks(self, tasks: Iterable[str] | None) -> list[str]:
+    def resolve_tasks(self, tasks: Iterable[str] | str | None) -> list[str]:
+        """Task names (a list, or one string: "ner" or "cls,sent"); None means every head."""
         if tasks is None:
+            if not self.heads:
+                raise SentmtlError(f"the config {self.cfg.source or self.cfg.name} has no task heads to predict with "
+                                   "(add heads: to it; `sentmtl info` shows what it has)")
             return list(self.heads)
-        tasks = [t.strip() for t in tasks if t.strip()]
+        if isinstance(tasks, str):
+            tasks = tasks.split(",")
+        tasks = [t.strip() for t in tasks if isinstance(t, str) and t.strip()]
         if not tasks:
-            raise SentmtlError("--tasks is empty")
+            raise SentmtlError("no task given (the task list is empty)")
         unknown = [t for t in tasks if t not in self.heads]
         if unknown:
             raise SentmtlError(
@@ -203,28 +218,37 @@ class MultiTaskModel:
         return out
 
     # ---- the public API -----------------------------------------------------------------------
-    def embed(self, texts: Iterable[str], batch_size: int = BATCH_SIZE, progress=None, offset: int = 0) -> np.ndarray:
-        emb, _ = self.run(list(texts), [], batch_size=batch_size, progress=progress, offset=offset)
-        return emb
+    def embed(self, texts: Iterable[str] | str, batch_size: int = BATCH_SIZE, progress=None, offset: int = 0) -> np.ndarray:
+        """[N, dim] float32 for a list of texts; [dim] for one string (as sentence-transformers does)."""
+        emb, _ = self.run(check_texts(texts), [], batch_size=batch_size, progress=progress, offset=offset)
+        return emb[0] if isinstance(texts, str) else emb
 
     def similarity(self, texts_a, texts_b, metric: str = "cosine", batch_size: int = BATCH_SIZE) -> np.ndarray:
-        a, b = list(texts_a), list(texts_b)
+        """[len(a), len(b)] scores; a string on either side counts as one text."""
+        a, b = check_texts(texts_a), check_texts(texts_b)
         emb = self.embed(a + b, batch_size=batch_size)
         return pairwise(emb[: len(a)], emb[len(a) :], metric)
 
-    def predict(self, texts, tasks=None, top_k: int = 1, batch_size: int = BATCH_SIZE, progress=None, offset: int = 0) -> list[dict]:
+    def predict(self, texts, tasks=None, top_k: int = 1, batch_size: int = BATCH_SIZE, progress=None,
+                offset: int = 0) -> list[dict] | dict:
+        """One result dict per text (the CLI's JSONL objects); one dict for one string."""
         _, res = self.run(
-            list(texts), self.resolve_tasks(tasks), batch_size=batch_size, top_k=top_k,
+            check_texts(texts), self.resolve_tasks(tasks), batch_size=batch_size, top_k=top_k,
             want_embeddings=False, progress=progress, offset=offset,
         )
-        return res
+        return res[0] if isinstance(texts, str) else res
 
-    def search(self, query: str, corpus: list[str], top_k: int = 5, batch_size: int = BATCH_SIZE, progress=None):
+    def search(self, query: str, corpus: list[str], top_k: int = 5, batch_size: int = BATCH_SIZE, progress=None,
+               line_numbers: list[int] | None = None):
+        """The corpus texts nearest the query. `line_numbers` gives each text's line in its file (the
+        CLI passes the file's own numbers, blank lines counted); by default a text's position, 1-based."""
         check_texts([query])
-        emb = self.embed([query] + check_texts(corpus), batch_size=batch_size, progress=progress)
+        corpus = check_texts(corpus)
+        emb = self.embed([query] + corpus, batch_size=batch_size, progress=progress)
         scores = pairwise(emb[:1], emb[1:], "cosine")[0]
         top = np.argsort(-scores, kind="stable")[:top_k]
-        return [{"rank": r + 1, "score": float(scores[i]), "line": int(i) + 1, "text": corpus[i]} for r, i in enumerate(top)]
+        lines = line_numbers or list(range(1, len(corpus) + 1))
+        return [{"rank": r + 1, "score": float(scores[i]), "line": int(lines[i]), "text": corpus[i]} for r, i in enumerate(top)]
 
 
 def pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:

@@ -2,6 +2,7 @@
 memory flat: texts are read and processed in chunks, and results are written as they come."""
 from __future__ import annotations
 
+import io as _io
 import json
 import os
 import sys
@@ -10,6 +11,7 @@ from pathlib import Path
 from typing import Iterator
 
 from .errors import SentmtlError
+from .io import AtomicFile
 
 
 class TextSource:
@@ -32,7 +34,7 @@ class TextSource:
                     raise SentmtlError(f"is a folder, not a file: {self.path}")
                 if not os.access(self.path, os.R_OK):
                     raise SentmtlError(f"cannot read {self.path}: permission denied")
-            elif file == "-" or not sys.stdin.isatty():
+            elif file == "-" or (sys.stdin is not None and not _isatty(sys.stdin)):
                 # stdin is read once; spool it so it can be counted and read like a file
                 self._spool = tempfile.TemporaryFile()
                 for block in iter(lambda: sys.stdin.buffer.read(1 << 20), b""):
@@ -60,7 +62,7 @@ class TextSource:
         try:
             for n, raw in enumerate(f, 1):
                 try:
-                    line = raw.decode("utf-8").rstrip("\r\n")
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")
                 except UnicodeDecodeError as e:
                     raise SentmtlError(f"{self.name} is not UTF-8 text (line {n}, byte {e.start + 1})") from None
                 if line.strip():
@@ -91,56 +93,103 @@ class TextSource:
             yield start, buf
 
 
-class NpyWriter:
-    """A float32 [N, D] .npy written chunk by chunk with plain file writes (a memory map would keep
-    every written page in the process's resident memory), renamed into place only when complete."""
+class Sink:
+    """Where `embed` and `predict` results go, chunk by chunk: stdout, or a file (`--output`) that is
+    written beside its target and renamed into place only when complete (symlinks are written
+    through; folders, devices and FIFOs are refused; `-` is stdout). Formats: json (one document
+    whose `key` array is streamed item by item), jsonl, npy (a float32 matrix, written in row
+    blocks), or table (collected, then printed by the caller).
 
-    def __init__(self, path: Path, rows: int, dim: int):
-        import numpy as np
+        with Sink("jsonl", output) as out:  # a failure or a signal removes the temporary file
+            out.rows(dicts)"""
 
-        self.path = Path(path)
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            fd, self.tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        except OSError as e:
-            raise SentmtlError(f"cannot write {self.path}: {e.strerror}") from None
-        self.f = os.fdopen(fd, "wb")
-        header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (rows, dim)}
-        np.lib.format.write_array_header_1_0(self.f, header)
-        self.offset, self.row_bytes, self.rows = self.f.tell(), 4 * dim, rows
-
-    def write(self, start: int, emb) -> None:
-        import numpy as np
-
-        self.f.seek(self.offset + start * self.row_bytes)
-        self.f.write(np.ascontiguousarray(emb, dtype="<f4").tobytes())
-
-    def close(self, ok: bool) -> None:
-        self.f.truncate(self.offset + self.rows * self.row_bytes)
-        self.f.close()
-        if ok:
-            os.replace(self.tmp, self.path)
+    def __init__(self, fmt: str, output: str | Path | None, *, json_head: dict | None = None, json_key: str = "",
+                 rows: int = 0, dim: int = 0):
+        self.fmt, self.key, self.count = fmt, json_key, 0
+        self.kept: list = []
+        self.file: AtomicFile | None = None
+        to_stdout = output is None or str(output) == "-"
+        if fmt == "table" and not to_stdout:
+            raise SentmtlError("--format table prints to the terminal; use --format json, jsonl or npy with --output")
+        if fmt == "npy" and output is None:
+            raise SentmtlError("--format npy needs --output FILE (or --output - for stdout)")
+        if fmt == "npy" and to_stdout and _isatty(sys.stdout):
+            raise SentmtlError("--format npy writes binary data; give --output FILE, or pipe --output - elsewhere")
+        if not to_stdout:
+            self.file = AtomicFile(output, "wb" if fmt == "npy" else "w")
+            self.out = self.file.file
         else:
-            os.unlink(self.tmp)
+            self.out = sys.stdout.buffer if fmt == "npy" else sys.stdout
+        if fmt == "npy":
+            import numpy as np
 
+            header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (rows, dim)}
+            buf = _io.BytesIO()
+            np.lib.format.write_array_header_1_0(buf, header)
+            self._write(buf.getvalue())
+        elif fmt == "json":
+            prefix = json.dumps(json_head or {}, ensure_ascii=False)[:-1]
+            self._write(f"{prefix}{', ' if json_head else ''}\"{json_key}\": [")
 
-class JsonArrayWriter:
-    """One JSON document whose `key` array is written item by item."""
+    def _write(self, data) -> None:
+        try:
+            self.out.write(data)
+        except OSError as e:
+            if isinstance(e, BrokenPipeError):
+                raise
+            where = self.file.path if self.file else "standard output"
+            raise SentmtlError(f"cannot write {where}: {e.strerror or e}") from None
 
-    def __init__(self, head: dict, key: str, tail: dict | None = None):
-        self.first = True
-        prefix = json.dumps(head, ensure_ascii=False)[:-1]
-        sep = ", " if head else ""
-        sys.stdout.write(f"{prefix}{sep}\"{key}\": [")
-        self.tail = tail
+    def rows(self, objs) -> None:
+        """Result dicts (json, jsonl) or items kept for a table."""
+        if self.fmt == "table":
+            self.kept.extend(objs)
+            return
+        for o in objs:
+            line = json.dumps(o, ensure_ascii=False)
+            if self.fmt == "json":
+                self._write(("" if self.count == 0 else ", ") + line)
+            else:
+                self._write(line + "\n")
+            self.count += 1
+        if self.fmt == "jsonl" and self.file is None:
+            self._flush()
 
-    def write(self, obj) -> None:
-        sys.stdout.write(("" if self.first else ", ") + json.dumps(obj, ensure_ascii=False))
-        self.first = False
+    def matrix(self, emb) -> None:
+        """The next rows of the npy matrix (chunks arrive in input order)."""
+        import numpy as np
+
+        self._write(np.ascontiguousarray(emb, dtype="<f4").tobytes())
+
+    def _flush(self) -> None:
+        try:
+            self.out.flush()
+        except OSError as e:
+            if isinstance(e, BrokenPipeError):
+                raise
+            raise SentmtlError(f"cannot write standard output: {e.strerror or e}") from None
 
     def close(self) -> None:
-        end = "]"
-        if self.tail:
-            end += ", " + json.dumps(self.tail, ensure_ascii=False)[1:-1]
-        sys.stdout.write(end + "}\n")
-        sys.stdout.flush()
+        if self.fmt == "json":
+            self._write("]}\n")
+        if self.file is not None:
+            self.file.commit()
+        elif self.fmt != "table":
+            self._flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, *exc):
+        if exc_type is None:
+            self.close()
+        elif self.file is not None:
+            self.file.discard()
+        return False
+
+
+def _isatty(stream) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False

@@ -1,11 +1,14 @@
 """Words and their character offsets in the original text (what NER labels and reports)."""
 from __future__ import annotations
 
-import re
+import regex
 
 # A word is a run of letters/digits, or any single other non-space character. This matches how
 # CoNLL-style corpora split punctuation, and every word maps back to an exact slice of the input.
-_WORD = re.compile(r"[^\W_]+|\S", re.UNICODE)
+# Combining marks (a decomposed "e\u0301"), zero-width joiners and spaces and variation selectors
+# stay inside the word they sit in, so "Montre\u0301al" is one word, not "Montre" + a mark + "al".
+_INNER = r"\p{M}\u200b\u200c\u200d\u2060\ufe00-\ufe0f"
+_WORD = regex.compile(rf"[^\W_][^\W_{_INNER}]*(?:[{_INNER}]+[^\W_]*)*|\S[{_INNER}]*", regex.UNICODE)
 
 
 def split_words(text: str) -> list[tuple[int, int]]:

@@ -30,7 +30,7 @@ from .config import ModelConfig, TrainConfig, load_config
 from .decode import bio_viterbi
 from .errors import SentmtlError
 from .heads import Head
-from .io import NullProgress, atomic_write_bytes, atomic_write_text
+from .io import NullProgress, atomic_write_bytes, atomic_write_text, safetensors_bytes
 from .metrics import classification_report, entity_report
 from .model import MultiTaskModel
 from .samplers import make_sampler
@@ -448,8 +448,6 @@ class Trainer:
 
     def write_model(self, folder: Path, dtype: str) -> None:
         """A model folder: model.yaml, heads/*.safetensors, and backbone.safetensors if trained."""
-        from safetensors.torch import save
-
         folder.mkdir(parents=True, exist_ok=True)
         self.sync_heads()
         mdoc = self.mcfg.model_dump(mode="json", exclude={"source"})
@@ -457,7 +455,8 @@ class Trainer:
         if self.trains_backbone:
             state = {k: (v.detach().to(torch.float16) if dtype == "float16" else v.detach().clone()).contiguous()
                      for k, v in self.backbone.model.state_dict().items() if v.is_floating_point()}
-            atomic_write_bytes(folder / "backbone.safetensors", save(state, metadata={"format": "sentmtl-backbone/1"}))
+            atomic_write_bytes(folder / "backbone.safetensors",
+                               safetensors_bytes({k: v.numpy() for k, v in state.items()}, {"format": "sentmtl-backbone/1"}))
             mdoc["backbone"]["weights"] = "backbone.safetensors"
         for name, head in self.model.heads.items():
             hd = {k: v for k, v in mdoc["heads"][name].items() if v is not None}
@@ -470,8 +469,6 @@ class Trainer:
         atomic_write_text(folder / "model.yaml", "# written by sentmtl train\n" + yaml.safe_dump(mdoc, sort_keys=False))
 
     def save_checkpoint(self, epoch: int, best: dict) -> None:
-        from safetensors.torch import save
-
         folder = self.cfg.output / CKPT
         self.write_model(folder, "float32")  # full precision so a resumed run is exact
         tensors, meta = {"log_vars": self.log_vars.detach().clone()}, {}
@@ -479,7 +476,8 @@ class Trainer:
         for pid, st in opt["state"].items():
             for k, v in st.items():
                 tensors[f"opt.{pid}.{k}"] = v.detach().clone().reshape(-1) if torch.is_tensor(v) else torch.tensor([float(v)])
-        atomic_write_bytes(folder / "optimizer.safetensors", save(tensors))
+        atomic_write_bytes(folder / "optimizer.safetensors",
+                           safetensors_bytes({k: v.detach().cpu().numpy() for k, v in tensors.items()}))
         meta = {"epoch": epoch, "global_step": self.global_step, "best": best,
                 "scheduler": self.scheduler.state_dict()}
         atomic_write_text(folder / "trainer.json", json.dumps(meta))
@@ -643,39 +641,98 @@ def plot_curves(history: list[dict], path: Path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
+MARKER = "sentmtl-train.json"  # written first into every output folder: what --force may replace
+
+
+def is_model_folder(folder: Path) -> bool:
+    """Does this folder hold a sentmtl training output (its marker, or a model.yaml written by
+    train before markers existed)?"""
+    if (folder / MARKER).is_file():
+        return True
+    try:
+        with open(folder / "model.yaml", encoding="utf-8") as f:
+            return f.readline().startswith("# written by sentmtl train")
+    except OSError:
+        return False
+
+
+class OutputLock:
+    """An exclusive lock on an output folder for the whole run, so two runs cannot write one folder
+    (the second is refused). It is a lock file beside the folder, held with flock: the kernel
+    releases it when the process dies, however it dies."""
+
+    def __init__(self, out: Path):
+        import fcntl
+
+        self.path = out.with_name(f".{out.name}.lock")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise SentmtlError(f"cannot write the output folder {out}: {e.strerror}") from None
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            raise SentmtlError(f"another sentmtl train is writing {out}; wait for it to finish") from None
+
+    def release(self) -> None:
+        os.close(self.fd)  # closing drops the flock; the empty lock file stays (removing it would race)
+
+
 def prepare_output(cfg: TrainConfig, force: bool, resume: bool) -> Path | None:
-    """Make the output folder ready. An existing model is never overwritten without --force, and
-    with --force it is moved aside (returned), to be deleted only once the new run has succeeded."""
+    """Make the output folder ready. An existing model is never overwritten without --force; with
+    --force only a folder holding a sentmtl model is replaced, moved aside (returned) and deleted
+    only once the new run has succeeded."""
     out = cfg.output
     if out.exists() and not out.is_dir():
         raise SentmtlError(f"output {out} exists and is not a folder")
+    backup = out.with_name(out.name + ".replaced")
+    if backup.exists():
+        raise SentmtlError(f"{backup} holds the model that a stopped `train --force` was replacing; "
+                           f"move it back to {out} (or delete it) and run again")
     if resume:
         return None
-    backup = None
-    if out.exists() and any(out.iterdir()):
+    if out.exists() and any(p.name != MARKER for p in out.iterdir()):  # a marker alone: a run that wrote nothing
         if not force:
             raise SentmtlError(f"output folder {out} already holds files; pass --force to overwrite it or --resume to continue")
-        backup = out.with_name(out.name + ".replaced")
-        if backup.exists():
-            shutil.rmtree(backup)
+        if not is_model_folder(out):
+            raise SentmtlError(f"output folder {out} does not hold a sentmtl model (no {MARKER}); "
+                               "--force replaces only a model folder: choose another output")
         os.replace(out, backup)
     out.mkdir(parents=True, exist_ok=True)
-    return backup
+    atomic_write_text(out / MARKER, json.dumps({"format": "sentmtl-train-output/1",
+                                                "recipe": str(cfg.source) if cfg.source else None}) + "\n")
+    return backup if backup.exists() else None
+
+
+def check_recipe(cfg: TrainConfig) -> None:
+    """Errors a recipe can be refused for before any backbone is loaded (seconds, not a minute)."""
+    mcfg = load_config(cfg.model)
+    for name in cfg.tasks:
+        if name not in mcfg.heads:
+            raise SentmtlError(f"tasks.{name}: the model config {cfg.model} has no head {name!r} "
+                               f"(heads: {', '.join(mcfg.heads) or 'none'})")
 
 
 def train(cfg: TrainConfig, force: bool = False, resume: bool = False, stop_after: int | None = None,
           progress_factory=None, quiet: bool = False) -> TrainResult:
-    """Train per the recipe; write the best model to cfg.output (see Trainer). If the run fails, a
-    model that --force was replacing is put back."""
-    backup = prepare_output(cfg, force, resume)
+    """Train per the recipe; write the best model to cfg.output (see Trainer). If the run fails or
+    is stopped (an error, SIGINT, SIGTERM), a model that --force was replacing is put back."""
+    check_recipe(cfg)
+    lock = OutputLock(cfg.output)
     try:
-        trainer = Trainer(cfg, quiet=quiet)
-        result = trainer.run(resume=resume, stop_after=stop_after, progress_factory=progress_factory)
-    except BaseException:
+        backup = prepare_output(cfg, force, resume)
+        try:
+            trainer = Trainer(cfg, quiet=quiet)
+            result = trainer.run(resume=resume, stop_after=stop_after, progress_factory=progress_factory)
+        except BaseException:
+            if backup is not None:
+                shutil.rmtree(cfg.output, ignore_errors=True)
+                os.replace(backup, cfg.output)
+            raise
         if backup is not None:
-            shutil.rmtree(cfg.output, ignore_errors=True)
-            os.replace(backup, cfg.output)
-        raise
-    if backup is not None:
-        shutil.rmtree(backup)
+            shutil.rmtree(backup)
+    finally:
+        lock.release()
     return result

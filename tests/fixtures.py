@@ -65,17 +65,11 @@ def write_recipe(tmp: Path, extra: str = "", tasks: str | None = None, max_len: 
   ents:
     data: {path: ents.conll, token_prefix: "en:"}
 """
-    text = f"""
-model: model.yaml
-output: out
-seed: 11
-epochs: 2
-batch_size: 8
-heads_lr: 0.01
-warmup: 0.0
-val_fraction: 0.25
-{extra}
-tasks:{tasks}"""
+    base = ["model: model.yaml", "output: out", "seed: 11", "epochs: 2", "batch_size: 8", "heads_lr: 0.01",
+            "warmup: 0.0", "val_fraction: 0.25"]
+    given = {line.split(":", 1)[0].strip() for line in extra.splitlines() if line and not line.startswith(" ")}
+    base = [line for line in base if line.split(":", 1)[0] not in given]  # `extra` replaces a default key
+    text = "\n".join(base) + f"\n{extra}\ntasks:{tasks}"
     p = tmp / "train.yaml"
     p.write_text(text, encoding="utf-8")
     return p
