@@ -39,6 +39,12 @@ def check_texts(texts: Iterable[str]) -> list[str]:
             raise SentmtlError(f"input {i + 1} is not a string")
         if not t.strip():
             raise SentmtlError(f"input {i + 1} is empty or whitespace only")
+        if not t.isascii():
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError:  # a lone surrogate: undecodable bytes in argv, or a bad decoder
+                raise SentmtlError(f"input {i + 1} is not valid Unicode text (it holds a lone surrogate, "
+                                   "as undecodable bytes become)") from None
     return texts
 
 

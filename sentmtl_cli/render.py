@@ -30,13 +30,23 @@ def clip(text: str, n: int = 60) -> str:
     return text if len(text) <= n else text[: n - 1] + "…"
 
 
+_LINE_BREAKS = str.maketrans({"\x85": "\\u0085", "\u2028": "\\u2028", "\u2029": "\\u2029"})
+
+
+def dumps(obj) -> str:
+    """JSON on one line, UTF-8 kept readable, but with the three characters that str.splitlines()
+    and many JSONL readers take for line breaks (NEL, LINE and PARAGRAPH SEPARATOR) escaped. JSON's
+    own syntax is ASCII, so they can only occur inside strings, where the escape means the same."""
+    return json.dumps(obj, ensure_ascii=False).translate(_LINE_BREAKS)
+
+
 def write_json(obj) -> None:
-    sys.stdout.write(json.dumps(obj, ensure_ascii=False) + "\n")
+    sys.stdout.write(dumps(obj) + "\n")
 
 
 def write_jsonl(objs) -> None:
     for o in objs:
-        sys.stdout.write(json.dumps(o, ensure_ascii=False) + "\n")
+        sys.stdout.write(dumps(o) + "\n")
     sys.stdout.flush()
 
 

@@ -12,6 +12,7 @@ from typing import Iterator
 
 from .errors import SentmtlError
 from .io import AtomicFile
+from .render import dumps
 
 
 class TextSource:
@@ -128,7 +129,7 @@ class Sink:
             np.lib.format.write_array_header_1_0(buf, header)
             self._write(buf.getvalue())
         elif fmt == "json":
-            prefix = json.dumps(json_head or {}, ensure_ascii=False)[:-1]
+            prefix = dumps(json_head or {})[:-1]
             self._write(f"{prefix}{', ' if json_head else ''}\"{json_key}\": [")
 
     def _write(self, data) -> None:
@@ -146,7 +147,7 @@ class Sink:
             self.kept.extend(objs)
             return
         for o in objs:
-            line = json.dumps(o, ensure_ascii=False)
+            line = dumps(o)
             if self.fmt == "json":
                 self._write(("" if self.count == 0 else ", ") + line)
             else:

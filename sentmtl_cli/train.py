@@ -468,8 +468,13 @@ class Trainer:
             mdoc["heads"][name] = hd
         atomic_write_text(folder / "model.yaml", "# written by sentmtl train\n" + yaml.safe_dump(mdoc, sort_keys=False))
 
-    def save_checkpoint(self, epoch: int, best: dict) -> None:
-        folder = self.cfg.output / CKPT
+    def save_checkpoint(self, epoch: int, best: dict, history: list[dict]) -> None:
+        """The last checkpoint, replaced as a whole: it is written into a new folder, which then takes
+        the old one's place by two renames, so a run killed at any point (SIGKILL included) leaves
+        either the previous checkpoint or this one, never a mix of epochs."""
+        final = self.cfg.output / CKPT
+        folder = final.with_name(f".{final.name}.{os.getpid()}.tmp")
+        shutil.rmtree(folder, ignore_errors=True)
         self.write_model(folder, "float32")  # full precision so a resumed run is exact
         tensors, meta = {"log_vars": self.log_vars.detach().clone()}, {}
         opt = self.optimizer.state_dict()
@@ -479,13 +484,27 @@ class Trainer:
         atomic_write_bytes(folder / "optimizer.safetensors",
                            safetensors_bytes({k: v.detach().cpu().numpy() for k, v in tensors.items()}))
         meta = {"epoch": epoch, "global_step": self.global_step, "best": best,
-                "scheduler": self.scheduler.state_dict()}
+                "scheduler": self.scheduler.state_dict(), "history": history}
         atomic_write_text(folder / "trainer.json", json.dumps(meta))
+        old = final.with_name(final.name + ".old")
+        if final.exists():
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(folder, final)
+        shutil.rmtree(old, ignore_errors=True)
 
-    def load_checkpoint(self) -> tuple[int, dict]:
+    @staticmethod
+    def checkpoint_folder(output: Path) -> Path:
+        """The complete last checkpoint: `last`, or `last.old` if a run was killed between the two
+        renames that replace it."""
+        final = output / CKPT
+        old = final.with_name(final.name + ".old")
+        return final if (final / "trainer.json").is_file() or not old.is_dir() else old
+
+    def load_checkpoint(self) -> tuple[int, dict, list[dict]]:
         from safetensors.torch import load_file
 
-        folder = self.cfg.output / CKPT
+        folder = self.checkpoint_folder(self.cfg.output)
         if not (folder / "trainer.json").is_file():
             raise SentmtlError(f"--resume: no checkpoint in {folder}")
         meta = json.loads((folder / "trainer.json").read_text())
@@ -518,7 +537,7 @@ class Trainer:
         for group, lr in zip(self.optimizer.param_groups, self.scheduler.get_last_lr()):
             group["lr"] = lr  # the fresh optimizer holds step-0 rates; continue from the saved step's
         self.global_step = meta["global_step"]
-        return meta["epoch"], meta["best"]
+        return meta["epoch"], meta["best"], meta.get("history")
 
     # ---- the loop ------------------------------------------------------------------------------------
     def build_caches(self, progress) -> None:
@@ -540,9 +559,11 @@ class Trainer:
         metrics_path = cfg.output / "metrics.jsonl"
         start_epoch, best = 1, {"score": -1.0, "epoch": 0}
         if resume:
-            done, best = self.load_checkpoint()
+            done, best, history = self.load_checkpoint()
             start_epoch = done + 1
-            if metrics_path.is_file():
+            if history is not None:
+                result.history = history
+            elif metrics_path.is_file():  # a checkpoint from before history was kept in it
                 result.history = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()][:done]
         pf = progress_factory or NullProgress
         if not self.trains_backbone:
@@ -586,7 +607,7 @@ class Trainer:
                 best = {"score": score, "epoch": epoch}
                 self.write_model(cfg.output, cfg.backbone.save_dtype)
                 atomic_write_text(cfg.output / "val_report.json", json.dumps(val, indent=1))
-            self.save_checkpoint(epoch, best)
+            self.save_checkpoint(epoch, best, result.history)
             atomic_write_text(metrics_path, "".join(json.dumps(r) + "\n" for r in result.history))
             plot_curves(result.history, cfg.output / "curves.png")
             if not self.quiet:
