@@ -354,3 +354,16 @@ def test_info_says_which_int8_encoding_applies(runner):
     from sentmtl_cli.quantize import weight_type_for
 
     assert doc["int8"]["weights"] == weight_type_for()
+
+
+def test_no_pickle_and_no_remote_code_in_the_package():
+    """Weights come from safetensors only: no module unpickles (torch.load, pickle, numpy with
+    allow_pickle) or lets a model folder run its own code."""
+    import re
+
+    pkg = ROOT / "sentmtl_cli"
+    banned = re.compile(r"torch\.load\(|\bimport pickle\b|\bpickle\.load|allow_pickle\s*=\s*True|trust_remote_code\s*=\s*True")
+    hits = [f"{p.name}:{n}" for p in pkg.rglob("*.py")
+            for n, line in enumerate(p.read_text().splitlines(), 1) if banned.search(line)]
+    assert hits == []
+    assert "trust_remote_code=False" in (pkg / "backbone.py").read_text()
