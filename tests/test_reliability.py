@@ -134,6 +134,17 @@ def _wait_for(pred, timeout: float, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
+def _sigterm_when(p: subprocess.Popen, ready, timeout: float = 240) -> str:
+    """Send SIGTERM once `ready()` holds; the process's stderr."""
+    try:
+        _wait_for(ready, timeout, p)
+        p.send_signal(signal.SIGTERM)
+        return p.communicate(timeout=60)[1]
+    finally:
+        if p.poll() is None:
+            p.kill()
+
+
 @pytest.mark.slow
 def test_sigterm_during_train_force_puts_the_old_model_back(runner, tmp_path):
     recipe = write_recipe(tmp_path, extra="epochs: 40\n")
@@ -142,13 +153,7 @@ def test_sigterm_during_train_force_puts_the_old_model_back(runner, tmp_path):
     (old / "model.yaml").write_text("# written by sentmtl train\nname: old\n")
     (old / "sentmtl-train.json").write_text("{}")
     p = _start_train(recipe, "--force")
-    try:
-        _wait_for(lambda: (tmp_path / "out.replaced").exists() and (tmp_path / "out" / "metrics.jsonl").exists(), 240, p)
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    err = _sigterm_when(p, lambda: (tmp_path / "out.replaced").exists() and (tmp_path / "out" / "metrics.jsonl").exists())
     assert p.returncode == 143, err
     assert "Traceback" not in err
     assert (old / "model.yaml").read_text().endswith("name: old\n")  # the old model is back
@@ -175,13 +180,7 @@ def test_sigterm_during_embed_leaves_nothing_behind(tmp_path):
     env = dict(os.environ, SENTMTL_NO_PROGRESS="1")
     p = subprocess.Popen([_sentmtl(), "embed", "--file", str(src), "--format", "npy", "--output", str(out)],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    try:
-        _wait_for(lambda: _tmp_files(tmp_path) != [], 120, p)
-        p.send_signal(signal.SIGTERM)
-        _, err = p.communicate(timeout=60)
-    finally:
-        if p.poll() is None:
-            p.kill()
+    err = _sigterm_when(p, lambda: _tmp_files(tmp_path) != [])
     assert p.returncode == 143, err
     assert _tmp_files(tmp_path) == [] and not out.exists()
 
