@@ -52,33 +52,43 @@ def fail(message: str, code: int = 2):
 
 
 def handles_errors(fn):
-    """Turn SentmtlError into one line on stderr and exit 2; never a traceback."""
+    """Turn SentmtlError (and a full disk, a closed pipe, exhausted memory) into one line on stderr
+    and exit 2; never a traceback. After SIGTERM, whatever reaches here exits 143."""
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             return fn(*args, **kwargs)
-        except SentmtlError as e:
-            fail(str(e), e.exit_code)
-        except BrokenPipeError:
-            # the reader went away (`| head`): stop quietly
-            _silence_stdout()
-            raise typer.Exit(0)
-        except Terminated:  # cleanup ran on the way out (temp files removed, old model restored)
-            typer.echo("terminated", err=True)
-            raise typer.Exit(143)
-        except KeyboardInterrupt:
-            typer.echo("interrupted", err=True)
-            raise typer.Exit(130)
-        except MemoryError:
-            fail("out of memory (a config asking for a huge head, or a batch too large: try --batch-size)")
-        except OSError as e:  # a disk filling up, a file vanishing mid-run: one line, never a traceback
-            if e.errno == errno.ENOSPC:
-                _silence_stdout()
-            where = f" {e.filename}" if getattr(e, "filename", None) else ""
-            fail(f"cannot complete:{where} {e.strerror or e}")
+        except typer.Exit:
+            raise
+        except BaseException as e:
+            if _TERMINATING:
+                _exit_terminated()
+            _report(e)
 
     return wrapper
+
+
+def _report(exc: BaseException) -> None:
+    """The one-line report (or quiet exit) for an exception; anything else is re-raised."""
+    try:
+        raise exc
+    except SentmtlError as e:
+        fail(str(e), e.exit_code)
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly
+        _silence_stdout()
+        raise typer.Exit(0)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+    except MemoryError:
+        fail("out of memory (a config asking for a huge head, or a batch too large: try --batch-size)")
+    except OSError as e:  # a disk filling up, a file vanishing mid-run: one line, never a traceback
+        if e.errno == errno.ENOSPC:
+            _silence_stdout()
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        fail(f"cannot complete:{where} {e.strerror or e}")
 
 
 def _silence_stdout() -> None:
@@ -115,8 +125,30 @@ class Terminated(KeyboardInterrupt):
     temporary files removed, a model that --force was replacing put back."""
 
 
+_TERMINATING = False
+
+
 def _on_sigterm(signum, frame):
+    """The first SIGTERM raises Terminated where the process is; later ones are ignored, so a
+    second signal cannot interrupt the cleanup the first one started."""
+    global _TERMINATING
+    if _TERMINATING:
+        return
+    _TERMINATING = True
     raise Terminated()
+
+
+def _exit_terminated() -> None:
+    """After SIGTERM, once every cleanup on the way out has run: exit 143 at once. The signal can
+    land inside an import of a C extension, which then fails half-initialised; skipping the
+    interpreter's shutdown keeps that from crashing on the way out."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError, SentmtlError):
+        pass
+    sys.stderr.write("terminated\n")
+    sys.stderr.flush()
+    os._exit(143)
 
 
 def version_callback(value: bool):
@@ -571,17 +603,21 @@ def main() -> None:
         sys.stdout = _ClosedStdout()
     try:
         app()
+    except SystemExit:
+        if _TERMINATING:  # SIGTERM outside a command (click turns it into an abort): still 143
+            _exit_terminated()
+        raise
     except SentmtlError as e:  # raised outside a command (should not happen, but never a traceback)
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except Terminated:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        typer.echo("terminated", err=True)
-        sys.exit(143)
     except KeyboardInterrupt:
+        if _TERMINATING:
+            _exit_terminated()
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:
+        if _TERMINATING:
+            _exit_terminated()
         if os.environ.get("SENTMTL_DEBUG"):
             raise
         typer.echo(f"internal error: {type(e).__name__}: {e} (set SENTMTL_DEBUG=1 for the traceback)", err=True)
