@@ -18,7 +18,7 @@ $(BIN)/sentmtl: pyproject.toml
 
 # the fast path: the shipped backbone exported to ONNX (fp32 and int8); made again when the
 # exporter changes (an export from an older sentmtl is not used)
-configs/default.onnx/export.json: $(BIN)/sentmtl sentmtl_cli/onnx_backend.py sentmtl_cli/quantize.py
+configs/default.onnx/export.json: $(BIN)/sentmtl sentmtl_cli/export/onnx.py sentmtl_cli/export/quantize.py sentmtl_cli/backbone/onnx_backbone.py
 	$(BIN)/sentmtl export --int8
 
 test: setup

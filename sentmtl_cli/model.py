@@ -17,35 +17,15 @@ from typing import Callable, Iterable
 import numpy as np
 
 from . import BATCH_SIZE
-from .backbone import normalize_numpy, read_model_config, resolve_folder
-from .config import ModelConfig, load_config
-from .decode import bio_paths, decode_entities, decode_sentences
+from .backbone.folder import read_model_config, resolve_folder
+from .config.model import ModelConfig, load_config
 from .errors import SentmtlError
-from .heads import Head, head_class
-from .text import align_first_subtokens, split_words
-from .tokenize import Tokenizer, warn_truncated
+from .heads.base import BatchView, Head
+from .registry import BACKENDS, HEADS
+from .text.inputs import check_texts
+from .text.tokenizer import Tokenizer, warn_truncated
 
-METRICS = ("cosine", "dot", "euclidean")
-
-
-def check_texts(texts: Iterable[str]) -> list[str]:
-    if isinstance(texts, str):
-        texts = [texts]
-    texts = list(texts)
-    if not texts:
-        raise SentmtlError("no input text given (an empty list of texts)")
-    for i, t in enumerate(texts):
-        if not isinstance(t, str):
-            raise SentmtlError(f"input {i + 1} is not a string")
-        if not t.strip():
-            raise SentmtlError(f"input {i + 1} is empty or whitespace only")
-        if not t.isascii():
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError:  # a lone surrogate: undecodable bytes in argv, or a bad decoder
-                raise SentmtlError(f"input {i + 1} is not valid Unicode text (it holds a lone surrogate, "
-                                   "as undecodable bytes become)") from None
-    return texts
+METRICS = ("cosine", "dot", "euclidean")  # similarity metrics; the CLI offers these
 
 
 class MultiTaskModel:
@@ -64,9 +44,7 @@ class MultiTaskModel:
         self.tokenizer = Tokenizer(self.folder, cfg.backbone.max_seq_length)
         self.heads: dict[str, Head] = {}
         for task, hcfg in cfg.heads.items():
-            head = head_class(hcfg.type)(task, hcfg, self.dim, self.num_layers)
-            if head.level == "token":
-                head.layer_indices()  # validate layer numbers up front
+            head = HEADS.get(hcfg.type)(task, hcfg, self.dim, self.num_layers)
             if hcfg.weights is not None:
                 head.load(hcfg.weights)
             else:
@@ -77,36 +55,21 @@ class MultiTaskModel:
         self.backend, self.onnx_path = self._choose_backend(backend or cfg.backbone.backend)
 
     def _choose_backend(self, wanted: str) -> tuple[str, Path | None]:
-        """auto: the ONNX export when a fresh one exists, else torch. onnx/onnx-int8: required."""
-        from .onnx_backend import find_export
-
-        if wanted == "torch":
-            return "torch", None
-        int8 = wanted == "onnx-int8"
-        path, why = find_export(self.cfg, self.folder, int8)
-        if path is not None:
-            return wanted if wanted != "auto" else "onnx", path
-        if wanted == "auto":
-            return "torch", None
-        raise SentmtlError(f"backend {wanted}: {why}")
+        """auto: the ONNX export when a fresh one exists, else torch. Any other name: that backend,
+        or an error saying why it cannot run here."""
+        for name in (["onnx", "torch"] if wanted == "auto" else [wanted]):
+            why = BACKENDS.get(name).unavailable(self.cfg, self.folder)
+            if why is None:
+                return name, getattr(BACKENDS.get(name), "export_path", lambda c, f: None)(self.cfg, self.folder)
+            if wanted != "auto":
+                raise SentmtlError(f"backend {wanted}: {why}")
+        raise SentmtlError("no backend can run this config")  # torch always can: not reached
 
     # ---- the backbone is built on first use, so `info` and config errors stay fast ----------
     @property
     def backbone(self):
         if self._backbone is None:
-            if self.backend.startswith("onnx"):
-                from .onnx_backend import OnnxBackbone
-
-                self._backbone = OnnxBackbone(self.onnx_path, self.threads, self.num_layers, self.cfg.backbone)
-                return self._backbone
-            import torch
-
-            from .backbone import TorchBackbone
-
-            torch.manual_seed(self.cfg.seed)
-            if self.threads:
-                torch.set_num_threads(self.threads)
-            self._backbone = TorchBackbone(self.cfg.backbone, self.folder)
+            self._backbone = BACKENDS.get(self.backend).open(self.cfg, self.folder, self.threads, self.num_layers)
         return self._backbone
 
     @backbone.setter
@@ -165,7 +128,7 @@ class MultiTaskModel:
 
     def _run(self, texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags):
         heads = [self.heads[t] for t in tasks]
-        layers = {i for h in heads if h.level == "token" for i in h.layer_indices()}
+        layers = {i for h in heads for i in h.hidden_layers()}
         # tokenize once, then batch texts of similar token counts: little padding to compute
         raw = self.tokenizer.encode_raw(texts)
         order = sorted(range(len(texts)), key=lambda i: len(raw[i][0]))
@@ -173,55 +136,19 @@ class MultiTaskModel:
         results: list[dict] = [{"text": t} for t in texts]
         for start in range(0, len(order), batch_size):
             idx = order[start : start + batch_size]
-            chunk = [texts[i] for i in idx]
             batch = self.tokenizer.pad([raw[i] for i in idx])
             warn_truncated(batch, [offset + i for i in idx], self.tokenizer.max_seq_length)
             feats = self.backbone.encode(batch, layers)
             if emb is not None:
                 emb[idx] = feats["sentence_embedding"]
-            words = None
+            view = BatchView([texts[i] for i in idx], batch, feats)
             for head in heads:
-                if head.level == "sentence":
-                    probs = head.probabilities(head.logits(feats))
-                    for i, out in zip(idx, decode_sentences(head.outputs, probs, top_k, head.cfg.multi_label)):
-                        out["untrained"] = not head.trained
-                        results[i][head.task] = out
-                    continue
-                if words is None:  # each word's span and first sub-token, shared by token heads
-                    words = []
-                    for b, text in enumerate(chunk):
-                        spans = split_words(text)
-                        first = align_first_subtokens(spans, batch.offsets[b], batch.special[b])
-                        words.append([(sp, t) for sp, t in zip(spans, first) if t >= 0])
-                # the head runs on first sub-tokens only, not on padding and word pieces
-                rows_b = np.array([b for b, ws in enumerate(words) for _ in ws], dtype=np.int64)
-                rows_t = np.array([t for ws in words for _, t in ws], dtype=np.int64)
-                tokens = head.token_features(feats, (rows_b, rows_t))
-                probs = head.probabilities(head.mlp(tokens)) if len(tokens) else np.zeros((0, len(head.outputs)))
-                lengths = [len(ws) for ws in words]
-                paths = bio_paths(probs, lengths, head.outputs)
-                path_probs = probs[np.arange(len(probs)), np.concatenate(paths)].tolist() if len(probs) else []
-                pos = 0
-                for b, i in enumerate(idx):
-                    n = lengths[b]
-                    out = self._decode_words(head, chunk[b], [sp for sp, _ in words[b]], paths[b].tolist(),
-                                             path_probs[pos : pos + n], word_tags)
+                for i, out in zip(idx, head.predict_batch(view, top_k=top_k, word_tags=word_tags)):
                     out["untrained"] = not head.trained
                     results[i][head.task] = out
-                    pos += n
             if progress:
                 progress(len(idx))
         return emb, results
-
-    @staticmethod
-    def _decode_words(head: Head, text: str, spans: list, path: list[int], probs: list[float], word_tags: bool = False) -> dict:
-        """One text's entities from its words' BIO path and the probability of each chosen tag."""
-        names = head.outputs
-        tags = [names[k] for k in path]
-        out = {"entities": decode_entities(text, spans, tags, probs)}
-        if word_tags:  # per word (start, end, BIO tag): what evaluation scores
-            out["words"] = [(s, e, t) for (s, e), t in zip(spans, tags)]
-        return out
 
     # ---- the public API -----------------------------------------------------------------------
     def embed(self, texts: Iterable[str] | str, batch_size: int = BATCH_SIZE, progress=None, offset: int = 0) -> np.ndarray:
@@ -257,9 +184,69 @@ class MultiTaskModel:
         return [{"rank": r + 1, "score": float(scores[i]), "line": int(lines[i]), "text": corpus[i]} for r, i in enumerate(top)]
 
 
+    # ---- description and the model folder -------------------------------------------------------
+    def describe(self) -> dict:
+        """What `sentmtl info` shows, as data: the config, the backbone, the backend in use, the
+        int8 encoding this CPU gets, and each head."""
+        from .backbone.cpu import int8_status
+
+        b = self.cfg.backbone
+        return {
+            "config": str(self.cfg.source),
+            "name": self.cfg.name,
+            "backbone": {
+                "source": self.name, "folder": str(self.folder), "dimension": self.dim, "layers": self.num_layers,
+                "pooling": b.pooling, "normalize": b.normalize, "max_seq_length": b.max_seq_length,
+                "backend": b.backend, "backend_in_use": self.backend,
+                "onnx": str(self.onnx_path) if self.onnx_path else None,
+                "fine_tuned_weights": str(b.weights) if b.weights else None,
+            },
+            "int8": int8_status(),
+            "heads": {
+                task: {"type": h.registry_name, "labels": list(h.cfg.labels), "outputs": len(h.outputs),
+                       "parameters": h.parameter_count(), "trained": h.trained,
+                       "weights": str(h.cfg.weights) if h.cfg.weights else None}
+                for task, h in self.heads.items()
+            },
+        }
+
+    def save(self, folder: Path, backbone_weights: dict[str, np.ndarray] | None = None) -> None:
+        """Write a model folder: model.yaml (the config, weights paths relative to the folder),
+        heads/<task>.safetensors for each trained head, and backbone.safetensors when given (a
+        fine-tuned backbone's float tensors). `sentmtl_cli.load(folder / "model.yaml")` reads it."""
+        import yaml
+
+        from .files.atomic import atomic_write_bytes, atomic_write_text, safetensors_bytes
+
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        doc = self.cfg.model_dump(mode="json", exclude={"source"})
+        doc["backbone"] = {k: v for k, v in doc["backbone"].items() if v is not None}
+        if backbone_weights is not None:
+            atomic_write_bytes(folder / "backbone.safetensors",
+                               safetensors_bytes(backbone_weights, {"format": "sentmtl-backbone/1"}))
+            doc["backbone"]["weights"] = "backbone.safetensors"
+        for task, head in self.heads.items():
+            hd = {k: v for k, v in doc["heads"][task].items() if v is not None}
+            if head.trained:
+                head.save(folder / "heads" / f"{task}.safetensors")
+                hd["weights"] = f"heads/{task}.safetensors"
+            else:
+                hd.pop("weights", None)
+            doc["heads"][task] = hd
+        atomic_write_text(folder / "model.yaml", MODEL_FOLDER_MARK + "\n" + yaml.safe_dump(doc, sort_keys=False))
+
+
+MODEL_FOLDER_MARK = "# written by sentmtl train"  # the first line of a saved model.yaml
+
+
+def normalize_rows(x: np.ndarray) -> np.ndarray:
+    return x / np.clip(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12, None)
+
+
 def pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     if metric == "cosine":  # clipped: float32 rounding can put a text's self-similarity at 1.0000001
-        return np.clip(normalize_numpy(a) @ normalize_numpy(b).T, -1.0, 1.0).astype(np.float32)
+        return np.clip(normalize_rows(a) @ normalize_rows(b).T, -1.0, 1.0).astype(np.float32)
     if metric == "dot":
         return (a @ b.T).astype(np.float32)
     if metric == "euclidean":

@@ -32,7 +32,7 @@ def product_error(weight_type: str, weight_bits: int = 8, k: int = 256, n: int =
 
 
 def main() -> None:
-    from sentmtl_cli.quantize import cpu_class, weight_type_for
+    from sentmtl_cli.export.quantize import cpu_class, weight_type_for
 
     print(json.dumps({"cpu": cpu_class(), "weight_type": weight_type_for(),
                       "u8": product_error("u8"), "s8_8bit": product_error("s8", 8), "s8_7bit": product_error("s8", 7)}))

@@ -2,11 +2,12 @@
 import numpy as np
 import pytest
 
-from sentmtl_cli.data import DataConfig, read_sentence_data, read_token_data
+from sentmtl_cli.config import DataConfig
+from sentmtl_cli.data.readers import read_sentence_data, read_token_data
 from sentmtl_cli.errors import SentmtlError
-from sentmtl_cli.heads import bio_tags
-from sentmtl_cli.metrics import classification_report, entity_report, pearson, spearman
-from sentmtl_cli.taskdata import split_examples, to_conll_tags, token_examples
+from sentmtl_cli.heads.bio import bio_tags
+from sentmtl_cli.eval.metrics import classification_report, entity_report, pearson, spearman
+from sentmtl_cli.data.examples import split_examples, to_conll_tags, token_examples
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -53,7 +54,7 @@ def test_conll_with_prefix_and_bad_tags(tmp_path):
 
 
 def test_split_is_seeded_and_disjoint(tmp_path):
-    from sentmtl_cli.taskdata import SentenceExamples
+    from sentmtl_cli.data.examples import SentenceExamples
 
     ex = SentenceExamples([f"t{i}" for i in range(100)], np.arange(100) % 3)
     a_tr, a_va = split_examples(ex, 0.2, seed=1, max_val=None)

@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from sentmtl_cli.backbone import BUNDLED_SHA256, sha256_file
+from sentmtl_cli.backbone.folder import BUNDLED_SHA256, sha256_file
 
 TEXTS = [
     "this is a tangerine",

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fixtures import write_recipe
+from toydata import write_recipe
 
 pytestmark = pytest.mark.slow
 ENV = dict(os.environ, SENTMTL_NO_PROGRESS="1")

@@ -5,9 +5,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sentmtl_cli
-from sentmtl_cli.decode import decode_entities
+from sentmtl_cli.heads.bio import decode_entities
 from sentmtl_cli.errors import SentmtlError
-from sentmtl_cli.text import align_first_subtokens, split_words
+from sentmtl_cli.text.words import align_first_subtokens, split_words
 
 from conftest import write_config
 
@@ -41,8 +41,8 @@ def test_one_backbone_forward_serves_every_head(model):
 def test_unrequested_heads_are_not_computed(model, monkeypatch):
     called = []
     for task, head in model.heads.items():
-        orig = head.logits
-        monkeypatch.setattr(head, "logits", lambda f, t=task, o=orig: (called.append(t), o(f))[1])
+        orig = head.predict_batch
+        monkeypatch.setattr(head, "predict_batch", lambda v, t=task, o=orig, **kw: (called.append(t), o(v, **kw))[1])
     res = model.predict([TEXT], tasks=["sent"])
     assert called == ["sent"]
     assert set(res[0]) == {"text", "sent"}
@@ -188,17 +188,17 @@ def test_bio_viterbi_is_the_best_valid_path():
     """Checked against brute force: the most probable tag sequence in which I-X follows B-X or I-X."""
     import itertools
 
-    from sentmtl_cli.decode import _valid_bio, bio_viterbi
+    from sentmtl_cli.heads.bio import bio_viterbi, valid_bio
 
     tags = ["O", "B-PER", "I-PER", "B-ORG", "I-ORG"]
     rng = np.random.default_rng(0)
     for _ in range(200):
         n = int(rng.integers(1, 5))
         p = rng.dirichlet(np.ones(len(tags)) * 0.5, size=n)
-        valid = [list(c) for c in itertools.product(range(len(tags)), repeat=n) if _valid_bio(list(c), tags)]
+        valid = [list(c) for c in itertools.product(range(len(tags)), repeat=n) if valid_bio(list(c), tags)]
         best = max(valid, key=lambda c: np.log(p[np.arange(n), c]).sum())
         got = bio_viterbi(p, tags)
-        assert _valid_bio(got, tags) and got == best
+        assert valid_bio(got, tags) and got == best
     # a stray I- tag cannot open an entity
     p = np.array([[0.2, 0.1, 0.0, 0.0, 0.7], [0.9, 0.0, 0.0, 0.0, 0.1]])
     assert [tags[k] for k in bio_viterbi(p, tags)] != ["I-ORG", "O"]
@@ -207,7 +207,7 @@ def test_bio_viterbi_is_the_best_valid_path():
 def test_bio_paths_equal_viterbi_per_sequence():
     """The batched decoder gives each sequence exactly what bio_viterbi gives it alone, including
     empty sequences and sequences whose argmax is not valid BIO."""
-    from sentmtl_cli.decode import bio_paths, bio_viterbi
+    from sentmtl_cli.heads.bio import bio_paths, bio_viterbi
 
     tags = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
     rng = np.random.default_rng(3)

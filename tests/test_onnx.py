@@ -8,10 +8,10 @@ import pytest
 
 import sentmtl_cli
 from sentmtl_cli.config import load_config
-from sentmtl_cli.onnx_backend import export_dir, find_export
+from sentmtl_cli.backbone.onnx_backbone import export_dir, find_export
 
 from conftest import ROOT, invoke
-from fixtures import PEOPLE, PLACES, sentence_rows
+from toydata import PEOPLE, PLACES, sentence_rows
 
 MORE = [
     "I absolutely loved this film, the acting was wonderful.",
@@ -39,7 +39,7 @@ def exported():
     model = sentmtl_cli.load(backend="torch")
     for int8 in (False, True):
         if find_export(cfg, model.folder, int8)[0] is None:
-            from sentmtl_cli.onnx_backend import export
+            from sentmtl_cli.export.onnx import export
 
             export(cfg, model.folder, int8=True, log=lambda s: None)
             break
@@ -97,20 +97,20 @@ def test_int8_vector_does_not_depend_on_batch_neighbours(exported):
 def test_int8_export_made_for_another_cpu_is_not_used(exported, monkeypatch):
     """An export with int8-stored weights on a CPU whose u8 x s8 products would saturate them:
     refused. A u8 export runs anywhere."""
-    import sentmtl_cli.quantize as quantize
+    import sentmtl_cli.backbone.cpu as cpu
 
     cfg = load_config(ROOT / "configs" / "default.yaml")
     folder = sentmtl_cli.load(backend="torch").folder
     info = json.loads((export_dir(cfg) / "export.json").read_text())["int8"]
-    assert info["weight_bits"] == 8 and info["weight_type"] == quantize.weight_type_for()
-    monkeypatch.setattr(quantize, "cpu_class", lambda: "x86")
+    assert info["weight_bits"] == 8 and info["weight_type"] == cpu.weight_type_for()
+    monkeypatch.setattr(cpu, "cpu_class", lambda: "x86")
     path, why = find_export(cfg, folder, int8=True)
     want = export_dir(cfg) / "model.int8.onnx"
     if info["weight_type"] == "s8":
         assert path is None and "saturate" in why
     else:  # a u8 export runs on a CPU without VNNI
         assert path == want and why == ""
-    monkeypatch.setattr(quantize, "cpu_class", lambda: "x86-vnni")
+    monkeypatch.setattr(cpu, "cpu_class", lambda: "x86-vnni")
     assert find_export(cfg, folder, int8=True) == (want, "")  # either encoding runs exactly with VNNI
     assert find_export(cfg, folder, int8=False)[0] is not None  # fp32 is unaffected
 
@@ -153,27 +153,23 @@ def test_stale_export_is_not_used(exported, tmp_path):
     assert sentmtl_cli.load(tmp_path / "m.yaml").backend == "torch"
 
 
-def test_streaming_outputs_match_in_memory(exported, runner, tmp_path):
+def test_streaming_outputs_match_in_memory(exported, runner, tmp_path, monkeypatch):
     texts = fixture_texts()
     f = tmp_path / "in.txt"
     f.write_text("\n".join(texts) + "\n\n", encoding="utf-8")
-    import sentmtl_cli.cli as cli
+    import sentmtl_cli.cli.infer as infer
 
-    old = cli.CHUNK
-    cli.CHUNK = 7  # many chunks, so chunk boundaries are exercised
-    try:
-        out = tmp_path / "e.npy"
-        r = invoke(runner, ["embed", "--file", str(f), "--format", "npy", "-o", str(out)])
-        assert r.exit_code == 0, r.stderr
-        ref = sentmtl_cli.load().embed(texts)
-        np.testing.assert_allclose(np.load(out), ref, atol=1e-5)
-        r = invoke(runner, ["embed", "--file", str(f), "--format", "json"])
-        doc = json.loads(r.stdout)
-        assert [e["text"] for e in doc["embeddings"]] == texts and doc["dimension"] == 384
-        r = invoke(runner, ["predict", "--file", str(f), "--format", "json", "--tasks", "cls"])
-        doc = json.loads(r.stdout)
-        assert [p["text"] for p in doc["predictions"]] == texts
-        r = invoke(runner, ["predict", "--file", str(f), "--format", "jsonl", "--tasks", "sent"])
-        assert [json.loads(x)["text"] for x in r.stdout.splitlines()] == texts
-    finally:
-        cli.CHUNK = old
+    monkeypatch.setattr(infer, "CHUNK", 7)  # many chunks, so chunk boundaries are exercised
+    out = tmp_path / "e.npy"
+    r = invoke(runner, ["embed", "--file", str(f), "--format", "npy", "-o", str(out)])
+    assert r.exit_code == 0, r.stderr
+    ref = sentmtl_cli.load().embed(texts)
+    np.testing.assert_allclose(np.load(out), ref, atol=1e-5)
+    r = invoke(runner, ["embed", "--file", str(f), "--format", "json"])
+    doc = json.loads(r.stdout)
+    assert [e["text"] for e in doc["embeddings"]] == texts and doc["dimension"] == 384
+    r = invoke(runner, ["predict", "--file", str(f), "--format", "json", "--tasks", "cls"])
+    doc = json.loads(r.stdout)
+    assert [p["text"] for p in doc["predictions"]] == texts
+    r = invoke(runner, ["predict", "--file", str(f), "--format", "jsonl", "--tasks", "sent"])
+    assert [json.loads(x)["text"] for x in r.stdout.splitlines()] == texts

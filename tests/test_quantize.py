@@ -13,7 +13,7 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from sentmtl_cli.quantize import (calibrate_zero_points, cpu_class, exact_on_this_cpu,  # noqa: E402
+from sentmtl_cli.export.quantize import (calibrate_zero_points, cpu_class, exact_on_this_cpu,  # noqa: E402
                                   quantize_per_token, weight_type_for)
 
 from int8_probe import product_error  # noqa: E402

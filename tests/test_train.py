@@ -8,11 +8,11 @@ import torch
 from safetensors.numpy import load_file
 
 from sentmtl_cli.config import load_train_config
-from sentmtl_cli.samplers import make_sampler
-from sentmtl_cli.train import Trainer, train
+from sentmtl_cli.training.samplers import make_sampler
+from sentmtl_cli.training.loop import Trainer, train
 
 from conftest import invoke
-from fixtures import write_recipe
+from toydata import write_recipe
 
 
 def _weights(folder):
@@ -77,11 +77,10 @@ def test_grad_scale_zero_cuts_the_backbone_gradient(tmp_path):
     cfg = _cfg(tmp_path, extra="backbone: {train: full}",
                tasks="\n  topic:\n    data: {path: topic.tsv}\n    grad_scale: 0\n")
     t = Trainer(cfg, quiet=True)
-    from sentmtl_cli.train import set_backbone_trainable
+    from sentmtl_cli.training.freezing import set_backbone_trainable
 
     set_backbone_trainable(t.backbone, t.num_layers, t.num_layers)
-    feats, emb = t.task_features(["topic"], {"topic": np.arange(8)}, grad=True)
-    total, _ = t.loss(["topic"], feats, emb)
+    total, _ = t.losses(["topic"], {"topic": np.arange(8)})
     total.backward()
     grads = [p.grad for p in t.backbone.model.parameters() if p.requires_grad]
     assert grads and all(g is None or torch.count_nonzero(g) == 0 for g in grads)
@@ -90,8 +89,7 @@ def test_grad_scale_zero_cuts_the_backbone_gradient(tmp_path):
     # and with the default scale the backbone does get a gradient
     t.tasks["topic"].cfg.grad_scale = 1.0
     t.optimizer.zero_grad(set_to_none=True)
-    feats, emb = t.task_features(["topic"], {"topic": np.arange(8)}, grad=True)
-    t.loss(["topic"], feats, emb)[0].backward()
+    t.losses(["topic"], {"topic": np.arange(8)})[0].backward()
     assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in t.backbone.model.parameters())
 
 
@@ -116,10 +114,11 @@ def test_round_robin_alternates():
 def test_uncertainty_weights_change_after_a_step(tmp_path):
     t = Trainer(_cfg(tmp_path, extra="loss_weighting: uncertainty"), quiet=True)
     t.build_caches(None)
-    before = t.log_vars.detach().clone()
+    log_vars = t.weighting.log_vars
+    before = log_vars.detach().clone()
     t.step(["topic", "ents"], {"topic": np.arange(8), "ents": np.arange(4)})
-    assert not torch.equal(before, t.log_vars.detach())
-    assert t.log_vars.requires_grad and any(t.log_vars is p for g in t.optimizer.param_groups for p in g["params"])
+    assert not torch.equal(before, log_vars.detach())
+    assert log_vars.requires_grad and any(log_vars is p for g in t.optimizer.param_groups for p in g["params"])
 
 
 def test_joint_mode_masks_other_tasks_examples(tmp_path):
@@ -129,12 +128,10 @@ def test_joint_mode_masks_other_tasks_examples(tmp_path):
     batches = {"topic": np.arange(8), "ents": np.arange(4)}
     for s in t.tasks.values():
         s.module.eval()  # no dropout: compare gradients exactly
-    feats, _ = t.task_features(["topic", "ents"], batches, grad=True)
-    t.loss(["topic", "ents"], feats, None)[0].backward()
+    t.losses(["topic", "ents"], batches)[0].backward()
     joint = [p.grad.clone() for p in t.tasks["topic"].module.parameters()]
     t.optimizer.zero_grad(set_to_none=True)
-    feats, _ = t.task_features(["topic"], {"topic": batches["topic"]}, grad=True)
-    t.loss(["topic"], feats, None)[0].backward()
+    t.losses(["topic"], {"topic": batches["topic"]})[0].backward()
     alone = [p.grad for p in t.tasks["topic"].module.parameters()]
     for a, b in zip(joint, alone):
         torch.testing.assert_close(a, b)
@@ -241,7 +238,7 @@ def test_existing_model_is_never_overwritten_without_force(tmp_path, runner):
 
 
 def test_experiment_writes_the_table_it_measured(tmp_path):
-    from sentmtl_cli.experiment import run_experiment
+    from sentmtl_cli.training.experiment import run_experiment
 
     write_recipe(tmp_path, extra="epochs: 1")
     (tmp_path / "sts.tsv").write_text(

@@ -1,0 +1,1 @@
+"""The shipped model (default.yaml and its heads), installed as the package sentmtl_cli.shipped."""

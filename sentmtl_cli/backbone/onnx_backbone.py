@@ -1,0 +1,130 @@
+"""The fast path: the backbone exported to ONNX (optionally int8), run by ONNX Runtime.
+
+Running needs onnxruntime, tokenizers and numpy only: no torch, no transformers. Exporting needs
+torch (it runs once, in `sentmtl export` / `make setup`).
+
+The graph computes the transformer, pooling and normalization, and outputs the sentence embedding
+plus every hidden state; a call asks only for the outputs its heads read. The exporter is
+export/onnx.py; this module finds an export and runs it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from ..config.model import ModelConfig
+from ..errors import SentmtlError
+
+EXPORT_FORMAT = "sentmtl-onnx/3"  # 2: int8 with per-token activation scales; 3: 8-bit weights on every CPU (quantize.py)
+FP32, INT8 = "model.onnx", "model.int8.onnx"
+
+
+def export_dir(cfg: ModelConfig) -> Path:
+    """Where a config's ONNX export lives: beside the config, `<name>.onnx/`."""
+    src = cfg.source
+    if src is None:
+        raise SentmtlError("this config was not loaded from a file, so it has no export folder")
+    return src.parent / f"{src.stem}.onnx"
+
+
+def _stamp(path: Path) -> list:
+    st = Path(path).stat()
+    return [str(path), st.st_size, st.st_mtime_ns]
+
+
+def source_identity(cfg: ModelConfig, folder: Path) -> dict:
+    """What the export was made from; if any of it changes, the export is stale."""
+    b = cfg.backbone
+    return {
+        "weights": _stamp(folder / "model.safetensors"),
+        "fine_tuned": _stamp(b.weights) if b.weights else None,
+        "pooling": b.pooling,
+        "normalize": b.normalize,
+    }
+
+
+def find_export(cfg: ModelConfig, folder: Path, int8: bool) -> tuple[Path | None, str]:
+    """(path to the .onnx file, '') if a fresh export exists, else (None, why not)."""
+    try:
+        d = export_dir(cfg)
+    except SentmtlError as e:
+        return None, str(e)
+    meta_path = d / "export.json"
+    f = d / (INT8 if int8 else FP32)
+    if not meta_path.is_file() or not f.is_file():
+        return None, f"no ONNX export at {d} (run `sentmtl export --config {cfg.source}{' --int8' if int8 else ''}`)"
+    try:
+        meta = json.loads(meta_path.read_text())
+    except ValueError:
+        return None, f"{meta_path} is unreadable; re-run `sentmtl export`"
+    if meta.get("format") != EXPORT_FORMAT:
+        return None, f"the ONNX export at {d} was made by an older sentmtl; re-run `sentmtl export{' --int8' if int8 else ''}`"
+    if meta.get("source") != source_identity(cfg, folder):
+        return None, f"the ONNX export at {d} is stale (the backbone changed); re-run `sentmtl export`"
+    if int8:
+        from .cpu import exact_on_this_cpu
+
+        info = meta.get("int8")
+        if not isinstance(info, dict):
+            return None, f"no int8 export at {d} (run `sentmtl export --config {cfg.source} --int8`)"
+        if not exact_on_this_cpu(str(info.get("weight_type")), int(info.get("weight_bits", 8))):
+            return None, (f"the int8 export at {d} stores int8 weights, which this CPU (no AVX-512 VNNI) "
+                          "can saturate; re-run `sentmtl export --int8` here")
+    return f, ""
+
+
+class OnnxBackbone:
+    """The fp32 export, run by ONNX Runtime on the CPU."""
+
+    int8 = False
+
+    @classmethod
+    def unavailable(cls, cfg: ModelConfig, folder: Path) -> str | None:
+        """Why this backend cannot run this config here (no fresh export), or None."""
+        return find_export(cfg, folder, cls.int8)[1] or None
+
+    @classmethod
+    def export_path(cls, cfg: ModelConfig, folder: Path) -> Path | None:
+        return find_export(cfg, folder, cls.int8)[0]
+
+    @classmethod
+    def open(cls, cfg: ModelConfig, folder: Path, threads: int | None, num_layers: int) -> "OnnxBackbone":
+        path, why = find_export(cfg, folder, cls.int8)
+        if path is None:
+            raise SentmtlError(why)
+        return cls(path, threads, num_layers, cfg.backbone)
+
+    def __init__(self, path: Path, threads: int | None, num_layers: int, cfg):
+        self.path = path
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or os.cpu_count() or 1
+        opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        except Exception as e:
+            raise SentmtlError(f"cannot load the ONNX model {path}: {str(e).splitlines()[0]}") from None
+        self.inputs = {i.name for i in self.session.get_inputs()}
+        self.num_layers = num_layers
+        self.cfg = cfg
+
+    def encode(self, batch, layers: set[int]) -> dict:
+        feeds = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask}
+        if "token_type_ids" in self.inputs:
+            feeds["token_type_ids"] = batch.token_type_ids
+        wanted = sorted(layers)
+        outs = self.session.run(["sentence_embedding"] + [f"hidden_{i}" for i in wanted], feeds)
+        feats = {"sentence_embedding": outs[0]}
+        if wanted:
+            feats["hidden_states"] = dict(zip(wanted, outs[1:]))
+        return feats
+
+
+class OnnxInt8Backbone(OnnxBackbone):
+    """The int8 export (weights encoded for this CPU's exact kernels; export/quantize.py)."""
+
+    int8 = True

@@ -1,0 +1,189 @@
+"""Inference commands: embed, similarity, predict, search, info. Each reads its arguments, calls the
+Python API (model.py), and hands the result to a sink or to render."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from ..errors import SentmtlError
+from .options import (Backend, BackendOpt, BatchOpt, ConfigOpt, EmbedFmt, FileOpt, Fmt, Metric, OutputOpt, TextsArg,
+                      ThreadsOpt, _choices, default_format, fmt_option, handles_errors)
+
+CHUNK = 4096  # texts read, embedded and written at a time: memory stays flat on any input size
+
+
+def gather_texts(texts: Optional[List[str]], file: Optional[str]) -> list[str]:
+    """All input texts at once (for commands that need them together, like similarity)."""
+    from ..files.read import TextSource
+
+    source = TextSource(texts, file)
+    source.count()  # a clear error when there is no text
+    return list(source)
+
+
+def load_model(config: Optional[Path], threads: Optional[int], backend=None):
+    from ..model import load
+
+    m = load(config, threads=threads, backend=backend.value if backend else None)
+    if m.backend == "torch" and (backend is None or backend.value == "auto") and m.cfg.backbone.backend == "auto":
+        src = m.cfg.source
+        typer.echo(f"note: no ONNX export beside {src}, so this runs on torch (seconds slower to start); "
+                   f"`sentmtl export --config {src} --int8` makes the fast path", err=True)
+    return m
+
+
+@handles_errors
+def embed(
+    texts: Optional[List[str]] = TextsArg,
+    file: Optional[str] = FileOpt,
+    config: Optional[Path] = ConfigOpt,
+    fmt: Optional[EmbedFmt] = fmt_option(EmbedFmt),
+    output: Optional[str] = OutputOpt,
+    batch_size: int = BatchOpt,
+    threads: Optional[int] = ThreadsOpt,
+    backend: Optional[Backend] = BackendOpt,
+):
+    """Embed texts into fixed-length vectors."""
+    from . import render
+    from ..files.read import TextSource
+    from ..files.sink import Sink
+
+    f = default_format(fmt, output)
+    if f == "npy" and output is None:
+        raise SentmtlError("--format npy needs --output FILE (or --output - for stdout)")
+    source = TextSource(texts, file)
+    total = source.count()
+    m = load_model(config, threads, backend)
+    head = {"model": m.name, "dimension": m.dim, "normalized": m.cfg.backbone.normalize}
+    with Sink(f, output, json_head=head, json_key="embeddings", rows=total, dim=m.dim) as out, \
+            render.Progress(total, "embedding") as p:
+        for start, chunk in source.chunks(CHUNK):
+            emb = m.embed(chunk, batch_size=batch_size, progress=p, offset=start)
+            if f == "npy":
+                out.matrix(emb)
+            else:
+                out.rows({"text": t, "embedding": e.tolist()} for t, e in zip(chunk, emb))
+    if f == "table":
+        import numpy as np
+
+        kept = out.kept
+        render.stdout_console().print(render.embed_table([k["text"] for k in kept],
+                                                         np.array([k["embedding"] for k in kept], dtype=np.float32)))
+
+
+@handles_errors
+def similarity(
+    texts: Optional[List[str]] = TextsArg,
+    file: Optional[str] = FileOpt,
+    metric: Metric = typer.Option(Metric("cosine"), "--metric", help=" | ".join(m.value for m in Metric) + "."),
+    config: Optional[Path] = ConfigOpt,
+    fmt: Optional[Fmt] = fmt_option(Fmt),
+    batch_size: int = BatchOpt,
+    threads: Optional[int] = ThreadsOpt,
+    backend: Optional[Backend] = BackendOpt,
+):
+    """Score how similar texts are: two texts print one score, more print the matrix."""
+    from . import render
+    from ..model import pairwise
+
+    texts = gather_texts(texts, file)
+    if len(texts) < 2:
+        raise SentmtlError("similarity needs at least two texts")
+    m = load_model(config, threads, backend)
+    with render.Progress(len(texts), "embedding") as p:
+        emb = m.embed(texts, batch_size=batch_size, progress=p)
+    matrix = pairwise(emb, emb, metric.value)
+    f = default_format(fmt)
+    if f == "json":
+        render.write_json(render.similarity_json(metric.value, texts, matrix))
+    elif f == "jsonl":
+        render.write_jsonl(render.similarity_pairs(texts, matrix))
+    else:
+        render.stdout_console().print(render.similarity_table(metric.value, texts, matrix))
+
+
+@handles_errors
+def predict(
+    texts: Optional[List[str]] = TextsArg,
+    file: Optional[str] = FileOpt,
+    tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated tasks (default: every task in the config)."),
+    top_k: int = typer.Option(1, "--top-k", min=1, help="Labels to show per sentence task."),
+    config: Optional[Path] = ConfigOpt,
+    fmt: Optional[Fmt] = fmt_option(Fmt),
+    output: Optional[str] = OutputOpt,
+    batch_size: int = BatchOpt,
+    threads: Optional[int] = ThreadsOpt,
+    backend: Optional[Backend] = BackendOpt,
+):
+    """Run task heads (classification, sentiment, entities) from one shared forward pass."""
+    from . import render
+    from ..files.read import TextSource
+    from ..files.sink import Sink
+
+    m = load_model(config, threads, backend)
+    task_list = m.resolve_tasks(tasks.split(",") if tasks is not None else None)
+    source = TextSource(texts, file)
+    total = source.count()
+    f = default_format(fmt, output)
+    with Sink(f, output, json_head={"model": m.cfg.name, "tasks": task_list}, json_key="predictions") as out, \
+            render.Progress(total, "predicting") as p:
+        for start, chunk in source.chunks(CHUNK):
+            out.rows(m.predict(chunk, tasks=task_list, top_k=top_k, batch_size=batch_size, progress=p, offset=start))
+    if f == "table":
+        con = render.stdout_console()
+        for t in render.predict_tables(out.kept, task_list, m.heads, top_k):
+            con.print(t)
+
+
+@handles_errors
+def search(
+    query: str = typer.Argument(..., help="What to look for."),
+    corpus: str = typer.Option(..., "--corpus", help="A file whose lines are searched ('-' for stdin)."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="How many lines to return."),
+    config: Optional[Path] = ConfigOpt,
+    fmt: Optional[Fmt] = fmt_option(Fmt),
+    batch_size: int = BatchOpt,
+    threads: Optional[int] = ThreadsOpt,
+    backend: Optional[Backend] = BackendOpt,
+):
+    """Semantic search: the lines of a file nearest in meaning to a query."""
+    from . import render
+    from ..files.read import read_lines
+    from ..text.inputs import check_texts
+
+    check_texts([query])
+    numbered = read_lines(corpus)
+    if not numbered:
+        raise SentmtlError(f"corpus {corpus} has no non-empty lines")
+    m = load_model(config, threads, backend)
+    with render.Progress(len(numbered) + 1, "embedding corpus") as p:
+        hits = m.search(query, [t for _, t in numbered], top_k=top_k, batch_size=batch_size, progress=p,
+                        line_numbers=[n for n, _ in numbered])
+    f = default_format(fmt)
+    if f == "json":
+        render.write_json({"query": query, "corpus": corpus, "results": hits})
+    elif f == "jsonl":
+        render.write_jsonl(hits)
+    else:
+        render.stdout_console().print(render.search_table(query, hits))
+
+
+@handles_errors
+def info(
+    config: Optional[Path] = ConfigOpt,
+    fmt: Optional[Fmt] = fmt_option(_choices("InfoFmt", ("table", "json"))),
+):
+    """Describe the model: backbone, heads (type, labels, parameters, trained or not), config path."""
+    from . import render
+    from ..config.model import load_config
+    from ..model import MultiTaskModel
+
+    doc = MultiTaskModel(load_config(config)).describe()
+    if default_format(fmt) in ("json", "jsonl"):
+        render.write_json(doc)
+    else:
+        render.print_info(doc)
+
+

@@ -1,0 +1,168 @@
+"""What every command shares: the choices (formats, metrics, backends: one source each), the option
+declarations, and error handling (one line on stderr, never a traceback; SIGTERM cleans up like
+SIGINT and exits 143). Imports nothing heavy: `sentmtl --help` stays instant."""
+from __future__ import annotations
+
+import errno
+import functools
+import os
+import sys
+from enum import Enum
+from typing import Optional
+
+import typer
+
+from .. import BATCH_SIZE
+from ..errors import SentmtlError
+
+# ---- the choices, each from one source -------------------------------------------------------------
+# backend names are the config's (config/model.py); similarity metrics the model's (model.py)
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+SIMILARITY_METRICS = ("cosine", "dot", "euclidean")
+
+
+def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
+    return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)  # type: ignore[return-value]
+
+
+Fmt = _choices("Fmt", ("table", "json", "jsonl"))
+EmbedFmt = _choices("EmbedFmt", ("table", "json", "jsonl", "npy"))
+Metric = _choices("Metric", SIMILARITY_METRICS)
+Backend = _choices("Backend", BACKENDS)
+
+# ---- shared options --------------------------------------------------------------------------------
+TextsArg = typer.Argument(None, help="Texts. Or use --file, or pipe one text a line on stdin.", show_default=False)
+FileOpt = typer.Option(None, "--file", "-f", help="Read texts from a file, one a line ('-' for stdin).")
+ConfigOpt = typer.Option(None, "--config", "-c", help="Model config YAML (default: the shipped configs/default.yaml).")
+BatchOpt = typer.Option(BATCH_SIZE, "--batch-size", "-b", min=1, help="Texts per backbone forward.")
+ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores).")
+BackendOpt = typer.Option(None, "--backend", help=f"{' | '.join(BACKENDS)} (default: the config's backend).")
+OutputOpt = typer.Option(None, "--output", "-o",
+                         help="Write to this file (atomically; '-' = stdout) instead of stdout. Needed for --format npy.")
+
+
+def fmt_option(choices: type[Enum]) -> typer.models.OptionInfo:
+    return typer.Option(None, "--format", help=" | ".join(c.value for c in choices) + ".")
+
+
+def default_format(fmt: Optional[Enum], output: Optional[str] = None) -> str:
+    """The format asked for; else JSON into a file or a pipe, a table on a terminal."""
+    from ..files.read import isatty
+
+    if fmt is not None:
+        return str(fmt.value)
+    if output is not None and str(output) != "-":
+        return "json"
+    return "table" if isatty(sys.stdout) else "json"
+
+
+# ---- errors and signals ----------------------------------------------------------------------------
+def fail(message: str, code: int = 2):
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def handles_errors(fn):
+    """Turn SentmtlError (and a full disk, a closed pipe, exhausted memory) into one line on stderr
+    and exit 2; never a traceback. After SIGTERM, whatever reaches here exits 143."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except BaseException as e:
+            if _TERMINATING:
+                exit_terminated()
+            _report(e)
+
+    return wrapper
+
+
+def _report(exc: BaseException) -> None:
+    """The one-line report (or quiet exit) for an exception; anything else is re-raised."""
+    try:
+        raise exc
+    except SentmtlError as e:
+        fail(str(e), e.exit_code)
+    except BrokenPipeError:
+        # the reader went away (`| head`): stop quietly
+        _silence_stdout()
+        raise typer.Exit(0)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        raise typer.Exit(130)
+    except MemoryError:
+        fail("out of memory (a config asking for a huge head, or a batch too large: try --batch-size)")
+    except OSError as e:  # a disk filling up, a file vanishing mid-run: one line, never a traceback
+        if e.errno == errno.ENOSPC:
+            _silence_stdout()
+        where = f" {e.filename}" if getattr(e, "filename", None) else ""
+        fail(f"cannot complete:{where} {e.strerror or e}")
+
+
+def _silence_stdout() -> None:
+    """Point stdout at /dev/null, so the interpreter's final flush of what could not be written
+    does not print a second error (or a traceback) on the way out."""
+    try:
+        fd = sys.stdout.fileno()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), fd)
+    except (AttributeError, ValueError, OSError):
+        pass
+
+
+class ClosedStdout:
+    """Stands in for a closed stdout (`sentmtl embed hi >&-`): writing to it is a one-line error."""
+
+    encoding = "utf-8"
+    buffer = property(lambda self: self)
+
+    def write(self, data):
+        raise SentmtlError("standard output is closed; give --output FILE or leave stdout open")
+
+    def flush(self):
+        pass
+
+    def isatty(self):
+        return False
+
+    def fileno(self):
+        raise ValueError("stdout is closed")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the process is so that every cleanup SIGINT runs also runs for it:
+    temporary files removed, a model that --force was replacing put back."""
+
+
+_TERMINATING = False
+
+
+def terminating() -> bool:
+    return _TERMINATING
+
+
+def on_sigterm(signum, frame):
+    """The first SIGTERM raises Terminated where the process is; later ones are ignored, so a
+    second signal cannot interrupt the cleanup the first one started."""
+    global _TERMINATING
+    if _TERMINATING:
+        return
+    _TERMINATING = True
+    raise Terminated()
+
+
+def exit_terminated() -> None:
+    """After SIGTERM, once every cleanup on the way out has run: exit 143 at once. The signal can
+    land inside an import of a C extension, which then fails half-initialised; skipping the
+    interpreter's shutdown keeps that from crashing on the way out."""
+    try:
+        sys.stdout.flush()
+    except (OSError, ValueError, AttributeError, SentmtlError):
+        pass
+    sys.stderr.write("terminated\n")
+    sys.stderr.flush()
+    os._exit(143)
+
+

@@ -1,0 +1,127 @@
+"""The model config: backbone + named heads. YAML -> pydantic, unknown keys rejected, paths resolved
+against the file."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from ..errors import SentmtlError
+from ..registry import HEADS
+from .files import read_yaml, resolve_path, validate
+
+def shipped_config() -> Path:
+    """The shipped model's config, installed as package data (`sentmtl_cli.shipped`, which is the
+    project's `configs/` folder: pyproject.toml maps it), found through importlib.resources, so
+    it works from a wheel as from an editable checkout."""
+    from importlib.resources import files
+
+    return Path(str(files("sentmtl_cli.shipped") / "default.yaml"))
+
+
+def default_config_path() -> Path:
+    """The config used when none is given: $SENTMTL_CONFIG, else the shipped one."""
+    import os
+
+    env = os.environ.get("SENTMTL_CONFIG")
+    return Path(env) if env else shipped_config()
+
+
+SEED_MAX = 2**32 - 1  # numpy and torch seeds are 32-bit here
+HIDDEN_MAX = 65536  # a head's hidden layer; far past any useful size, well short of exhausting memory
+PACKAGE_NAME = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackboneConfig(_Strict):
+    """Where the encoder comes from and how token vectors become one sentence vector.
+
+    Exactly one of `package` (a Python package that bundles a sentence-transformers folder),
+    `path` (a local folder) or `name` (a hub id, used only when a local copy is cached) is set.
+    """
+
+    package: str | None = Field(None, pattern=PACKAGE_NAME)
+    path: Path | None = None
+    name: str | None = None
+    pooling: Literal["mean", "cls", "max"] = "mean"
+    normalize: bool = True
+    max_seq_length: int = Field(256, ge=8, le=8192)
+    backend: Literal["torch", "onnx", "onnx-int8", "auto"] = "auto"
+    weights: Path | None = None  # a fine-tuned backbone's safetensors (overrides the folder's)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "BackboneConfig":
+        given = [k for k in ("package", "path", "name") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError(f"set exactly one of package, path, name (got {', '.join(given) or 'none'})")
+        return self
+
+
+class HeadConfig(_Strict):
+    type: str
+    labels: list[str] = Field(min_length=1)
+    description: str = ""
+    hidden: list[int] = Field(default_factory=list)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    activation: Literal["gelu", "relu", "tanh"] = "gelu"
+    multi_label: bool = False
+    # token heads: which hidden-state layers to read (0 = embeddings, -1 = last); several are mixed
+    layers: list[int] = Field(default_factory=lambda: [-1], min_length=1)
+    weights: Path | None = None
+
+    @field_validator("labels")
+    @classmethod
+    def _unique_labels(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("labels must be unique")
+        if any(not s.strip() for s in v):
+            raise ValueError("labels must be non-empty strings")
+        return v
+
+    @field_validator("hidden")
+    @classmethod
+    def _positive_hidden(cls, v: list[int]) -> list[int]:
+        if any(h <= 0 or h > HIDDEN_MAX for h in v):
+            raise ValueError(f"hidden sizes must be between 1 and {HIDDEN_MAX}")
+        return v
+
+
+class ModelConfig(_Strict):
+    name: str = "sentmtl"
+    seed: int = Field(13, ge=0, le=SEED_MAX)
+    backbone: BackboneConfig
+    heads: dict[str, HeadConfig] = Field(default_factory=dict)
+    source: Path | None = Field(None, exclude=True)  # the YAML file it came from
+
+    @field_validator("heads")
+    @classmethod
+    def _task_names(cls, v: dict[str, HeadConfig]) -> dict[str, HeadConfig]:
+        for task in v:
+            if not task.replace("_", "").replace("-", "").isalnum():
+                raise ValueError(f"task name {task!r} must be letters, digits, '_' or '-'")
+        return v
+
+
+def load_config(path: Path | str | None = None) -> ModelConfig:
+    """Load and validate a model config; relative paths are taken from the config's folder, and
+    each head's type is looked up in the registry and asked whether its settings make sense."""
+    path = Path(path) if path is not None else default_config_path()
+    cfg = validate(ModelConfig, read_yaml(path), path)
+    base = path.resolve().parent
+    cfg.backbone.path = resolve_path(base, cfg.backbone.path)
+    cfg.backbone.weights = resolve_path(base, cfg.backbone.weights)
+    for task, head in cfg.heads.items():
+        if head.type not in HEADS:
+            raise SentmtlError(
+                f"invalid config {path}: heads.{task}.type: unknown head type {head.type!r} "
+                f"(known: {', '.join(HEADS.names())})"
+            )
+        problem = HEADS.get(head.type).check_config(head)
+        if problem:
+            raise SentmtlError(f"invalid config {path}: heads.{task}.{problem}")
+        head.weights = resolve_path(base, head.weights)
+    return cfg

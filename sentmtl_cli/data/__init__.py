@@ -1,0 +1,1 @@
+"""Task data: readers by format (registry.READERS) and typed examples with a seeded split."""

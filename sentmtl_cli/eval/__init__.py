@@ -1,0 +1,1 @@
+"""Scoring: metrics, and `evaluate` over labelled data or STS pairs."""

@@ -1,0 +1,172 @@
+"""Token classification: BIO entity tags for each word, read from one or more backbone layers (a
+learned softmax mix), decoded to valid BIO (Viterbi) and then to entity spans with character
+offsets. A word is tagged at its first sub-token; its other pieces are ignored."""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from ..config.model import HeadConfig
+from ..errors import SentmtlError
+from ..registry import HEADS
+from .base import BatchView, TrainingRows, softmax
+from .bio import bio_paths, bio_tags, bio_viterbi, decode_entities
+from .mlp import MLPHead
+
+if TYPE_CHECKING:
+    import torch
+
+    from ..config.data import DataConfig
+
+
+@HEADS.register("token_classification")
+class TokenClassificationHead(MLPHead):
+    metrics = ("entity_f1", "precision", "recall")
+    default_metric = "entity_f1"
+
+    @classmethod
+    def check_config(cls, cfg: HeadConfig) -> str | None:
+        bio = [lab for lab in cfg.labels if lab == "O" or lab[:2] in ("B-", "I-", "E-", "S-", "L-", "U-")]
+        if bio:
+            return (f"labels: give entity types (e.g. [PER, ORG]), not BIO tags ({', '.join(bio)}): "
+                    "the B-/I-/O tags are made from the types")
+        if cfg.multi_label:
+            return "multi_label: a token head gives one tag per word"
+        return None
+
+    @property
+    def outputs(self) -> list[str]:
+        key = tuple(self.cfg.labels)
+        if getattr(self, "_tags_key", None) != key:  # computed once per label set, not per word
+            self._tags_key, self._tags = key, bio_tags(self.cfg.labels)
+        return self._tags
+
+    def hidden_layers(self) -> list[int]:
+        out = []
+        for layer in self.cfg.layers:
+            idx = layer if layer >= 0 else self.num_layers + 1 + layer
+            if not 0 <= idx <= self.num_layers:
+                raise SentmtlError(
+                    f"heads.{self.task}.layers: layer {layer} does not exist (the backbone has "
+                    f"{self.num_layers} layers; use 0..{self.num_layers} or negative from the end)"
+                )
+            out.append(idx)
+        return out
+
+    def mixed_layers(self) -> int:
+        return len(self.cfg.layers)
+
+    # ---- inference -----------------------------------------------------------------------------------
+    def token_features(self, features: dict, rows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+        """The vectors at (batch, position) `rows`, one per layer read: gathered before the layers
+        are mixed, so padding and word pieces cost nothing."""
+        return [features["hidden_states"][i][rows] for i in self.hidden_layers()]
+
+    def predict_batch(self, view: BatchView, top_k: int = 1, word_tags: bool = False) -> list[dict]:
+        words = view.words
+        rows_b = np.array([b for b, ws in enumerate(words) for _ in ws], dtype=np.int64)
+        rows_t = np.array([t for ws in words for _, t in ws], dtype=np.int64)
+        names = self.outputs
+        if len(rows_b):
+            probs = softmax(self.forward_numpy(self.token_features(view.features, (rows_b, rows_t))))
+        else:
+            probs = np.zeros((0, len(names)))
+        lengths = [len(ws) for ws in words]
+        paths = bio_paths(probs, lengths, names)
+        path_probs = probs[np.arange(len(probs)), np.concatenate(paths)].tolist() if len(probs) else []
+        out, pos = [], 0
+        for b, text in enumerate(view.texts):
+            n = lengths[b]
+            spans = [sp for sp, _ in words[b]]
+            tags = [names[k] for k in paths[b].tolist()]
+            r: dict = {"entities": decode_entities(text, spans, tags, path_probs[pos : pos + n])}
+            if word_tags:  # per word (start, end, BIO tag)
+                r["words"] = [(s, e, t) for (s, e), t in zip(spans, tags)]
+            out.append(r)
+            pos += n
+        return out
+
+    # ---- data and training ---------------------------------------------------------------------------
+    def read_examples(self, data: "DataConfig"):
+        from ..data.examples import token_examples
+        from ..data.readers import read_token_data
+
+        d = read_token_data(data, self.outputs, self.task)
+        return token_examples(d.words, d.tags, self.outputs)
+
+    def training_rows(self, ex: Any, idx: Any, batch: Any, out: dict, row0: int) -> TrainingRows:
+        """One row per word that kept a first sub-token, [n, L, D] over the layers read; y is
+        [n, 2]: the word's tag and its index among the example's words (for scoring)."""
+        import torch
+
+        from ..text.words import align_first_subtokens
+
+        hs = out["hidden_states"]
+        b_idx, t_idx, targets, counts = [], [], [], []
+        for r, i in enumerate(idx):
+            first = align_first_subtokens(ex.spans[i], batch.offsets[row0 + r], batch.special[row0 + r])
+            n = 0
+            for w, t in enumerate(first):
+                if t >= 0:
+                    b_idx.append(row0 + r)
+                    t_idx.append(t)
+                    targets.append((int(ex.tags[i][w]), w))
+                    n += 1
+            counts.append(n)
+        b = torch.tensor(b_idx, dtype=torch.long)
+        tt = torch.tensor(t_idx, dtype=torch.long)
+        x = torch.stack([hs[layer][b, tt] for layer in self.hidden_layers()], dim=1)
+        return TrainingRows(x, torch.tensor(targets, dtype=torch.long).reshape(-1, 2), counts)
+
+    def loss(self, output: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
+        import torch.nn.functional as F
+
+        return F.cross_entropy(output, y[:, 0]) if len(y) else output.sum() * 0.0
+
+    def decode_rows(self, output: np.ndarray, y: np.ndarray, counts: list[int]) -> list:
+        """Each example's words tagged as predict tags them (valid BIO), as {word index: tag}."""
+        probs = softmax(output) if len(output) else output
+        preds, pos = [], 0
+        for n in counts:
+            path = bio_viterbi(probs[pos : pos + n], self.outputs) if n else []
+            preds.append({int(w): self.outputs[k] for w, k in zip(y[pos : pos + n, 1], path)})
+            pos += n
+        return preds
+
+    def predictions_from_results(self, ex: Any, results: list[dict]) -> list:
+        preds = []
+        for i, r in enumerate(results):
+            by_start = {s: t for s, e, t in r[self.task]["words"]}
+            preds.append({w: by_start[s] for w, (s, e) in enumerate(ex.spans[i]) if s in by_start})
+        return preds
+
+    def score(self, ex: Any, predictions: list, metric: str | None = None) -> dict:
+        """Entity P/R/F1 on the data's own tokens (CoNLL-style): a token's tag is its first word's;
+        a word the model did not tag (cut by truncation) counts as O."""
+        from ..data.examples import to_conll_tags
+        from ..eval.metrics import entity_report
+
+        metric = self.check_metric(metric)
+        gold, pred = [], []
+        for i, p in enumerate(predictions):
+            tags = [p.get(w, "O") for w in range(len(ex.spans[i]))]
+            pred.append(to_conll_tags(ex.owner[i], len(ex.gold[i]), tags))
+            gold.append(ex.gold[i])
+        rep = entity_report(gold, pred, list(self.cfg.labels))
+        rep["score"], rep["metric"] = rep[metric], metric
+        return rep
+
+    # ---- rendering -----------------------------------------------------------------------------------
+    def table_columns(self, top_k: int) -> list[str]:
+        return ["entities"]
+
+    def table_cells(self, result: dict, top_k: int) -> list[str]:
+        ents = result["entities"]
+        return ["; ".join(f"{e['text']} [{e['label']} {e['score']:.2f}]" for e in ents) or "—"]
+
+    def report_title(self, rep: dict) -> str:
+        return f"entity F1 {rep['entity_f1']:.4f} (P {rep['precision']:.4f}, R {rep['recall']:.4f}, {rep['n']} sentences)"
+
+    def report_rows(self, rep: dict) -> dict[str, dict]:
+        return rep["per_type"]

@@ -1,0 +1,1 @@
+"""Text: input checks, words with character offsets, and the tokenizer wrapper (no torch)."""

@@ -1,0 +1,89 @@
+"""Tokenization with the `tokenizers` library alone (no torch, no transformers).
+
+Both backends (torch and ONNX) take their inputs from here, so they see identical ids.
+Truncation is done by hand so that we know, per text, how many tokens were dropped.
+"""
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import SentmtlError
+
+
+@dataclass
+class Batch:
+    input_ids: np.ndarray  # [B, T] int64
+    attention_mask: np.ndarray  # [B, T] int64
+    token_type_ids: np.ndarray  # [B, T] int64
+    offsets: list[list[tuple[int, int]]]  # per text, per kept token: char span (0, 0) for specials
+    special: list[list[int]]  # per text, per kept token: 1 for special tokens
+    dropped: list[int]  # per text: tokens cut by truncation
+
+
+class Tokenizer:
+    def __init__(self, folder: Path, max_seq_length: int):
+        from tokenizers import Tokenizer as _Tok
+
+        path = Path(folder) / "tokenizer.json"
+        if not path.is_file():
+            raise SentmtlError(f"not a model folder: {folder} has no tokenizer.json")
+        try:
+            self._tok = _Tok.from_file(str(path))
+        except Exception as e:  # tokenizers raises plain Exception on a bad file
+            raise SentmtlError(f"cannot read {path}: {str(e).splitlines()[0]}") from None
+        self._tok.no_truncation()
+        self._tok.no_padding()
+        self.max_seq_length = max_seq_length
+        pad = self._tok.token_to_id("[PAD]")
+        if pad is None:
+            pad = self._tok.token_to_id("<pad>")
+        self.pad_id = 0 if pad is None else pad
+
+    def encode_raw(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]], list[int], int]]:
+        """Per text, unpadded: ids, char offsets, special-token mask, tokens dropped by truncation."""
+        encs = self._tok.encode_batch(list(texts), add_special_tokens=True)
+        L = self.max_seq_length
+        out = []
+        for enc in encs:
+            i, o, s = list(enc.ids), list(enc.offsets), list(enc.special_tokens_mask)
+            cut = 0
+            if len(i) > L:
+                # keep the trailing special tokens ([SEP]); cut content from the end, as HF does
+                tail = 0
+                while tail < len(s) and s[len(s) - 1 - tail] == 1:
+                    tail += 1
+                cut = len(i) - L
+                i = i[: L - tail] + i[len(i) - tail :]
+                o = o[: L - tail] + o[len(o) - tail :]
+                s = s[: L - tail] + s[len(s) - tail :]
+            out.append((i, [tuple(x) for x in o], s, cut))
+        return out
+
+    def pad(self, items) -> Batch:
+        """A padded batch from encode_raw items."""
+        T = max((len(it[0]) for it in items), default=0)
+        input_ids = np.full((len(items), T), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(items), T), dtype=np.int64)
+        for b, it in enumerate(items):
+            input_ids[b, : len(it[0])] = it[0]
+            mask[b, : len(it[0])] = 1
+        return Batch(input_ids, mask, np.zeros_like(input_ids), [it[1] for it in items],
+                     [it[2] for it in items], [it[3] for it in items])
+
+    def encode(self, texts: list[str]) -> Batch:
+        return self.pad(self.encode_raw(texts))
+
+
+def warn_truncated(batch: Batch, indices: list[int], max_len: int) -> None:
+    """One stderr line per cut text: which input, how many tokens were dropped."""
+    for b, cut in enumerate(batch.dropped):
+        if cut:
+            print(
+                f"warning: input {indices[b] + 1} is longer than max_seq_length={max_len}: "
+                f"{cut} token(s) dropped from its end",
+                file=sys.stderr,
+            )
