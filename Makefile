@@ -1,10 +1,11 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+DOCS := README.md docs/DISCUSSION.md docs/CLI.md
 EXPERIMENTS := configs/experiments/q1_freeze.yaml configs/experiments/q1_trap.yaml \
                configs/experiments/q2_shared.yaml configs/experiments/q3_imbalance.yaml
 
-.PHONY: setup test heads experiments bench clean
+.PHONY: setup test test-fast lint docs heads experiments bench clean
 
 setup: $(BIN)/sentmtl configs/default.onnx/export.json
 
@@ -21,8 +22,23 @@ $(BIN)/sentmtl: pyproject.toml
 configs/default.onnx/export.json: $(BIN)/sentmtl sentmtl_cli/export/onnx.py sentmtl_cli/export/quantize.py sentmtl_cli/backbone/onnx_backbone.py
 	$(BIN)/sentmtl export --int8
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+# the quick loop while editing: everything but the tests that train or run whole commands (marked slow)
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow"
+
+# ruff (lint and format), mypy (with the pydantic plugin), and the docs' generated parts up to date
+lint: setup
+	$(BIN)/ruff check sentmtl_cli tests bench
+	$(BIN)/ruff format --check sentmtl_cli tests bench
+	$(BIN)/mypy
+	$(BIN)/cog --check -I docs $(DOCS)
+
+# regenerate the docs' tables and CLI reference from the last results files and `--help`
+docs: setup
+	$(BIN)/cog -r -I docs $(DOCS)
 
 # Reproduce the shipped head weights from ../shared/data (about 10 minutes on 2 cores).
 heads: setup

@@ -3,6 +3,7 @@ by side in one run, printed as one table of ratios (and written to bench/results
 
 Not a test: timings on shared machines are noisy, so this reports, it does not assert.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,10 @@ def sentences(n: int) -> list[str]:
         subj = ["A man", "The woman", "Two dogs", "A child", "The company", "Investors", "The team", "A bird"]
         verb = ["is playing", "bought", "watched", "crossed", "sold", "painted", "found", "left"]
         obj = ["a guitar", "the river", "new shares", "an old house", "the final match", "a red car", "the park"]
-        out = [f"{s} {v} {o} on day {i}." for i, (s, v, o) in enumerate(
-            (subj[i % 8], verb[(i // 8) % 8], obj[(i // 64) % 7]) for i in range(n))]
+        out = [
+            f"{s} {v} {o} on day {i}."
+            for i, (s, v, o) in enumerate((subj[i % 8], verb[(i // 8) % 8], obj[(i // 64) % 7]) for i in range(n))
+        ]
     out = [s for s in out if s]
     while len(out) < n:
         out += out
@@ -93,17 +96,18 @@ def reference_int8(threads: int):
     export into build/bench/ for this comparison only."""
     import logging
 
-    import sentmtl_cli
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
+    import sentmtl_cli
     from sentmtl_cli.onnx_backend import OnnxBackbone
 
     m = sentmtl_cli.load(backend="onnx", threads=threads)
     path = ROOT / "build" / "bench" / "ort-dynamic-int8.onnx"
     path.parent.mkdir(parents=True, exist_ok=True)
     logging.getLogger().setLevel(logging.ERROR)
-    quantize_dynamic(str(m.onnx_path), str(path), weight_type=QuantType.QInt8, per_channel=True,
-                     op_types_to_quantize=["MatMul"])
+    quantize_dynamic(
+        str(m.onnx_path), str(path), weight_type=QuantType.QInt8, per_channel=True, op_types_to_quantize=["MatMul"]
+    )
     m.backbone = OnnxBackbone(path, threads, m.num_layers, m.cfg.backbone)
     return m
 
@@ -127,9 +131,8 @@ def bulk(texts: list[str]) -> dict:
 
     engines = {b: sentmtl_cli.load(backend=b, threads=THREADS) for b in ("torch", "onnx", "onnx-int8")}
     engines[REFERENCE_INT8] = reference_int8(THREADS)
-    from sentence_transformers import SentenceTransformer
-
     import torch
+    from sentence_transformers import SentenceTransformer
 
     torch.set_num_threads(THREADS)
     st = SentenceTransformer(str(engines["torch"].folder), device="cpu", local_files_only=True)
@@ -141,11 +144,15 @@ def bulk(texts: list[str]) -> dict:
     for r in range(ROUNDS):
         secs["sentence-transformers"].append(_timed(lambda: st.encode(texts, batch_size=BATCH)))
         for name, m in engines.items():
-            secs[name].append(_timed(lambda: m.embed(texts, batch_size=BATCH)))
+            secs[name].append(_timed(lambda m=m: m.embed(texts, batch_size=BATCH)))
         log(f"  round {r + 1}/{ROUNDS}: " + ", ".join(f"{k} {len(texts) / v[-1]:.0f}/s" for k, v in secs.items()))
-    res = {name: {"per_s": _spread([len(texts) / v for v in vals]),
-                  "vs_st": _spread([s_ / v for s_, v in zip(secs["sentence-transformers"], vals)])}
-           for name, vals in secs.items()}
+    res = {
+        name: {
+            "per_s": _spread([len(texts) / v for v in vals]),
+            "vs_st": _spread([s_ / v for s_, v in zip(secs["sentence-transformers"], vals)]),
+        }
+        for name, vals in secs.items()
+    }
     res.update(heads_cost(onnx, texts))
     res["gflop"] = forward_gflop(onnx, texts, BATCH)
     res["seconds"] = secs
@@ -162,9 +169,11 @@ def heads_cost(model, texts: list[str], slice_size: int = 1000) -> dict:
     for r in range(ROUNDS):
         te = tp = 0.0
         for j, sl in enumerate(slices):
-            pair = [("embed", lambda: model.embed(sl, batch_size=BATCH)),
-                    ("predict", lambda: model.predict(sl, tasks=tasks, batch_size=BATCH))]
-            for kind, fn in (pair if (r + j) % 2 == 0 else pair[::-1]):
+            pair = [
+                ("embed", lambda sl=sl: model.embed(sl, batch_size=BATCH)),
+                ("predict", lambda sl=sl: model.predict(sl, tasks=tasks, batch_size=BATCH)),
+            ]
+            for kind, fn in pair if (r + j) % 2 == 0 else pair[::-1]:
                 t = time.perf_counter()
                 fn()
                 dt = time.perf_counter() - t
@@ -177,8 +186,12 @@ def heads_cost(model, texts: list[str], slice_size: int = 1000) -> dict:
         predict_s.append(tp)
         log(f"  heads' cost, round {r + 1}/{ROUNDS}: predict {tp:.1f}s / embed {te:.1f}s = {tp / te:.3f}")
     three = _timed(lambda: [model.predict(texts, tasks=[t], batch_size=BATCH) for t in tasks])
-    return {"predict_vs_embed": _spread(ratios), "predict_s": statistics.median(predict_s),
-            "embed_s": statistics.median(embed_s), "three_passes_vs_predict": three / statistics.median(predict_s)}
+    return {
+        "predict_vs_embed": _spread(ratios),
+        "predict_s": statistics.median(predict_s),
+        "embed_s": statistics.median(embed_s),
+        "three_passes_vs_predict": three / statistics.median(predict_s),
+    }
 
 
 def cold(cmd: list[str], runs: int) -> dict:
@@ -210,7 +223,13 @@ def one_shot() -> dict:
     env_note = {}
     cases = {
         "sentmtl similarity a b": [exe, "similarity", "this is a tangerine", "this is an orange", "--format", "json"],
-        "sentmtl predict \"text\"": [exe, "predict", "Apple shares jumped after the iPhone launch in Paris", "--format", "json"],
+        'sentmtl predict "text"': [
+            exe,
+            "predict",
+            "Apple shares jumped after the iPhone launch in Paris",
+            "--format",
+            "json",
+        ],
         "sentmtl --help": [exe, "--help"],
         "sentence-transformers one-liner (similarity)": [sys.executable, "-c", ST_ONELINER],
     }
@@ -262,48 +281,88 @@ def main() -> None:
     st = b["sentence-transformers"]["per_s"]["median"]
 
     def rng(x: dict, fmt: str = "{:.2f}") -> str:
-        return f"{fmt.format(x['median'])}x (range {fmt.format(x['min'])}-{fmt.format(x['max'])})" if ROUNDS > 1 else f"{fmt.format(x['median'])}x"
+        return (
+            f"{fmt.format(x['median'])}x (range {fmt.format(x['min'])}-{fmt.format(x['max'])})"
+            if ROUNDS > 1
+            else f"{fmt.format(x['median'])}x"
+        )
 
     rows = []
     for backend in ("torch", "onnx", "onnx-int8", REFERENCE_INT8):
         r = b[backend]
         target = {"torch": 1.0, "onnx": 1.4, "onnx-int8": 3.0}.get(backend)
         gf = b["gflop"] * r["per_s"]["median"] / len(texts)
-        rows.append((f"embed {len(texts)} sentences, {backend}", f"{r['per_s']['median']:.0f} sent/s",
-                     f"{rng(r['vs_st'])} sentence-transformers ({st:.0f} sent/s); " + (
-                         f"{gf:.0f} GFLOP/s = {gf / peak:.0%} of matmul peak" if "int8" not in backend else
-                         f"{gf:.0f} fp32-equivalent GFLOP/s (integer arithmetic: the fp32 peak does not bound it)"),
-                     f">= {target}x: {verdict(r['vs_st']['median'] >= target)}" if target else "(not shipped: a text's vector depends on its batch)"))
+        rows.append(
+            (
+                f"embed {len(texts)} sentences, {backend}",
+                f"{r['per_s']['median']:.0f} sent/s",
+                f"{rng(r['vs_st'])} sentence-transformers ({st:.0f} sent/s); "
+                + (
+                    f"{gf:.0f} GFLOP/s = {gf / peak:.0%} of matmul peak"
+                    if "int8" not in backend
+                    else f"{gf:.0f} fp32-equivalent GFLOP/s (integer arithmetic: the fp32 peak does not bound it)"
+                ),
+                f">= {target}x: {verdict(r['vs_st']['median'] >= target)}"
+                if target
+                else "(not shipped: a text's vector depends on its batch)",
+            )
+        )
     ratio = b["predict_vs_embed"]
-    rows.append(("predict cls,sent,ner vs embed (onnx)", f"{b['predict_s']:.1f}s vs {b['embed_s']:.1f}s",
-                 f"{rng(ratio, '{:.3f}')} embed alone; three single-task passes take {b['three_passes_vs_predict']:.2f}x as long",
-                 f"<= 1.15x: {verdict(ratio['median'] <= 1.15)}"))
+    rows.append(
+        (
+            "predict cls,sent,ner vs embed (onnx)",
+            f"{b['predict_s']:.1f}s vs {b['embed_s']:.1f}s",
+            f"{rng(ratio, '{:.3f}')} embed alone; three single-task passes take {b['three_passes_vs_predict']:.2f}x as long",
+            f"<= 1.15x: {verdict(ratio['median'] <= 1.15)}",
+        )
+    )
     st1 = o["sentence-transformers one-liner (similarity)"]
-    for name in ("sentmtl similarity a b", "sentmtl predict \"text\"", "sentmtl --help"):
+    for name in ("sentmtl similarity a b", 'sentmtl predict "text"', "sentmtl --help"):
         r = o[name]
         speedup = st1["median_s"] / r["median_s"]
-        target = {"sentmtl similarity a b": f"<= 1.0 s and >= 5x: {verdict(r['median_s'] <= 1.0 and speedup >= 5)}",
-                  "sentmtl predict \"text\"": f"peak RSS <= 300 MB: {verdict(r['peak_rss_mb'] <= 300)}",
-                  "sentmtl --help": f"<= 0.3 s: {verdict(r['median_s'] <= 0.3)}"}[name]
-        rows.append((f"one-shot `{name}`", f"{r['median_s']:.2f} s, {r['peak_rss_mb']:.0f} MB",
-                     f"{speedup:.1f}x faster than the sentence-transformers one-liner ({st1['median_s']:.2f} s, {st1['peak_rss_mb']:.0f} MB)", target))
+        target = {
+            "sentmtl similarity a b": f"<= 1.0 s and >= 5x: {verdict(r['median_s'] <= 1.0 and speedup >= 5)}",
+            'sentmtl predict "text"': f"peak RSS <= 300 MB: {verdict(r['peak_rss_mb'] <= 300)}",
+            "sentmtl --help": f"<= 0.3 s: {verdict(r['median_s'] <= 0.3)}",
+        }[name]
+        rows.append(
+            (
+                f"one-shot `{name}`",
+                f"{r['median_s']:.2f} s, {r['peak_rss_mb']:.0f} MB",
+                f"{speedup:.1f}x faster than the sentence-transformers one-liner ({st1['median_s']:.2f} s, {st1['peak_rss_mb']:.0f} MB)",
+                target,
+            )
+        )
     if q:
-        rows.append(("STS-B dev Spearman", " / ".join(f"{k} {v:.2f}" for k, v in q.items()),
-                     f"onnx {q['onnx'] - q['torch']:+.3f}, onnx-int8 {q['onnx-int8'] - q['onnx']:+.2f} vs fp32",
-                     f"fp32 within 0.05: {verdict(abs(q['onnx'] - q['torch']) <= 0.05)}; int8 within 1.0: {verdict(abs(q['onnx-int8'] - q['onnx']) <= 1.0)}"))
+        rows.append(
+            (
+                "STS-B dev Spearman",
+                " / ".join(f"{k} {v:.2f}" for k, v in q.items()),
+                f"onnx {q['onnx'] - q['torch']:+.3f}, onnx-int8 {q['onnx-int8'] - q['onnx']:+.2f} vs fp32",
+                f"fp32 within 0.05: {verdict(abs(q['onnx'] - q['torch']) <= 0.05)}; int8 within 1.0: {verdict(abs(q['onnx-int8'] - q['onnx']) <= 1.0)}",
+            )
+        )
     else:
         rows.append(("STS-B dev Spearman", "skipped", "../shared/data/stsb is absent", ""))
 
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    md = [f"Measured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine}; fp32 matmul peak measured at {peak:.0f} GFLOP/s). "
-          f"Throughput ratios: median of {ROUNDS} rounds, each engine measured in every round on the same {len(texts)} "
-          f"sentences, batch {BATCH}; one-shot times: median of {COLD_RUNS} cold runs.", "",
-          "| measure | sentmtl | ratio against the peer, same run | target |", "|---|---|---|---|"]
+    machine = (
+        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    )
+    md = [
+        f"Measured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine}; fp32 matmul peak measured at {peak:.0f} GFLOP/s). "
+        f"Throughput ratios: median of {ROUNDS} rounds, each engine measured in every round on the same {len(texts)} "
+        f"sentences, batch {BATCH}; one-shot times: median of {COLD_RUNS} cold runs.",
+        "",
+        "| measure | sentmtl | ratio against the peer, same run | target |",
+        "|---|---|---|---|",
+    ]
     md += [f"| {a} | {b_} | {c} | {d} |" for a, b_, c, d in rows]
     text = "\n".join(md) + "\n"
     print(text)
     (ROOT / "bench" / "results.md").write_text(text, encoding="utf-8")
-    (ROOT / "bench" / "results.json").write_text(json.dumps({"bulk": b, "one_shot": o, "quality": q, "peak_gflops": peak}, indent=1))
+    (ROOT / "bench" / "results.json").write_text(
+        json.dumps({"bulk": b, "one_shot": o, "quality": q, "peak_gflops": peak}, indent=1)
+    )
 
 
 if __name__ == "__main__":

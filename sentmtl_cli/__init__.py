@@ -2,10 +2,9 @@
 
 `import sentmtl_cli` is light; the model code (and torch) load on the first call of `load`.
 """
-__version__ = "0.1.0"
-# texts per backbone forward unless told otherwise: 64 ran faster than 16, 32 and 128 with both
-# backends on 2 cores (inputs are sorted by length, so larger batches add little padding)
-BATCH_SIZE = 64
+
+from .defaults import BATCH_SIZE
+from .defaults import VERSION as __version__
 
 
 def load(config=None, threads=None, backend=None):
@@ -16,4 +15,4 @@ def load(config=None, threads=None, backend=None):
     return _load(config, threads=threads, backend=backend)
 
 
-__all__ = ["load", "__version__"]
+__all__ = ["BATCH_SIZE", "__version__", "load"]

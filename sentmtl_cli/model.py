@@ -8,24 +8,26 @@ This is the Python API the CLI stands on:
     m.similarity(["a"], ["b", "c"])          # float32 [len(a), len(b)]
     m.predict(["a text"], tasks=["cls"])     # list of dicts, the CLI's JSONL objects
 """
+
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
-from . import BATCH_SIZE
 from .backbone.folder import read_model_config, resolve_folder
+from .choices import Metric
 from .config.model import ModelConfig, load_config
+from .defaults import BATCH_SIZE
 from .errors import SentmtlError
 from .heads.base import BatchView, Head
 from .registry import BACKENDS, HEADS
 from .text.inputs import check_texts
 from .text.tokenizer import Tokenizer, warn_truncated
 
-METRICS = ("cosine", "dot", "euclidean")  # similarity metrics; the CLI offers these
+METRICS = tuple(m.value for m in Metric)  # similarity metrics
 
 
 class MultiTaskModel:
@@ -38,8 +40,11 @@ class MultiTaskModel:
         limit = int(mcfg.get("max_position_embeddings") or 0)
         if limit and cfg.backbone.max_seq_length > limit:
             # the transformer has no position vectors past its limit: longer inputs would crash it
-            print(f"warning: backbone.max_seq_length={cfg.backbone.max_seq_length} is past the model's "
-                  f"{limit} positions; using {limit}", file=sys.stderr)
+            print(
+                f"warning: backbone.max_seq_length={cfg.backbone.max_seq_length} is past the model's "
+                f"{limit} positions; using {limit}",
+                file=sys.stderr,
+            )
             cfg.backbone.max_seq_length = limit
         self.tokenizer = Tokenizer(self.folder, cfg.backbone.max_seq_length)
         self.heads: dict[str, Head] = {}
@@ -52,12 +57,12 @@ class MultiTaskModel:
             self.heads[task] = head
         self.threads = threads
         self._backbone = None
-        self.backend, self.onnx_path = self._choose_backend(backend or cfg.backbone.backend)
+        self.backend, self.onnx_path = self._choose_backend(str(backend or cfg.backbone.backend))
 
     def _choose_backend(self, wanted: str) -> tuple[str, Path | None]:
         """auto: the ONNX export when a fresh one exists, else torch. Any other name: that backend,
         or an error saying why it cannot run here."""
-        for name in (["onnx", "torch"] if wanted == "auto" else [wanted]):
+        for name in ["onnx", "torch"] if wanted == "auto" else [wanted]:
             why = BACKENDS.get(name).unavailable(self.cfg, self.folder)
             if why is None:
                 return name, getattr(BACKENDS.get(name), "export_path", lambda c, f: None)(self.cfg, self.folder)
@@ -85,8 +90,10 @@ class MultiTaskModel:
         """Task names (a list, or one string: "ner" or "cls,sent"); None means every head."""
         if tasks is None:
             if not self.heads:
-                raise SentmtlError(f"the config {self.cfg.source or self.cfg.name} has no task heads to predict with "
-                                   "(add heads: to it; `sentmtl info` shows what it has)")
+                raise SentmtlError(
+                    f"the config {self.cfg.source or self.cfg.name} has no task heads to predict with "
+                    "(add heads: to it; `sentmtl info` shows what it has)"
+                )
             return list(self.heads)
         if isinstance(tasks, str):
             tasks = tasks.split(",")
@@ -151,9 +158,12 @@ class MultiTaskModel:
         return emb, results
 
     # ---- the public API -----------------------------------------------------------------------
-    def embed(self, texts: Iterable[str] | str, batch_size: int = BATCH_SIZE, progress=None, offset: int = 0) -> np.ndarray:
+    def embed(
+        self, texts: Iterable[str] | str, batch_size: int = BATCH_SIZE, progress=None, offset: int = 0
+    ) -> np.ndarray:
         """[N, dim] float32 for a list of texts; [dim] for one string (as sentence-transformers does)."""
         emb, _ = self.run(check_texts(texts), [], batch_size=batch_size, progress=progress, offset=offset)
+        assert emb is not None  # run() returns embeddings unless told not to
         return emb[0] if isinstance(texts, str) else emb
 
     def similarity(self, texts_a, texts_b, metric: str = "cosine", batch_size: int = BATCH_SIZE) -> np.ndarray:
@@ -162,17 +172,30 @@ class MultiTaskModel:
         emb = self.embed(a + b, batch_size=batch_size)
         return pairwise(emb[: len(a)], emb[len(a) :], metric)
 
-    def predict(self, texts, tasks=None, top_k: int = 1, batch_size: int = BATCH_SIZE, progress=None,
-                offset: int = 0) -> list[dict] | dict:
+    def predict(
+        self, texts, tasks=None, top_k: int = 1, batch_size: int = BATCH_SIZE, progress=None, offset: int = 0
+    ) -> list[dict] | dict:
         """One result dict per text (the CLI's JSONL objects); one dict for one string."""
         _, res = self.run(
-            check_texts(texts), self.resolve_tasks(tasks), batch_size=batch_size, top_k=top_k,
-            want_embeddings=False, progress=progress, offset=offset,
+            check_texts(texts),
+            self.resolve_tasks(tasks),
+            batch_size=batch_size,
+            top_k=top_k,
+            want_embeddings=False,
+            progress=progress,
+            offset=offset,
         )
         return res[0] if isinstance(texts, str) else res
 
-    def search(self, query: str, corpus: list[str], top_k: int = 5, batch_size: int = BATCH_SIZE, progress=None,
-               line_numbers: list[int] | None = None):
+    def search(
+        self,
+        query: str,
+        corpus: list[str],
+        top_k: int = 5,
+        batch_size: int = BATCH_SIZE,
+        progress=None,
+        line_numbers: list[int] | None = None,
+    ):
         """The corpus texts nearest the query. `line_numbers` gives each text's line in its file (the
         CLI passes the file's own numbers, blank lines counted); by default a text's position, 1-based."""
         check_texts([query])
@@ -181,8 +204,10 @@ class MultiTaskModel:
         scores = pairwise(emb[:1], emb[1:], "cosine")[0]
         top = np.argsort(-scores, kind="stable")[:top_k]
         lines = line_numbers or list(range(1, len(corpus) + 1))
-        return [{"rank": r + 1, "score": float(scores[i]), "line": int(lines[i]), "text": corpus[i]} for r, i in enumerate(top)]
-
+        return [
+            {"rank": r + 1, "score": float(scores[i]), "line": int(lines[i]), "text": corpus[i]}
+            for r, i in enumerate(top)
+        ]
 
     # ---- description and the model folder -------------------------------------------------------
     def describe(self) -> dict:
@@ -195,17 +220,28 @@ class MultiTaskModel:
             "config": str(self.cfg.source),
             "name": self.cfg.name,
             "backbone": {
-                "source": self.name, "folder": str(self.folder), "dimension": self.dim, "layers": self.num_layers,
-                "pooling": b.pooling, "normalize": b.normalize, "max_seq_length": b.max_seq_length,
-                "backend": b.backend, "backend_in_use": self.backend,
+                "source": self.name,
+                "folder": str(self.folder),
+                "dimension": self.dim,
+                "layers": self.num_layers,
+                "pooling": b.pooling,
+                "normalize": b.normalize,
+                "max_seq_length": b.max_seq_length,
+                "backend": b.backend,
+                "backend_in_use": self.backend,
                 "onnx": str(self.onnx_path) if self.onnx_path else None,
                 "fine_tuned_weights": str(b.weights) if b.weights else None,
             },
             "int8": int8_status(),
             "heads": {
-                task: {"type": h.registry_name, "labels": list(h.cfg.labels), "outputs": len(h.outputs),
-                       "parameters": h.parameter_count(), "trained": h.trained,
-                       "weights": str(h.cfg.weights) if h.cfg.weights else None}
+                task: {
+                    "type": h.registry_name,
+                    "labels": list(h.cfg.labels),
+                    "outputs": len(h.outputs),
+                    "parameters": h.parameter_count(),
+                    "trained": h.trained,
+                    "weights": str(h.cfg.weights) if h.cfg.weights else None,
+                }
                 for task, h in self.heads.items()
             },
         }
@@ -223,8 +259,9 @@ class MultiTaskModel:
         doc = self.cfg.model_dump(mode="json", exclude={"source"})
         doc["backbone"] = {k: v for k, v in doc["backbone"].items() if v is not None}
         if backbone_weights is not None:
-            atomic_write_bytes(folder / "backbone.safetensors",
-                               safetensors_bytes(backbone_weights, {"format": "sentmtl-backbone/1"}))
+            atomic_write_bytes(
+                folder / "backbone.safetensors", safetensors_bytes(backbone_weights, {"format": "sentmtl-backbone/1"})
+            )
             doc["backbone"]["weights"] = "backbone.safetensors"
         for task, head in self.heads.items():
             hd = {k: v for k, v in doc["heads"][task].items() if v is not None}
@@ -245,6 +282,7 @@ def normalize_rows(x: np.ndarray) -> np.ndarray:
 
 
 def pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
+    metric = str(metric)
     if metric == "cosine":  # clipped: float32 rounding can put a text's self-similarity at 1.0000001
         return np.clip(normalize_rows(a) @ normalize_rows(b).T, -1.0, 1.0).astype(np.float32)
     if metric == "dot":

@@ -1,8 +1,10 @@
 """What the lower layers call to report progress. The CLI passes rich bars (cli/render.py); the
 Python API passes nothing, and these stand in."""
+
 from __future__ import annotations
 
-from typing import Callable, Optional
+from collections.abc import Callable
+from typing import Optional
 
 # advanced by the number of texts (or steps) done; training bars also take the running losses
 ProgressFn = Optional[Callable[..., None]]

@@ -7,10 +7,12 @@ entries with the `register` decorator (importing its module is enough), or by an
 the group `sentmtl.<registry name>` (e.g. `sentmtl.heads`), which is loaded when a name is not
 found among the registered ones.
 """
+
 from __future__ import annotations
 
 import importlib
-from typing import Any, Callable, Generic, TypeVar
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
 
 from .errors import SentmtlError
 
@@ -32,7 +34,7 @@ class Registry(Generic[T]):
             self._loaded[key] = obj
             self._lazy.pop(key, None)
             if isinstance(obj, type):
-                setattr(obj, "registry_name", key)
+                obj.registry_name = key  # type: ignore[attr-defined]
             return obj
 
         return deco
@@ -64,30 +66,56 @@ class Registry(Generic[T]):
         obj: Any = getattr(importlib.import_module(module), attr)
         self._loaded.setdefault(key, obj)  # the import may have registered it already
         if isinstance(obj, type):
-            setattr(obj, "registry_name", key)
+            obj.registry_name = key  # type: ignore[attr-defined]
         return self._loaded[key]
 
 
-HEADS: Registry[Any] = Registry("heads", "head type", {
-    "sentence_classification": "sentmtl_cli.heads.classification:SentenceClassificationHead",
-    "token_classification": "sentmtl_cli.heads.tagging:TokenClassificationHead",
-})
-BACKENDS: Registry[Any] = Registry("backends", "backend", {
-    "torch": "sentmtl_cli.backbone.torch_backbone:TorchBackbone",
-    "onnx": "sentmtl_cli.backbone.onnx_backbone:OnnxBackbone",
-    "onnx-int8": "sentmtl_cli.backbone.onnx_backbone:OnnxInt8Backbone",
-})
-READERS: Registry[Any] = Registry("readers", "data format", {
-    "tsv": "sentmtl_cli.data.readers:read_tsv", "csv": "sentmtl_cli.data.readers:read_csv",
-    "jsonl": "sentmtl_cli.data.readers:read_jsonl", "text": "sentmtl_cli.data.readers:read_text_rows",
-    "conll": "sentmtl_cli.data.readers:read_conll",
-})
-OBJECTIVES: Registry[Any] = Registry("objectives", "loss weighting", {
-    "static": "sentmtl_cli.training.objectives:StaticWeights",
-    "uncertainty": "sentmtl_cli.training.objectives:UncertaintyWeights",
-})
-SAMPLERS: Registry[Any] = Registry("samplers", "sampling strategy", {
-    name: f"sentmtl_cli.training.samplers:{cls}" for name, cls in (
-        ("proportional", "ProportionalSampler"), ("temperature", "TemperatureSampler"),
-        ("uniform", "UniformSampler"), ("round_robin", "RoundRobinSampler"))
-})
+HEADS: Registry[Any] = Registry(
+    "heads",
+    "head type",
+    {
+        "sentence_classification": "sentmtl_cli.heads.classification:SentenceClassificationHead",
+        "token_classification": "sentmtl_cli.heads.tagging:TokenClassificationHead",
+    },
+)
+BACKENDS: Registry[Any] = Registry(
+    "backends",
+    "backend",
+    {
+        "torch": "sentmtl_cli.backbone.torch_backbone:TorchBackbone",
+        "onnx": "sentmtl_cli.backbone.onnx_backbone:OnnxBackbone",
+        "onnx-int8": "sentmtl_cli.backbone.onnx_backbone:OnnxInt8Backbone",
+    },
+)
+READERS: Registry[Any] = Registry(
+    "readers",
+    "data format",
+    {
+        "tsv": "sentmtl_cli.data.readers:read_tsv",
+        "csv": "sentmtl_cli.data.readers:read_csv",
+        "jsonl": "sentmtl_cli.data.readers:read_jsonl",
+        "text": "sentmtl_cli.data.readers:read_text_rows",
+        "conll": "sentmtl_cli.data.readers:read_conll",
+    },
+)
+OBJECTIVES: Registry[Any] = Registry(
+    "objectives",
+    "loss weighting",
+    {
+        "static": "sentmtl_cli.training.objectives:StaticWeights",
+        "uncertainty": "sentmtl_cli.training.objectives:UncertaintyWeights",
+    },
+)
+SAMPLERS: Registry[Any] = Registry(
+    "samplers",
+    "sampling strategy",
+    {
+        name: f"sentmtl_cli.training.samplers:{cls}"
+        for name, cls in (
+            ("proportional", "ProportionalSampler"),
+            ("temperature", "TemperatureSampler"),
+            ("uniform", "UniformSampler"),
+            ("round_robin", "RoundRobinSampler"),
+        )
+    },
+)

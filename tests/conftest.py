@@ -7,7 +7,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("SENTMTL_NO_PROGRESS", "1")
 
 ROOT = Path(__file__).resolve().parent.parent
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture(scope="session")
@@ -38,11 +37,4 @@ def invoke(runner, args, input=None):
 def write_config(tmp_path: Path, text: str, name: str = "model.yaml") -> Path:
     p = tmp_path / name
     p.write_text(text, encoding="utf-8")
-    return p
-
-
-def shared_data(*parts: str) -> Path:
-    p = SHARED_DATA.joinpath(*parts)
-    if not p.exists():
-        pytest.skip(f"shared dataset not available: {p} (../shared/data is absent on this machine)")
     return p

@@ -1,13 +1,14 @@
 """Data readers and metrics, on small files the tests write."""
+
 import numpy as np
 import pytest
 
 from sentmtl_cli.config import DataConfig
+from sentmtl_cli.data.examples import split_examples, to_conll_tags, token_examples
 from sentmtl_cli.data.readers import read_sentence_data, read_token_data
 from sentmtl_cli.errors import SentmtlError
-from sentmtl_cli.heads.bio import bio_tags
 from sentmtl_cli.eval.metrics import classification_report, entity_report, pearson, spearman
-from sentmtl_cli.data.examples import split_examples, to_conll_tags, token_examples
+from sentmtl_cli.heads.bio import bio_tags
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -15,8 +16,10 @@ LABELS = ["negative", "neutral", "positive"]
 def test_tsv_with_header_names_and_label_map(tmp_path):
     p = tmp_path / "d.tsv"
     p.write_text('sentence\tlabel\n"quoted" fine\t1\nbad movie\t0\n', encoding="utf-8")
-    d = read_sentence_data(DataConfig(path=p, text_column="sentence", label_column="label",
-                                      label_map={"0": "negative", "1": "positive"}), LABELS)
+    d = read_sentence_data(
+        DataConfig(path=p, text_column="sentence", label_column="label", label_map={"0": "negative", "1": "positive"}),
+        LABELS,
+    )
     assert d.texts == ['"quoted" fine', "bad movie"] and d.labels == [2, 0]
 
 
@@ -29,8 +32,14 @@ def test_csv_jsonl_and_parallel_text_files(tmp_path):
     assert d.labels == [0, 1]
     (tmp_path / "t.txt").write_text("one\ntwo\nthree\n")
     (tmp_path / "l.txt").write_text("2\n0\n1\n")
-    cfg = DataConfig(path=tmp_path / "t.txt", format="text", labels_path=tmp_path / "l.txt",
-                     label_map={"0": "negative", "1": "neutral", "2": "positive"}, skip=1, limit=1)
+    cfg = DataConfig(
+        path=tmp_path / "t.txt",
+        format="text",
+        labels_path=tmp_path / "l.txt",
+        label_map={"0": "negative", "1": "neutral", "2": "positive"},
+        skip=1,
+        limit=1,
+    )
     d = read_sentence_data(cfg, LABELS)
     assert d.texts == ["two"] and d.labels == [0]
     (tmp_path / "l.txt").write_text("2\n0\n")

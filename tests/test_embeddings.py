@@ -1,4 +1,5 @@
 """The sentence embeddings: shape, norm, determinism, and equality with sentence-transformers."""
+
 import subprocess
 import sys
 

@@ -2,6 +2,7 @@
 file, the complete new one, or absent, never half-written; `train --resume` after a kill ends with
 the same weights, byte for byte, as a run that was never interrupted. (SIGKILL cannot be caught, so a
 temporary file may stay behind; it is never the destination.)"""
+
 import hashlib
 import json
 import os
@@ -30,8 +31,9 @@ def _sentmtl() -> str:
 
 def _run_then_kill(args: list[str], delay: float, cwd: Path | None = None) -> int:
     """Start the command, SIGKILL it after `delay` seconds (or let it finish first); its exit status."""
-    p = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=cwd,
-                         start_new_session=True)
+    p = subprocess.Popen(
+        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=cwd, start_new_session=True
+    )
     try:
         p.wait(timeout=delay)
     except subprocess.TimeoutExpired:
@@ -122,7 +124,9 @@ def test_train_killed_then_resumed_equals_an_uninterrupted_run(tmp_path):
     p.wait(timeout=30)
     assert resumable(), "no checkpoint was written before the second kill"
     # 3: resumed to the end
-    r = subprocess.run([exe, "train", recipe, "--quiet", "--resume"], capture_output=True, text=True, env=ENV, timeout=600)
+    r = subprocess.run(
+        [exe, "train", recipe, "--quiet", "--resume"], capture_output=True, text=True, env=ENV, timeout=600
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert _head_hashes(run_dir / "out") == want  # the same bytes as the uninterrupted run
     got_metrics = [r["score"] for r in map(json.loads, (run_dir / "out" / "metrics.jsonl").read_text().splitlines())]
@@ -149,7 +153,9 @@ def test_sigterm_at_any_moment_exits_143_cleanly(tmp_path):
     exe = _sentmtl()
     for i in range(8):
         out = tmp_path / f"e{i}.npy"
-        r = _term_at([exe, "embed", "--file", str(src), "--format", "npy", "--output", str(out)], rng.uniform(0.01, 1.5))
+        r = _term_at(
+            [exe, "embed", "--file", str(src), "--format", "npy", "--output", str(out)], rng.uniform(0.01, 1.5)
+        )
         # -15: the signal came before main() installed its handler (the first imports), when
         # nothing has been opened yet; the default action ends the process and leaves nothing
         assert r.returncode in (0, 143, -signal.SIGTERM), (r.returncode, r.stderr[-1500:])

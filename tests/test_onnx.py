@@ -1,4 +1,5 @@
 """The fast path: ONNX fp32 equals torch, int8 keeps the labels, and no torch is imported."""
+
 import json
 import subprocess
 import sys
@@ -7,8 +8,8 @@ import numpy as np
 import pytest
 
 import sentmtl_cli
-from sentmtl_cli.config import load_config
 from sentmtl_cli.backbone.onnx_backbone import export_dir, find_export
+from sentmtl_cli.config import load_config
 
 from conftest import ROOT, invoke
 from toydata import PEOPLE, PLACES, sentence_rows
@@ -88,7 +89,11 @@ def test_int8_vector_does_not_depend_on_batch_neighbours(exported):
     far larger activations (per-batch scales moved it by about 1% in cosine)."""
     m = sentmtl_cli.load(backend="onnx-int8")
     text = "The committee met on Tuesday to discuss the budget."
-    others = ["WOW!!! best. game. EVER!!! #winning", "Stocks plunged 12% as the bank raised rates to 9.5%.", "zzzz " * 60]
+    others = [
+        "WOW!!! best. game. EVER!!! #winning",
+        "Stocks plunged 12% as the bank raised rates to 9.5%.",
+        "zzzz " * 60,
+    ]
     alone = m.embed([text])[0]
     in_batch = m.embed([text] + others, batch_size=8)[0]
     assert np.abs(alone - in_batch).max() < 1e-5
@@ -143,7 +148,9 @@ def test_stale_export_is_not_used(exported, tmp_path):
     import shutil
 
     (tmp_path / "heads").mkdir()
-    cfg_text = (ROOT / "configs" / "default.yaml").read_text().replace("weights: heads/", f"weights: {ROOT}/configs/heads/")
+    cfg_text = (
+        (ROOT / "configs" / "default.yaml").read_text().replace("weights: heads/", f"weights: {ROOT}/configs/heads/")
+    )
     (tmp_path / "m.yaml").write_text(cfg_text)
     shutil.copytree(exported, tmp_path / "m.onnx")
     assert sentmtl_cli.load(tmp_path / "m.yaml").backend == "onnx"

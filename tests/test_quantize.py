@@ -1,11 +1,10 @@
 """The per-token int8 rewrite on small graphs: its numbers against float, and its choices."""
+
 import numpy as np
 import pytest
 
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
-from onnx import TensorProto, helper, numpy_helper  # noqa: E402
-
 import json  # noqa: E402
 import platform  # noqa: E402
 import shutil  # noqa: E402
@@ -13,8 +12,15 @@ import subprocess  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from sentmtl_cli.export.quantize import (calibrate_zero_points, cpu_class, exact_on_this_cpu,  # noqa: E402
-                                  quantize_per_token, weight_type_for)
+from onnx import TensorProto, helper, numpy_helper  # noqa: E402
+
+from sentmtl_cli.export.quantize import (  # noqa: E402
+    calibrate_zero_points,
+    cpu_class,
+    exact_on_this_cpu,
+    quantize_per_token,
+    weight_type_for,
+)
 
 from int8_probe import product_error  # noqa: E402
 
@@ -38,10 +44,14 @@ def _graph(path, rng):
         helper.make_node("MatMul", ["gelu", "w3"], ["y3"]),
     ]
     inits = [numpy_helper.from_array(v, k) for k, v in ws.items()]
-    inits += [numpy_helper.from_array(np.float32(v), k) for k, v in (("sqrt2", 2 ** 0.5), ("one", 1.0), ("half", 0.5))]
-    g = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", K])],
-                          [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["b", "t", N]) for i in (0, 1, 2, 3)],
-                          inits)
+    inits += [numpy_helper.from_array(np.float32(v), k) for k, v in (("sqrt2", 2**0.5), ("one", 1.0), ("half", 0.5))]
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "t", K])],
+        [helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["b", "t", N]) for i in (0, 1, 2, 3)],
+        inits,
+    )
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
     onnx.save(model, str(path))
     return model
@@ -69,7 +79,9 @@ def test_rewrite_matches_float_and_marks_inputs(tmp_path, weight_type, bits):
     _graph(tmp_path / "f.onnx", rng)
     x = _inputs(rng)
     feeds = [{"x": _inputs(rng), "attention_mask": np.ones((3, 5), np.int64)}]
-    info = quantize_per_token(tmp_path / "f.onnx", tmp_path / "q.onnx", feeds, weight_bits=bits, weight_type=weight_type)
+    info = quantize_per_token(
+        tmp_path / "f.onnx", tmp_path / "q.onnx", feeds, weight_bits=bits, weight_type=weight_type
+    )
     assert info["weight_type"] == weight_type
     assert info["matmuls"] == 4 and info["per_row_zero_points"] == 1 and info["fixed_zero_points"] == 1
     ops = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
@@ -138,8 +150,9 @@ def test_avx2_only_cpu_is_given_exact_weights_emulated():
     if qemu is None:
         pytest.skip("qemu-x86_64 is not installed (.ci/run installs Debian's qemu-user for this test)")
     probe = Path(__file__).with_name("int8_probe.py")
-    r = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, str(probe)], capture_output=True, text=True,
-                       timeout=300)
+    r = subprocess.run(
+        [qemu, "-cpu", "Haswell", sys.executable, str(probe)], capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     got = json.loads(r.stdout.strip().splitlines()[-1])
     assert got["cpu"] == "x86" and got["weight_type"] == "u8", got

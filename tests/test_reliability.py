@@ -1,5 +1,6 @@
 """Regression tests for the adversarial pass (issue 9): each finding, reproduced, must now give the
 right result or one `error:` line with exit status 2. The numbers in comments are the findings'."""
+
 import json
 import os
 import signal
@@ -103,7 +104,9 @@ def test_force_refuses_a_folder_that_is_not_a_model(runner, tmp_path):
     docs = tmp_path / "mydocs"
     docs.mkdir()
     (docs / "thesis.tex").write_text("years of work")
-    _bad(runner, ["train", str(recipe), "--quiet", "--force", "--set", f"output={docs}"], "does not hold a sentmtl model")
+    _bad(
+        runner, ["train", str(recipe), "--quiet", "--force", "--set", f"output={docs}"], "does not hold a sentmtl model"
+    )
     assert (docs / "thesis.tex").read_text() == "years of work"
 
 
@@ -119,8 +122,14 @@ def test_a_leftover_replaced_model_is_never_deleted(runner, tmp_path):
 
 def _start_train(recipe: Path, *more: str) -> subprocess.Popen:
     env = dict(os.environ, SENTMTL_NO_PROGRESS="1")
-    return subprocess.Popen([_sentmtl(), "train", str(recipe), "--quiet", *more], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    return subprocess.Popen(
+        [_sentmtl(), "train", str(recipe), "--quiet", *more],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
 
 
 def _wait_for(pred, timeout: float, proc: subprocess.Popen) -> None:
@@ -153,7 +162,9 @@ def test_sigterm_during_train_force_puts_the_old_model_back(runner, tmp_path):
     (old / "model.yaml").write_text("# written by sentmtl train\nname: old\n")
     (old / "sentmtl-train.json").write_text("{}")
     p = _start_train(recipe, "--force")
-    err = _sigterm_when(p, lambda: (tmp_path / "out.replaced").exists() and (tmp_path / "out" / "metrics.jsonl").exists())
+    err = _sigterm_when(
+        p, lambda: (tmp_path / "out.replaced").exists() and (tmp_path / "out" / "metrics.jsonl").exists()
+    )
     assert p.returncode == 143, err
     assert "Traceback" not in err
     assert (old / "model.yaml").read_text().endswith("name: old\n")  # the old model is back
@@ -178,29 +189,40 @@ def test_sigterm_during_embed_leaves_nothing_behind(tmp_path):
     src.write_text("".join(f"sentence number {i} about the weather in town\n" for i in range(30000)))
     out = tmp_path / "big.npy"
     env = dict(os.environ, SENTMTL_NO_PROGRESS="1")
-    p = subprocess.Popen([_sentmtl(), "embed", "--file", str(src), "--format", "npy", "--output", str(out)],
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    p = subprocess.Popen(
+        [_sentmtl(), "embed", "--file", str(src), "--format", "npy", "--output", str(out)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
     err = _sigterm_when(p, lambda: _tmp_files(tmp_path) != [])
     assert p.returncode == 143, err
     assert _tmp_files(tmp_path) == [] and not out.exists()
 
 
 # ---- 6. crashes that are now one line -----------------------------------------------------------------
-@pytest.mark.parametrize("head,needle", [
-    ("{type: sentence_classification, labels: [a], hidden: [100000000]}", "hidden sizes"),
-    ("{type: token_classification, labels: [PER], layers: []}", "layers"),
-    ("{type: token_classification, labels: [B-PER, O]}", "not BIO tags"),
-])
+@pytest.mark.parametrize(
+    "head,needle",
+    [
+        ("{type: sentence_classification, labels: [a], hidden: [100000000]}", "hidden sizes"),
+        ("{type: token_classification, labels: [PER], layers: []}", "layers"),
+        ("{type: token_classification, labels: [B-PER, O]}", "not BIO tags"),
+    ],
+)
 def test_bad_head_configs_are_one_line(runner, tmp_path, head, needle):
     cfg = write_config(tmp_path, GOOD + f"heads:\n  t: {head}\n")
     _bad(runner, ["predict", "x", "--config", str(cfg)], needle)
 
 
-@pytest.mark.parametrize("text,needle", [
-    ("backbone: {package: \"../../etc\"}\n", "backbone.package"),
-    ("seed: 100000000000000000000\n" + GOOD, "seed"),
-    (GOOD + "name: a\nname: b\n", "duplicate key 'name'"),
-])
+@pytest.mark.parametrize(
+    "text,needle",
+    [
+        ('backbone: {package: "../../etc"}\n', "backbone.package"),
+        ("seed: 100000000000000000000\n" + GOOD, "seed"),
+        (GOOD + "name: a\nname: b\n", "duplicate key 'name'"),
+    ],
+)
 def test_bad_model_configs_are_one_line(runner, tmp_path, text, needle):
     _bad(runner, ["embed", "x", "--config", str(write_config(tmp_path, text))], needle)
 
@@ -223,26 +245,38 @@ def _linear(dtype=np.float32, fill=0.1):
     return {"out.weight": np.full((1, 384), fill, dtype), "out.bias": np.zeros(1, dtype)}
 
 
-@pytest.mark.parametrize("meta,tensors,needle", [
-    ({"input_dim": "abc"}, _linear(), "input_dim 'abc' is not a number"),
-    ({"labels": "[not json"}, _linear(), "labels are not a JSON list"),
-    ({}, _linear(fill=np.nan), "NaN or infinite"),
-    ({}, _linear(dtype=np.float64), "float64"),
-    ({}, {"out.weight": np.ones((1, 384), np.int32), "out.bias": np.zeros(1, np.int32)}, "int32"),
-])
+@pytest.mark.parametrize(
+    "meta,tensors,needle",
+    [
+        ({"input_dim": "abc"}, _linear(), "input_dim 'abc' is not a number"),
+        ({"labels": "[not json"}, _linear(), "labels are not a JSON list"),
+        ({}, _linear(fill=np.nan), "NaN or infinite"),
+        ({}, _linear(dtype=np.float64), "float64"),
+        ({}, {"out.weight": np.ones((1, 384), np.int32), "out.bias": np.zeros(1, np.int32)}, "int32"),
+    ],
+)
 def test_bad_head_weights_are_refused(runner, tmp_path, meta, tensors, needle):
     """7: NaN weights gave `"score": NaN` (invalid JSON) with exit 0; other dtypes passed silently."""
-    base = {"format": "sentmtl-head/1", "task": "t", "type": "sentence_classification", "labels": '["a"]',
-            "input_dim": "384"}
+    base = {
+        "format": "sentmtl-head/1",
+        "task": "t",
+        "type": "sentence_classification",
+        "labels": '["a"]',
+        "input_dim": "384",
+    }
     _head_file(tmp_path / "w.safetensors", {**base, **meta}, tensors)
-    cfg = write_config(tmp_path, GOOD + "heads:\n  t: {type: sentence_classification, labels: [a], weights: w.safetensors}\n")
+    cfg = write_config(
+        tmp_path, GOOD + "heads:\n  t: {type: sentence_classification, labels: [a], weights: w.safetensors}\n"
+    )
     _bad(runner, ["predict", "x", "--config", str(cfg)], needle)
 
 
 def test_a_huge_csv_field_trains(tmp_path):
     from sentmtl_cli.config import DataConfig
 
-    m = sentmtl_cli.load(write_config(tmp_path, GOOD + "heads:\n  t: {type: sentence_classification, labels: [a, b]}\n"))
+    m = sentmtl_cli.load(
+        write_config(tmp_path, GOOD + "heads:\n  t: {type: sentence_classification, labels: [a, b]}\n")
+    )
     (tmp_path / "d.csv").write_text('\ufeff"text",label\n"' + "long " * 40000 + '",a\nshort,b\n', encoding="utf-8")
     ex = m.heads["t"].read_examples(DataConfig(path=tmp_path / "d.csv", text_column="text", label_column="label"))
     assert len(ex) == 2  # the BOM header was read as `text` (9), the 200 KB field past csv's limit (6)
@@ -252,7 +286,9 @@ def test_closed_stdout_is_one_line(tmp_path):
     r = subprocess.run(f"{_sentmtl()} embed hi --format json >&-", shell=True, capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.strip().startswith("error: standard output is closed"), r.stderr
     out = tmp_path / "e.npy"  # with --output, a closed stdout is no obstacle
-    r = subprocess.run(f"{_sentmtl()} embed hi --format npy --output {out} >&-", shell=True, capture_output=True, text=True)
+    r = subprocess.run(
+        f"{_sentmtl()} embed hi --format npy --output {out} >&-", shell=True, capture_output=True, text=True
+    )
     assert r.returncode == 0 and np.load(out).shape == (1, 384), r.stderr
 
 
@@ -282,7 +318,9 @@ def test_disk_full_in_an_atomic_write_leaves_the_old_file(tmp_path, monkeypatch)
 def test_search_line_numbers_count_blank_lines(runner, tmp_path):
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n\nthe cat sat on the mat\n\n\nstock markets fell sharply\n")
-    r = invoke(runner, ["search", "shares dropped on Wall Street", "--corpus", str(corpus), "--format", "json", "--top-k", "1"])
+    r = invoke(
+        runner, ["search", "shares dropped on Wall Street", "--corpus", str(corpus), "--format", "json", "--top-k", "1"]
+    )
     hit = json.loads(r.stdout)["results"][0]
     assert hit["text"] == "stock markets fell sharply" and hit["line"] == 6
     assert corpus.read_text().split("\n")[hit["line"] - 1] == hit["text"]
@@ -292,10 +330,15 @@ def test_search_line_numbers_count_blank_lines(runner, tmp_path):
 def test_a_bom_is_not_part_of_the_first_text(runner, tmp_path):
     f = tmp_path / "bom.txt"
     f.write_bytes("\ufeffBerlin is big\r\nParis too\r\n".encode("utf-8"))
-    rows = [json.loads(x) for x in invoke(runner, ["predict", "--file", str(f), "--tasks", "ner", "--format", "jsonl"]).stdout.splitlines()]
+    rows = [
+        json.loads(x)
+        for x in invoke(
+            runner, ["predict", "--file", str(f), "--tasks", "ner", "--format", "jsonl"]
+        ).stdout.splitlines()
+    ]
     assert rows[0]["text"] == "Berlin is big"
     for e in rows[0]["ner"]["entities"]:
-        assert rows[0]["text"][e["start"]:e["end"]] == e["text"]
+        assert rows[0]["text"][e["start"] : e["end"]] == e["text"]
 
 
 @pytest.mark.parametrize("word", ["Montre\u0301al", "Par\u200bis", "Zu\u0308rich"])
@@ -333,7 +376,9 @@ def test_unknown_head_in_a_recipe_fails_before_the_backbone_loads(runner, tmp_pa
 
 # ---- 13. the same run writes the same bytes -------------------------------------------------------------
 def test_head_files_are_byte_identical_across_saves(tmp_path):
-    m = sentmtl_cli.load(write_config(tmp_path, GOOD + "heads:\n  t: {type: token_classification, labels: [A, B], layers: [1, 2]}\n"))
+    m = sentmtl_cli.load(
+        write_config(tmp_path, GOOD + "heads:\n  t: {type: token_classification, labels: [A, B], layers: [1, 2]}\n")
+    )
     h = m.heads["t"]
     h.save(tmp_path / "a.safetensors")
     h.save(tmp_path / "b.safetensors")
@@ -360,8 +405,14 @@ def test_no_pickle_and_no_remote_code_in_the_package():
     import re
 
     pkg = ROOT / "sentmtl_cli"
-    banned = re.compile(r"torch\.load\(|\bimport pickle\b|\bpickle\.load|allow_pickle\s*=\s*True|trust_remote_code\s*=\s*True")
-    hits = [f"{p.relative_to(pkg)}:{n}" for p in pkg.rglob("*.py")
-            for n, line in enumerate(p.read_text().splitlines(), 1) if banned.search(line)]
+    banned = re.compile(
+        r"torch\.load\(|\bimport pickle\b|\bpickle\.load|allow_pickle\s*=\s*True|trust_remote_code\s*=\s*True"
+    )
+    hits = [
+        f"{p.relative_to(pkg)}:{n}"
+        for p in pkg.rglob("*.py")
+        for n, line in enumerate(p.read_text().splitlines(), 1)
+        if banned.search(line)
+    ]
     assert hits == []
     assert "trust_remote_code=False" in (pkg / "backbone" / "torch_backbone.py").read_text()

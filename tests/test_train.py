@@ -1,5 +1,6 @@
 """Training: loss falls, freezing is exact, gradients are cut where asked, samplers, weighting,
 determinism, resume, and clear errors for bad data and recipes."""
+
 import json
 
 import numpy as np
@@ -8,11 +9,13 @@ import torch
 from safetensors.numpy import load_file
 
 from sentmtl_cli.config import load_train_config
-from sentmtl_cli.training.samplers import make_sampler
 from sentmtl_cli.training.loop import Trainer, train
+from sentmtl_cli.training.samplers import make_sampler
 
 from conftest import invoke
 from toydata import write_recipe
+
+pytestmark = pytest.mark.slow  # every test here trains (seconds to a minute each)
 
 
 def _weights(folder):
@@ -49,18 +52,51 @@ def test_trained_model_predicts_and_evaluates(tmp_path, runner):
     r = invoke(runner, ["predict", "Celtic won the cup final", "--config", str(model_yaml), "--format", "jsonl"])
     row = json.loads(r.stdout)
     assert row["topic"]["untrained"] is False and row["topic"]["label"] == "sports"
-    r = invoke(runner, ["evaluate", "--task", "topic", "--data", str(tmp_path / "topic.tsv"), "--config", str(model_yaml), "--format", "json"])
+    r = invoke(
+        runner,
+        [
+            "evaluate",
+            "--task",
+            "topic",
+            "--data",
+            str(tmp_path / "topic.tsv"),
+            "--config",
+            str(model_yaml),
+            "--format",
+            "json",
+        ],
+    )
     rep = json.loads(r.stdout)
     assert rep["accuracy"] > 0.9 and set(rep["per_label"]) == {"sports", "business"}
-    r = invoke(runner, ["evaluate", "--task", "ents", "--data", str(tmp_path / "ents.conll"), "--token-prefix", "en:",
-                        "--config", str(model_yaml), "--format", "json"])
+    r = invoke(
+        runner,
+        [
+            "evaluate",
+            "--task",
+            "ents",
+            "--data",
+            str(tmp_path / "ents.conll"),
+            "--token-prefix",
+            "en:",
+            "--config",
+            str(model_yaml),
+            "--format",
+            "json",
+        ],
+    )
     rep = json.loads(r.stdout)
-    assert set(rep["per_type"]) == {"PER", "ORG", "LOC"} and 0.0 <= rep["entity_f1"] <= 1.0
+    assert set(rep["per_type"]) == {"PER", "ORG", "LOC"}
+    assert sum(t["support"] for t in rep["per_type"].values()) == 3 * rep["n"]  # every sentence: a PER, an ORG, a LOC
+    p, r_, f1 = rep["precision"], rep["recall"], rep["entity_f1"]
+    assert f1 == pytest.approx(2 * p * r_ / (p + r_)) and f1 > 0.5, rep
 
 
 def test_frozen_parts_are_bitwise_unchanged(tmp_path):
-    cfg = _cfg(tmp_path, extra="epochs: 1\nsteps_per_epoch: 3\nbackbone: {train: top, top_layers: 1}",
-               tasks="\n  topic:\n    data: {path: topic.tsv}\n  ents:\n    data: {path: ents.conll, token_prefix: 'en:'}\n    frozen: true\n")
+    cfg = _cfg(
+        tmp_path,
+        extra="epochs: 1\nsteps_per_epoch: 3\nbackbone: {train: top, top_layers: 1}",
+        tasks="\n  topic:\n    data: {path: topic.tsv}\n  ents:\n    data: {path: ents.conll, token_prefix: 'en:'}\n    frozen: true\n",
+    )
     t = Trainer(cfg, quiet=True)
     before = {k: v.detach().clone() for k, v in t.backbone.model.state_dict().items()}
     ents_before = {k: v.detach().clone() for k, v in t.tasks["ents"].module.state_dict().items()}
@@ -74,8 +110,9 @@ def test_frozen_parts_are_bitwise_unchanged(tmp_path):
 
 
 def test_grad_scale_zero_cuts_the_backbone_gradient(tmp_path):
-    cfg = _cfg(tmp_path, extra="backbone: {train: full}",
-               tasks="\n  topic:\n    data: {path: topic.tsv}\n    grad_scale: 0\n")
+    cfg = _cfg(
+        tmp_path, extra="backbone: {train: full}", tasks="\n  topic:\n    data: {path: topic.tsv}\n    grad_scale: 0\n"
+    )
     t = Trainer(cfg, quiet=True)
     from sentmtl_cli.training.freezing import set_backbone_trainable
 
@@ -93,11 +130,14 @@ def test_grad_scale_zero_cuts_the_backbone_gradient(tmp_path):
     assert any(p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in t.backbone.model.parameters())
 
 
-@pytest.mark.parametrize("strategy,expected", [
-    ("proportional", {"a": 0.9, "b": 0.1}),
-    ("temperature", {"a": 0.75, "b": 0.25}),  # T=2: sqrt(900)=30 vs sqrt(100)=10
-    ("uniform", {"a": 0.5, "b": 0.5}),
-])
+@pytest.mark.parametrize(
+    "strategy,expected",
+    [
+        ("proportional", {"a": 0.9, "b": 0.1}),
+        ("temperature", {"a": 0.75, "b": 0.25}),  # T=2: sqrt(900)=30 vs sqrt(100)=10
+        ("uniform", {"a": 0.5, "b": 0.5}),
+    ],
+)
 def test_sampler_frequencies(strategy, expected):
     s = make_sampler(strategy, {"a": 900, "b": 100}, np.random.default_rng(0), temperature=2.0)
     assert s.probabilities() == pytest.approx(expected)
@@ -171,7 +211,13 @@ def test_resume_continues_where_it_stopped(tmp_path, runner):
 def test_fine_tuned_backbone_is_saved_compactly_and_loads(tmp_path):
     import sentmtl_cli
 
-    train(_cfg(tmp_path, extra="epochs: 1\nsteps_per_epoch: 2\nbackbone: {train: full, lr: 0.001}\npreserve_embeddings: {weight: 1.0}"), quiet=True)
+    train(
+        _cfg(
+            tmp_path,
+            extra="epochs: 1\nsteps_per_epoch: 2\nbackbone: {train: full, lr: 0.001}\npreserve_embeddings: {weight: 1.0}",
+        ),
+        quiet=True,
+    )
     out = tmp_path / "out"
     w = load_file(str(out / "backbone.safetensors"))
     assert all(v.dtype == np.float16 for v in w.values())
@@ -244,8 +290,10 @@ def test_experiment_writes_the_table_it_measured(tmp_path):
     (tmp_path / "sts.tsv").write_text(
         "A man plays a guitar.\tA man is playing a guitar.\t4.8\nA dog runs.\tThe stock market fell.\t0.1\n"
         "A woman cuts an onion.\tSomeone is slicing an onion.\t4.2\nKids play football.\tChildren are playing soccer.\t4.5\n",
-        encoding="utf-8")
-    (tmp_path / "exp.yaml").write_text("""
+        encoding="utf-8",
+    )
+    (tmp_path / "exp.yaml").write_text(
+        """
 name: tiny
 title: Tiny experiment
 recipe: train.yaml
@@ -261,7 +309,9 @@ variants:
   - name: separate top-1
     separate: true
     set: {backbone.train: top, backbone.top_layers: 1, steps_per_epoch: 2}
-""", encoding="utf-8")
+""",
+        encoding="utf-8",
+    )
     out = run_experiment(tmp_path / "exp.yaml", log=lambda s: None)
     md = out.read_text()
     assert md.startswith("### Tiny experiment")
@@ -270,5 +320,5 @@ variants:
     assert set(rows[0]["scores"]) == {"topic", "ents"} and len(rows[1]["stsb"]) == 2
     assert rows[1]["params"] > 2 * rows[0]["params"] * 0.9  # two backbones
     for r in rows:
-        for t, v in r["scores"].items():
+        for _t, v in r["scores"].items():
             assert f"{100 * v:.1f}" in md  # the table quotes the measured numbers

@@ -1,12 +1,34 @@
 """Small, deterministic training data and recipes the tests write themselves (no shared data needed).
 Plain helper functions, not pytest fixtures."""
+
 from pathlib import Path
 
-SPORTS = ["The {} won the match last night", "{} beat their rivals in the final", "A late goal gave {} the title",
-          "{} signed a new striker before the season"]
-BUSINESS = ["Shares of {} fell after the earnings report", "{} posted record quarterly profit",
-            "Investors sold {} stock as rates rose", "{} agreed to buy a rival for two billion dollars"]
-NAMES = ["Arsenal", "Ajax", "Celtic", "Boca", "Porto", "Lazio", "Acme Corp", "Globex", "Initech", "Umbrella", "Hooli", "Vandelay"]
+SPORTS = [
+    "The {} won the match last night",
+    "{} beat their rivals in the final",
+    "A late goal gave {} the title",
+    "{} signed a new striker before the season",
+]
+BUSINESS = [
+    "Shares of {} fell after the earnings report",
+    "{} posted record quarterly profit",
+    "Investors sold {} stock as rates rose",
+    "{} agreed to buy a rival for two billion dollars",
+]
+NAMES = [
+    "Arsenal",
+    "Ajax",
+    "Celtic",
+    "Boca",
+    "Porto",
+    "Lazio",
+    "Acme Corp",
+    "Globex",
+    "Initech",
+    "Umbrella",
+    "Hooli",
+    "Vandelay",
+]
 PEOPLE = ["John Smith", "Maria Garcia", "Wei Chen", "Anna Novak"]
 PLACES = ["Paris", "Berlin", "Lima", "Osaka"]
 ORGS = ["Siemens", "Reuters", "Nokia", "Fiat"]
@@ -34,7 +56,15 @@ def conll_sentences(n: int = 40) -> list[list[tuple[str, str]]]:
         per = PEOPLE[i % len(PEOPLE)].split()
         loc = PLACES[(i // 2) % len(PLACES)]
         org = ORGS[(i // 3) % len(ORGS)]
-        sent = [(per[0], "B-PER"), (per[1], "I-PER"), ("joined", "O"), (org, "B-ORG"), ("in", "O"), (loc, "B-LOC"), (".", "O")]
+        sent = [
+            (per[0], "B-PER"),
+            (per[1], "I-PER"),
+            ("joined", "O"),
+            (org, "B-ORG"),
+            ("in", "O"),
+            (loc, "B-LOC"),
+            (".", "O"),
+        ]
         out.append(sent)
     return out
 
@@ -66,8 +96,16 @@ def write_recipe(tmp: Path, extra: str = "", tasks: str | None = None, max_len: 
   ents:
     data: {path: ents.conll, token_prefix: "en:"}
 """
-    base = ["model: model.yaml", "output: out", "seed: 11", "epochs: 2", "batch_size: 8", "heads_lr: 0.01",
-            "warmup: 0.0", "val_fraction: 0.25"]
+    base = [
+        "model: model.yaml",
+        "output: out",
+        "seed: 11",
+        "epochs: 2",
+        "batch_size: 8",
+        "heads_lr: 0.01",
+        "warmup: 0.0",
+        "val_fraction: 0.25",
+    ]
     given = {line.split(":", 1)[0].strip() for line in extra.splitlines() if line and not line.startswith(" ")}
     base = [line for line in base if line.split(":", 1)[0] not in given]  # `extra` replaces a default key
     text = "\n".join(base) + f"\n{extra}\ntasks:{tasks}"

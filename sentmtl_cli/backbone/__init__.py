@@ -1,5 +1,6 @@
 """The encoder behind every head. Each backend is a class in the registry (`registry.BACKENDS`:
 torch, onnx, onnx-int8) that satisfies `Backbone`; the model picks one by name."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -11,7 +12,7 @@ if TYPE_CHECKING:
 
 
 class Backbone(Protocol):
-    def encode(self, batch: "Batch", layers: set[int]) -> dict:
+    def encode(self, batch: Batch, layers: set[int]) -> dict:
         """Numpy features for a tokenized batch: "sentence_embedding" [B, dim] float32 and, for the
         hidden-state layers asked for, "hidden_states" {layer: [B, T, dim]}."""
         ...
@@ -19,10 +20,9 @@ class Backbone(Protocol):
 
 class BackendClass(Protocol):
     @classmethod
-    def unavailable(cls, cfg: "ModelConfig", folder: Path) -> str | None:
+    def unavailable(cls, cfg: ModelConfig, folder: Path) -> str | None:
         """Why this backend cannot run this config here, or None."""
         ...
 
     @classmethod
-    def open(cls, cfg: "ModelConfig", folder: Path, threads: int | None, num_layers: int) -> Backbone:
-        ...
+    def open(cls, cfg: ModelConfig, folder: Path, threads: int | None, num_layers: int) -> Backbone: ...

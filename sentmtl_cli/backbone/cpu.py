@@ -1,5 +1,6 @@
 """Which int8 kernels this CPU runs, as far as an int8 export's weight encoding matters
 (export/quantize.py explains why; `sentmtl info` shows the answer)."""
+
 from __future__ import annotations
 
 import platform
@@ -19,7 +20,7 @@ def cpu_class() -> str:
     try:
         from numpy._core._multiarray_umath import __cpu_features__ as features
     except ImportError:  # numpy < 2
-        from numpy.core._multiarray_umath import __cpu_features__ as features
+        from numpy.core._multiarray_umath import __cpu_features__ as features  # type: ignore[no-redef]
     return "x86-vnni" if features.get("AVX512VNNI") else "x86"
 
 
@@ -41,6 +42,9 @@ def int8_status() -> dict:
     """Which int8 encoding this CPU gets, and what that costs (docs/ARCHITECTURE.md has the numbers)."""
     cpu = cpu_class()
     wt = weight_type_for(cpu)
-    note = ("int8 weights, exact with VNNI; the fastest int8" if wt == "s8" else
-            "uint8 weights offset by 128, exact without VNNI; same labels and vectors as on a VNNI CPU")
+    note = (
+        "int8 weights, exact with VNNI; the fastest int8"
+        if wt == "s8"
+        else "uint8 weights offset by 128, exact without VNNI; same labels and vectors as on a VNNI CPU"
+    )
     return {"cpu": cpu, "weights": wt, "weight_bits": 8, "note": note}

@@ -1,4 +1,5 @@
 """Finding a backbone's sentence-transformers folder on disk (never downloading), and reading it."""
+
 from __future__ import annotations
 
 import hashlib
@@ -35,9 +36,7 @@ def resolve_folder(cfg: BackboneConfig) -> Path:
         except (ImportError, ValueError):  # a relative or malformed name
             spec = None
         if spec is None or not spec.submodule_search_locations:
-            raise SentmtlError(
-                f"backbone.package: Python package {cfg.package!r} is not installed (run `make setup`)"
-            )
+            raise SentmtlError(f"backbone.package: Python package {cfg.package!r} is not installed (run `make setup`)")
         root = Path(list(spec.submodule_search_locations)[0])
         folder = root / "model" if (root / "model").is_dir() else root
         return _check_folder(folder, f"backbone.package {cfg.package}")
@@ -48,7 +47,7 @@ def resolve_folder(cfg: BackboneConfig) -> Path:
     try:
         from huggingface_hub import snapshot_download
 
-        folder = Path(snapshot_download(cfg.name, local_files_only=True))
+        folder = Path(snapshot_download(str(cfg.name), local_files_only=True))
     except Exception:
         raise SentmtlError(
             f"backbone.name: no local copy of {cfg.name!r} and sentmtl never downloads; "

@@ -7,6 +7,7 @@ The graph computes the transformer, pooling and normalization, and outputs the s
 plus every hidden state; a call asks only for the outputs its heads read. The exporter is
 export/onnx.py; this module finds an export and runs it.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,7 +17,9 @@ from pathlib import Path
 from ..config.model import ModelConfig
 from ..errors import SentmtlError
 
-EXPORT_FORMAT = "sentmtl-onnx/3"  # 2: int8 with per-token activation scales; 3: 8-bit weights on every CPU (quantize.py)
+EXPORT_FORMAT = (
+    "sentmtl-onnx/3"  # 2: int8 with per-token activation scales; 3: 8-bit weights on every CPU (quantize.py)
+)
 FP32, INT8 = "model.onnx", "model.int8.onnx"
 
 
@@ -59,7 +62,10 @@ def find_export(cfg: ModelConfig, folder: Path, int8: bool) -> tuple[Path | None
     except ValueError:
         return None, f"{meta_path} is unreadable; re-run `sentmtl export`"
     if meta.get("format") != EXPORT_FORMAT:
-        return None, f"the ONNX export at {d} was made by an older sentmtl; re-run `sentmtl export{' --int8' if int8 else ''}`"
+        return (
+            None,
+            f"the ONNX export at {d} was made by an older sentmtl; re-run `sentmtl export{' --int8' if int8 else ''}`",
+        )
     if meta.get("source") != source_identity(cfg, folder):
         return None, f"the ONNX export at {d} is stale (the backbone changed); re-run `sentmtl export`"
     if int8:
@@ -69,8 +75,10 @@ def find_export(cfg: ModelConfig, folder: Path, int8: bool) -> tuple[Path | None
         if not isinstance(info, dict):
             return None, f"no int8 export at {d} (run `sentmtl export --config {cfg.source} --int8`)"
         if not exact_on_this_cpu(str(info.get("weight_type")), int(info.get("weight_bits", 8))):
-            return None, (f"the int8 export at {d} stores int8 weights, which this CPU (no AVX-512 VNNI) "
-                          "can saturate; re-run `sentmtl export --int8` here")
+            return None, (
+                f"the int8 export at {d} stores int8 weights, which this CPU (no AVX-512 VNNI) "
+                "can saturate; re-run `sentmtl export --int8` here"
+            )
     return f, ""
 
 
@@ -89,7 +97,7 @@ class OnnxBackbone:
         return find_export(cfg, folder, cls.int8)[0]
 
     @classmethod
-    def open(cls, cfg: ModelConfig, folder: Path, threads: int | None, num_layers: int) -> "OnnxBackbone":
+    def open(cls, cfg: ModelConfig, folder: Path, threads: int | None, num_layers: int) -> OnnxBackbone:
         path, why = find_export(cfg, folder, cls.int8)
         if path is None:
             raise SentmtlError(why)

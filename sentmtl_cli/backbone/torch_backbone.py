@@ -1,5 +1,6 @@
 """The torch backend: a transformers encoder with its pooling. forward() gives torch tensors (training
 reads them, with gradients), encode() numpy features (inference). torch is imported when it is built."""
+
 from __future__ import annotations
 
 import os
@@ -18,7 +19,7 @@ class TorchBackbone:
         return None  # torch runs any folder the config names
 
     @classmethod
-    def open(cls, cfg: ModelConfig, folder: Path, threads: int | None, num_layers: int) -> "TorchBackbone":
+    def open(cls, cfg: ModelConfig, folder: Path, threads: int | None, num_layers: int) -> TorchBackbone:
         import torch
 
         torch.manual_seed(cfg.seed)
@@ -50,8 +51,8 @@ class TorchBackbone:
 
     def load_weights(self, path: Path) -> None:
         """A fine-tuned backbone stored as (possibly fp16) safetensors; cast to fp32."""
-        from safetensors.torch import load_file
         import torch
+        from safetensors.torch import load_file
 
         if not Path(path).is_file():
             raise SentmtlError(f"backbone.weights: file not found: {path}")

@@ -4,6 +4,7 @@
 Nothing heavy is imported at module level (torch, transformers, numpy): `sentmtl --help` stays
 instant. Bad input raises SentmtlError, which becomes one line on stderr and exit status 2.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,7 +12,7 @@ import sys
 
 import typer
 
-from .. import __version__
+from ..defaults import VERSION as __version__
 from ..errors import SentmtlError
 from . import export, infer, options, train
 
@@ -32,13 +33,24 @@ def version_callback(value: bool):
 
 @app.callback()
 def root(
-    version: bool = typer.Option(False, "--version", callback=version_callback, is_eager=True, help="Print the version and exit."),
+    version: bool = typer.Option(
+        False, "--version", callback=version_callback, is_eager=True, help="Print the version and exit."
+    ),
 ):
     """sentmtl: multi-task sentence transformer, offline, from YAML configs."""
 
 
-for command in (infer.embed, infer.similarity, infer.predict, infer.search, infer.info,
-                train.train, train.evaluate, export.export, train.experiment):
+for command in (
+    infer.embed,
+    infer.similarity,
+    infer.predict,
+    infer.search,
+    infer.info,
+    train.train,
+    train.evaluate,
+    export.export,
+    train.experiment,
+):
     app.command()(command)
 
 
@@ -48,7 +60,7 @@ def main() -> None:
 
     signal.signal(signal.SIGTERM, options.on_sigterm)
     if sys.stdout is None:  # started with stdout closed
-        sys.stdout = options.ClosedStdout()  # type: ignore[assignment]
+        sys.stdout = options.ClosedStdout()
     try:
         app()
     except SystemExit:

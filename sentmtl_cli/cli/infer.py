@@ -1,20 +1,36 @@
 """Inference commands: embed, similarity, predict, search, info. Each reads its arguments, calls the
 Python API (model.py), and hands the result to a sink or to render."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from ..errors import SentmtlError
-from .options import (Backend, BackendOpt, BatchOpt, ConfigOpt, EmbedFmt, FileOpt, Fmt, Metric, OutputOpt, TextsArg,
-                      ThreadsOpt, _choices, default_format, fmt_option, handles_errors)
+from .options import (
+    Backend,
+    BackendOpt,
+    BatchOpt,
+    ConfigOpt,
+    EmbedFmt,
+    FileOpt,
+    Fmt,
+    Metric,
+    OutputOpt,
+    ReportFmt,
+    TextsArg,
+    ThreadsOpt,
+    default_format,
+    fmt_option,
+    handles_errors,
+)
 
 CHUNK = 4096  # texts read, embedded and written at a time: memory stays flat on any input size
 
 
-def gather_texts(texts: Optional[List[str]], file: Optional[str]) -> list[str]:
+def gather_texts(texts: Optional[list[str]], file: Optional[str]) -> list[str]:
     """All input texts at once (for commands that need them together, like similarity)."""
     from ..files.read import TextSource
 
@@ -29,14 +45,17 @@ def load_model(config: Optional[Path], threads: Optional[int], backend=None):
     m = load(config, threads=threads, backend=backend.value if backend else None)
     if m.backend == "torch" and (backend is None or backend.value == "auto") and m.cfg.backbone.backend == "auto":
         src = m.cfg.source
-        typer.echo(f"note: no ONNX export beside {src}, so this runs on torch (seconds slower to start); "
-                   f"`sentmtl export --config {src} --int8` makes the fast path", err=True)
+        typer.echo(
+            f"note: no ONNX export beside {src}, so this runs on torch (seconds slower to start); "
+            f"`sentmtl export --config {src} --int8` makes the fast path",
+            err=True,
+        )
     return m
 
 
 @handles_errors
 def embed(
-    texts: Optional[List[str]] = TextsArg,
+    texts: Optional[list[str]] = TextsArg,
     file: Optional[str] = FileOpt,
     config: Optional[Path] = ConfigOpt,
     fmt: Optional[EmbedFmt] = fmt_option(EmbedFmt),
@@ -46,9 +65,9 @@ def embed(
     backend: Optional[Backend] = BackendOpt,
 ):
     """Embed texts into fixed-length vectors."""
-    from . import render
     from ..files.read import TextSource
     from ..files.sink import Sink
+    from . import render
 
     f = default_format(fmt, output)
     if f == "npy" and output is None:
@@ -57,8 +76,10 @@ def embed(
     total = source.count()
     m = load_model(config, threads, backend)
     head = {"model": m.name, "dimension": m.dim, "normalized": m.cfg.backbone.normalize}
-    with Sink(f, output, json_head=head, json_key="embeddings", rows=total, dim=m.dim) as out, \
-            render.Progress(total, "embedding") as p:
+    with (
+        Sink(f, output, json_head=head, json_key="embeddings", rows=total, dim=m.dim) as out,
+        render.Progress(total, "embedding") as p,
+    ):
         for start, chunk in source.chunks(CHUNK):
             emb = m.embed(chunk, batch_size=batch_size, progress=p, offset=start)
             if f == "npy":
@@ -69,13 +90,14 @@ def embed(
         import numpy as np
 
         kept = out.kept
-        render.stdout_console().print(render.embed_table([k["text"] for k in kept],
-                                                         np.array([k["embedding"] for k in kept], dtype=np.float32)))
+        render.stdout_console().print(
+            render.embed_table([k["text"] for k in kept], np.array([k["embedding"] for k in kept], dtype=np.float32))
+        )
 
 
 @handles_errors
 def similarity(
-    texts: Optional[List[str]] = TextsArg,
+    texts: Optional[list[str]] = TextsArg,
     file: Optional[str] = FileOpt,
     metric: Metric = typer.Option(Metric("cosine"), "--metric", help=" | ".join(m.value for m in Metric) + "."),
     config: Optional[Path] = ConfigOpt,
@@ -85,8 +107,8 @@ def similarity(
     backend: Optional[Backend] = BackendOpt,
 ):
     """Score how similar texts are: two texts print one score, more print the matrix."""
-    from . import render
     from ..model import pairwise
+    from . import render
 
     texts = gather_texts(texts, file)
     if len(texts) < 2:
@@ -106,9 +128,11 @@ def similarity(
 
 @handles_errors
 def predict(
-    texts: Optional[List[str]] = TextsArg,
+    texts: Optional[list[str]] = TextsArg,
     file: Optional[str] = FileOpt,
-    tasks: Optional[str] = typer.Option(None, "--tasks", "-t", help="Comma-separated tasks (default: every task in the config)."),
+    tasks: Optional[str] = typer.Option(
+        None, "--tasks", "-t", help="Comma-separated tasks (default: every task in the config)."
+    ),
     top_k: int = typer.Option(1, "--top-k", min=1, help="Labels to show per sentence task."),
     config: Optional[Path] = ConfigOpt,
     fmt: Optional[Fmt] = fmt_option(Fmt),
@@ -118,17 +142,19 @@ def predict(
     backend: Optional[Backend] = BackendOpt,
 ):
     """Run task heads (classification, sentiment, entities) from one shared forward pass."""
-    from . import render
     from ..files.read import TextSource
     from ..files.sink import Sink
+    from . import render
 
     m = load_model(config, threads, backend)
     task_list = m.resolve_tasks(tasks.split(",") if tasks is not None else None)
     source = TextSource(texts, file)
     total = source.count()
     f = default_format(fmt, output)
-    with Sink(f, output, json_head={"model": m.cfg.name, "tasks": task_list}, json_key="predictions") as out, \
-            render.Progress(total, "predicting") as p:
+    with (
+        Sink(f, output, json_head={"model": m.cfg.name, "tasks": task_list}, json_key="predictions") as out,
+        render.Progress(total, "predicting") as p,
+    ):
         for start, chunk in source.chunks(CHUNK):
             out.rows(m.predict(chunk, tasks=task_list, top_k=top_k, batch_size=batch_size, progress=p, offset=start))
     if f == "table":
@@ -149,9 +175,9 @@ def search(
     backend: Optional[Backend] = BackendOpt,
 ):
     """Semantic search: the lines of a file nearest in meaning to a query."""
-    from . import render
     from ..files.read import read_lines
     from ..text.inputs import check_texts
+    from . import render
 
     check_texts([query])
     numbered = read_lines(corpus)
@@ -159,8 +185,14 @@ def search(
         raise SentmtlError(f"corpus {corpus} has no non-empty lines")
     m = load_model(config, threads, backend)
     with render.Progress(len(numbered) + 1, "embedding corpus") as p:
-        hits = m.search(query, [t for _, t in numbered], top_k=top_k, batch_size=batch_size, progress=p,
-                        line_numbers=[n for n, _ in numbered])
+        hits = m.search(
+            query,
+            [t for _, t in numbered],
+            top_k=top_k,
+            batch_size=batch_size,
+            progress=p,
+            line_numbers=[n for n, _ in numbered],
+        )
     f = default_format(fmt)
     if f == "json":
         render.write_json({"query": query, "corpus": corpus, "results": hits})
@@ -173,17 +205,15 @@ def search(
 @handles_errors
 def info(
     config: Optional[Path] = ConfigOpt,
-    fmt: Optional[Fmt] = fmt_option(_choices("InfoFmt", ("table", "json"))),
+    fmt: Optional[ReportFmt] = fmt_option(ReportFmt),
 ):
     """Describe the model: backbone, heads (type, labels, parameters, trained or not), config path."""
-    from . import render
     from ..config.model import load_config
     from ..model import MultiTaskModel
+    from . import render
 
     doc = MultiTaskModel(load_config(config)).describe()
     if default_format(fmt) in ("json", "jsonl"):
         render.write_json(doc)
     else:
         render.print_info(doc)
-
-

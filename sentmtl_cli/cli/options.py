@@ -1,6 +1,7 @@
 """What every command shares: the choices (formats, metrics, backends: one source each), the option
 declarations, and error handling (one line on stderr, never a traceback; SIGTERM cleans up like
 SIGINT and exits 143). Imports nothing heavy: `sentmtl --help` stays instant."""
+
 from __future__ import annotations
 
 import errno
@@ -8,27 +9,13 @@ import functools
 import os
 import sys
 from enum import Enum
-from typing import Optional
+from typing import Any, Optional
 
 import typer
 
-from .. import BATCH_SIZE
+from ..choices import Backend, EmbedFmt, Fmt, Metric, ReportFmt  # noqa: F401  (the commands' choices)
+from ..defaults import BATCH_SIZE
 from ..errors import SentmtlError
-
-# ---- the choices, each from one source -------------------------------------------------------------
-# backend names are the config's (config/model.py); similarity metrics the model's (model.py)
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
-SIMILARITY_METRICS = ("cosine", "dot", "euclidean")
-
-
-def _choices(name: str, values: tuple[str, ...]) -> type[Enum]:
-    return Enum(name, {v.replace("-", "_"): v for v in values}, type=str)  # type: ignore[return-value]
-
-
-Fmt = _choices("Fmt", ("table", "json", "jsonl"))
-EmbedFmt = _choices("EmbedFmt", ("table", "json", "jsonl", "npy"))
-Metric = _choices("Metric", SIMILARITY_METRICS)
-Backend = _choices("Backend", BACKENDS)
 
 # ---- shared options --------------------------------------------------------------------------------
 TextsArg = typer.Argument(None, help="Texts. Or use --file, or pipe one text a line on stdin.", show_default=False)
@@ -36,13 +23,22 @@ FileOpt = typer.Option(None, "--file", "-f", help="Read texts from a file, one a
 ConfigOpt = typer.Option(None, "--config", "-c", help="Model config YAML (default: the shipped configs/default.yaml).")
 BatchOpt = typer.Option(BATCH_SIZE, "--batch-size", "-b", min=1, help="Texts per backbone forward.")
 ThreadsOpt = typer.Option(None, "--threads", min=1, help="CPU threads (default: all cores).")
-BackendOpt = typer.Option(None, "--backend", help=f"{' | '.join(BACKENDS)} (default: the config's backend).")
-OutputOpt = typer.Option(None, "--output", "-o",
-                         help="Write to this file (atomically; '-' = stdout) instead of stdout. Needed for --format npy.")
+BackendOpt = typer.Option(
+    None, "--backend", help=f"{' | '.join(b.value for b in Backend)} (default: the config's backend)."
+)
+OutputOpt = typer.Option(
+    None,
+    "--output",
+    "-o",
+    help="Write to this file (atomically; '-' = stdout) instead of stdout. Needed for --format npy.",
+)
 
 
-def fmt_option(choices: type[Enum]) -> typer.models.OptionInfo:
-    return typer.Option(None, "--format", help=" | ".join(c.value for c in choices) + ".")
+def fmt_option(choices: type[Enum]) -> Any:
+    """--format with its choices listed in the help."""
+    return typer.Option(
+        None, "--format", help="Output format (default: a table on a terminal, JSON when piped or written to a file)."
+    )
 
 
 def default_format(fmt: Optional[Enum], output: Optional[str] = None) -> str:
@@ -89,10 +85,10 @@ def _report(exc: BaseException) -> None:
     except BrokenPipeError:
         # the reader went away (`| head`): stop quietly
         _silence_stdout()
-        raise typer.Exit(0)
+        raise typer.Exit(0) from None
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     except MemoryError:
         fail("out of memory (a config asking for a huge head, or a batch too large: try --batch-size)")
     except OSError as e:  # a disk filling up, a file vanishing mid-run: one line, never a traceback
@@ -164,5 +160,3 @@ def exit_terminated() -> None:
     sys.stderr.write("terminated\n")
     sys.stderr.flush()
     os._exit(143)
-
-

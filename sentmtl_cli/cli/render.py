@@ -2,6 +2,7 @@
 writers are in files/sink.py). Machine output goes to stdout clean; everything else goes to stderr.
 A head's table columns and report rows come from the head (heads/*.py): nothing here branches on a
 head's kind."""
+
 from __future__ import annotations
 
 import os
@@ -45,7 +46,7 @@ def write_jsonl(objs) -> None:
 
 
 # ---- embed --------------------------------------------------------------------------------------
-def embed_table(texts: list[str], emb: np.ndarray) -> "rich.table.Table":
+def embed_table(texts: list[str], emb: np.ndarray) -> rich.table.Table:
     t = new_table(title=f"embeddings ({emb.shape[1]} dimensions)")
     for col in ("#", "text", "dim", "norm", "first values"):
         t.add_column(col, justify="right" if col in ("#", "dim", "norm") else "left")
@@ -57,7 +58,7 @@ def embed_table(texts: list[str], emb: np.ndarray) -> "rich.table.Table":
 
 # ---- similarity ---------------------------------------------------------------------------------
 def similarity_json(metric: str, texts: list[str], matrix: np.ndarray) -> dict:
-    doc = {"metric": metric, "texts": texts, "matrix": [[float(x) for x in row] for row in matrix]}
+    doc: dict = {"metric": metric, "texts": texts, "matrix": [[float(x) for x in row] for row in matrix]}
     if len(texts) == 2:
         doc["score"] = float(matrix[0, 1])
     return doc
@@ -71,7 +72,7 @@ def similarity_pairs(texts: list[str], matrix: np.ndarray) -> list[dict]:
     ]
 
 
-def similarity_table(metric: str, texts: list[str], matrix: np.ndarray) -> "rich.table.Table":
+def similarity_table(metric: str, texts: list[str], matrix: np.ndarray) -> rich.table.Table:
     if len(texts) == 2:
         t = new_table(title=f"{metric} similarity")
         t.add_column("a")
@@ -90,7 +91,7 @@ def similarity_table(metric: str, texts: list[str], matrix: np.ndarray) -> "rich
 
 
 # ---- predict ------------------------------------------------------------------------------------
-def predict_tables(results: list[dict], tasks: list[str], heads: dict, top_k: int) -> list["rich.table.Table"]:
+def predict_tables(results: list[dict], tasks: list[str], heads: dict, top_k: int) -> list[rich.table.Table]:
     tables = []
     for task in tasks:
         head = heads[task]
@@ -113,7 +114,7 @@ def predict_tables(results: list[dict], tasks: list[str], heads: dict, top_k: in
 
 
 # ---- search -------------------------------------------------------------------------------------
-def search_table(query: str, hits: list[dict]) -> "rich.table.Table":
+def search_table(query: str, hits: list[dict]) -> rich.table.Table:
     t = new_table(title=f"nearest lines to: {clip(query, 50)}")
     for col in ("rank", "score", "line", "text"):
         t.add_column(col, justify="right" if col != "text" else "left")
@@ -123,7 +124,7 @@ def search_table(query: str, hits: list[dict]) -> "rich.table.Table":
 
 
 # ---- evaluate -----------------------------------------------------------------------------------
-def evaluation_table(rep: dict, head=None) -> "rich.table.Table":
+def evaluation_table(rep: dict, head=None) -> rich.table.Table:
     """An `evaluate` report: STS correlations (no head), or the head's headline and per-label rows."""
     if head is None:
         t = new_table(title=f"similarity on {rep['data']} ({rep['pairs']} pairs)")
@@ -146,8 +147,10 @@ def print_info(doc: dict) -> None:
     con = stdout_console()
     con.print(f"config:   {doc['config']}")
     bb = doc["backbone"]
-    con.print(f"backbone: {bb['source']} ({bb['dimension']} dims, {bb['layers']} layers, {bb['pooling']} pooling, "
-              f"{'normalized' if bb['normalize'] else 'not normalized'}, max {bb['max_seq_length']} tokens)")
+    con.print(
+        f"backbone: {bb['source']} ({bb['dimension']} dims, {bb['layers']} layers, {bb['pooling']} pooling, "
+        f"{'normalized' if bb['normalize'] else 'not normalized'}, max {bb['max_seq_length']} tokens)"
+    )
     con.print(f"folder:   {bb['folder']}")
     con.print(f"backend:  {bb['backend_in_use']} (config: {bb['backend']}{'; ' + bb['onnx'] if bb['onnx'] else ''})")
     q = doc["int8"]
@@ -156,7 +159,9 @@ def print_info(doc: dict) -> None:
     for col in ("task", "type", "labels", "parameters", "trained"):
         t.add_column(col)
     for task, h in doc["heads"].items():
-        t.add_row(task, h["type"], ", ".join(h["labels"]), f"{h['parameters']:,}", "yes" if h["trained"] else "no (untrained)")
+        t.add_row(
+            task, h["type"], ", ".join(h["labels"]), f"{h['parameters']:,}", "yes" if h["trained"] else "no (untrained)"
+        )
     con.print(t)
 
 
@@ -168,17 +173,31 @@ class Progress:
         self.bar = None
         if total > threshold and os.environ.get("SENTMTL_NO_PROGRESS") is None:
             from rich.console import Console
-            from rich.progress import (BarColumn, MofNCompleteColumn, Progress as RichProgress, ProgressColumn,
-                                       TextColumn, TimeElapsedColumn, TimeRemainingColumn)
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                ProgressColumn,
+                TextColumn,
+                TimeElapsedColumn,
+                TimeRemainingColumn,
+            )
+            from rich.progress import Progress as RichProgress
             from rich.text import Text
 
             class Rate(ProgressColumn):
                 def render(self, task):
                     return Text(f"{task.speed:,.0f} texts/s" if task.speed else "")
 
-            self.bar = RichProgress(TextColumn(label), BarColumn(), MofNCompleteColumn(), Rate(),
-                                    TimeElapsedColumn(), TimeRemainingColumn(),
-                                    console=Console(stderr=True), transient=True)
+            self.bar = RichProgress(
+                TextColumn(label),
+                BarColumn(),
+                MofNCompleteColumn(),
+                Rate(),
+                TimeElapsedColumn(),
+                TimeRemainingColumn(),
+                console=Console(stderr=True),
+                transient=True,
+            )
             self.task = self.bar.add_task(label, total=total)
 
     def __enter__(self):
@@ -195,17 +214,24 @@ class Progress:
             self.bar.advance(self.task, n)
 
 
-
-
 class TrainProgress:
     """Rich progress on stderr with the running loss of each task."""
 
     def __init__(self, total: int, label: str):
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as RP, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+        from rich.progress import Progress as RP
 
-        self.bar = RP(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                      TextColumn("{task.fields[losses]}"), console=Console(stderr=True), transient=False)
+        self.bar = RP(
+            TextColumn(label),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[losses]}"),
+            console=Console(stderr=True),
+            transient=False,
+        )
         self.task = self.bar.add_task(label, total=total, losses="")
 
     def __enter__(self):

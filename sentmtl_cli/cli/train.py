@@ -1,17 +1,27 @@
 """Training commands: train, evaluate, experiment."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import List, Optional
+from typing import Optional
 
 import typer
 
 from ..errors import SentmtlError
 from .infer import load_model
-from .options import Backend, BackendOpt, ConfigOpt, Fmt, ThreadsOpt, _choices, default_format, fmt_option, handles_errors
+from .options import (
+    Backend,
+    BackendOpt,
+    ConfigOpt,
+    ReportFmt,
+    ThreadsOpt,
+    default_format,
+    fmt_option,
+    handles_errors,
+)
 
 
-def parse_overrides(pairs: Optional[List[str]]) -> dict:
+def parse_overrides(pairs: Optional[list[str]]) -> dict:
     import yaml
 
     out = {}
@@ -28,45 +38,65 @@ def train(
     config: Path = typer.Argument(..., help="Training recipe YAML (e.g. configs/train_default.yaml)."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing output folder."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the output folder's last checkpoint."),
-    until_epoch: Optional[int] = typer.Option(None, "--until-epoch", min=1, help="Stop after this epoch (resume later)."),
-    set_: Optional[List[str]] = typer.Option(None, "--set", help="Override a recipe key: --set epochs=2 --set backbone.train=full."),
+    until_epoch: Optional[int] = typer.Option(
+        None, "--until-epoch", min=1, help="Stop after this epoch (resume later)."
+    ),
+    set_: Optional[list[str]] = typer.Option(
+        None, "--set", help="Override a recipe key: --set epochs=2 --set backbone.train=full."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bars."),
 ):
     """Train task heads (and optionally the backbone) from a YAML recipe."""
-    from . import render
     from ..config.train import load_train_config
     from ..training.loop import train as run_train
+    from . import render
 
     cfg = load_train_config(config, parse_overrides(set_))
-    res = run_train(cfg, force=force, resume=resume, stop_after=until_epoch,
-                    progress_factory=None if quiet else render.TrainProgress, quiet=quiet)
-    typer.echo(f"best epoch {res.best_epoch} (score {res.best_score:.4f}) -> {res.output} in {res.seconds:.0f}s", err=True)
-    typer.echo(f"for the fast path (ONNX, under a second to start): sentmtl export --config {res.output / 'model.yaml'} --int8",
-               err=True)
+    res = run_train(
+        cfg,
+        force=force,
+        resume=resume,
+        stop_after=until_epoch,
+        progress_factory=None if quiet else render.TrainProgress,
+        quiet=quiet,
+    )
+    typer.echo(
+        f"best epoch {res.best_epoch} (score {res.best_score:.4f}) -> {res.output} in {res.seconds:.0f}s", err=True
+    )
+    typer.echo(
+        f"for the fast path (ONNX, under a second to start): sentmtl export --config {res.output / 'model.yaml'} --int8",
+        err=True,
+    )
 
 
 @handles_errors
 def evaluate(
     task: Optional[str] = typer.Option(None, "--task", help="The task (head) to score."),
     data: Optional[Path] = typer.Option(None, "--data", help="Labelled data: TSV/CSV/JSONL, or CoNLL for token tasks."),
-    similarity_file: Optional[Path] = typer.Option(None, "--similarity", help="STS pairs (STS-B rows or s1<TAB>s2<TAB>score)."),
+    similarity_file: Optional[Path] = typer.Option(
+        None, "--similarity", help="STS pairs (STS-B rows or s1<TAB>s2<TAB>score)."
+    ),
     config: Optional[Path] = ConfigOpt,
     text_column: str = typer.Option("0", "--text-column", help="Text column: index or name."),
     label_column: str = typer.Option("1", "--label-column", help="Label column: index or name."),
-    labels_file: Optional[Path] = typer.Option(None, "--labels-file", help="For a plain text file: the parallel label file."),
-    label_map: Optional[str] = typer.Option(None, "--label-map", help="Map raw labels to the head's: '0=negative,1=neutral'."),
+    labels_file: Optional[Path] = typer.Option(
+        None, "--labels-file", help="For a plain text file: the parallel label file."
+    ),
+    label_map: Optional[str] = typer.Option(
+        None, "--label-map", help="Map raw labels to the head's: '0=negative,1=neutral'."
+    ),
     token_prefix: str = typer.Option("", "--token-prefix", help="CoNLL: strip this prefix from tokens (e.g. 'en:')."),
     skip: int = typer.Option(0, "--skip", min=0, help="Skip the first N examples."),
     limit: Optional[int] = typer.Option(None, "--limit", min=1, help="Score at most N examples (after --skip)."),
-    fmt: Optional[Fmt] = fmt_option(_choices("EvalFmt", ("table", "json"))),
+    fmt: Optional[ReportFmt] = fmt_option(ReportFmt),
     batch_size: int = typer.Option(64, "--batch-size", "-b", min=1),
     threads: Optional[int] = ThreadsOpt,
     backend: Optional[Backend] = BackendOpt,
 ):
     """Score a head on labelled data (accuracy, macro-F1, per-label P/R/F1; entity P/R/F1), or embeddings on STS."""
-    from . import render
     from ..config.data import DataConfig
     from ..eval.evaluate import evaluate_similarity, evaluate_task
+    from . import render
 
     if (similarity_file is None) == (task is None):
         raise SentmtlError("give either --task T --data FILE, or --similarity FILE")
@@ -83,10 +113,18 @@ def evaluate(
                     raise SentmtlError(f"--label-map {pair!r}: expected RAW=LABEL")
                 k, v = pair.split("=", 1)
                 lm[k.strip()] = v.strip()
-        fmt_name = "text" if labels_file else "auto"
-        dc = DataConfig(path=data, format=fmt_name, labels_path=labels_file, text_column=text_column,
-                        label_column=label_column, label_map=lm, token_prefix=token_prefix, skip=skip, limit=limit)
-        m.resolve_tasks([task])
+        dc = DataConfig(
+            path=data,
+            format="text" if labels_file else "auto",
+            labels_path=labels_file,
+            text_column=text_column,
+            label_column=label_column,
+            label_map=lm,
+            token_prefix=token_prefix,
+            skip=skip,
+            limit=limit,
+        )
+        assert task is not None  # checked above: --task or --similarity
         rep = evaluate_task(m, task, dc, batch_size=batch_size, progress_factory=render.Progress)
     if default_format(fmt) in ("json", "jsonl"):
         render.write_json(rep)
@@ -96,7 +134,7 @@ def evaluate(
 
 @handles_errors
 def experiment(
-    configs: List[Path] = typer.Argument(..., help="Experiment YAML(s), e.g. configs/experiments/q1_freeze.yaml."),
+    configs: list[Path] = typer.Argument(..., help="Experiment YAML(s), e.g. configs/experiments/q1_freeze.yaml."),
 ):
     """Train recipe variants and write the markdown table that docs/DISCUSSION.md quotes."""
     from ..training.experiment import run_experiment
@@ -104,5 +142,3 @@ def experiment(
     for c in configs:
         out = run_experiment(c, log=lambda line: typer.echo(line, err=True))
         typer.echo(f"wrote {out}", err=True)
-
-

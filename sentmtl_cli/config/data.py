@@ -1,4 +1,5 @@
 """Where a task's labelled data comes from and how to read it (the readers are in data/readers.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path

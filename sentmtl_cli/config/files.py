@@ -1,9 +1,10 @@
 """Reading config files: strict YAML (a key given twice is an error), pydantic validation with
 errors that name the file and the key, and relative paths resolved against the file's folder."""
+
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TypeVar
+from typing import TypeVar, overload
 
 from pydantic import BaseModel, ValidationError
 
@@ -75,10 +76,16 @@ def validate(model_cls: type[M], data: dict, path: Path) -> M:
     except ValidationError as e:
         raise SentmtlError(format_validation_error(e, path)) from None
     if "source" in model_cls.model_fields:
-        cfg.source = Path(path).resolve()
+        cfg.source = Path(path).resolve()  # type: ignore[attr-defined]
     return cfg
 
 
+@overload
+def resolve_path(base: Path, p: Path) -> Path: ...
+@overload
+def resolve_path(base: Path, p: None) -> None: ...
+@overload
+def resolve_path(base: Path, p: Path | None) -> Path | None: ...
 def resolve_path(base: Path, p: Path | None) -> Path | None:
     """`p` as an absolute path, a relative one taken from `base` (the config file's folder)."""
     if p is None:

@@ -1,5 +1,6 @@
 """The model config: backbone + named heads. YAML -> pydantic, unknown keys rejected, paths resolved
 against the file."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,9 +8,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..choices import Backend
 from ..errors import SentmtlError
 from ..registry import HEADS
 from .files import read_yaml, resolve_path, validate
+
 
 def shipped_config() -> Path:
     """The shipped model's config, installed as package data (`sentmtl_cli.shipped`, which is the
@@ -50,11 +53,11 @@ class BackboneConfig(_Strict):
     pooling: Literal["mean", "cls", "max"] = "mean"
     normalize: bool = True
     max_seq_length: int = Field(256, ge=8, le=8192)
-    backend: Literal["torch", "onnx", "onnx-int8", "auto"] = "auto"
+    backend: Backend = Backend.auto
     weights: Path | None = None  # a fine-tuned backbone's safetensors (overrides the folder's)
 
     @model_validator(mode="after")
-    def _one_source(self) -> "BackboneConfig":
+    def _one_source(self) -> BackboneConfig:
         given = [k for k in ("package", "path", "name") if getattr(self, k) is not None]
         if len(given) != 1:
             raise ValueError(f"set exactly one of package, path, name (got {', '.join(given) or 'none'})")

@@ -1,4 +1,5 @@
 """Training recipes: which model to start from, which data trains which head, and how."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -89,7 +90,6 @@ class TrainConfig(_Recipe):
     source: Path | None = Field(None, exclude=True)
 
     _known_objective = field_validator("loss_weighting")(lambda v: _registered(OBJECTIVES, v))
-
 
 
 def load_train_config(path: Path | str, overrides: dict | None = None) -> TrainConfig:

@@ -4,6 +4,7 @@ Token tasks are re-split into the words the model sees at inference (text.split_
 CoNLL token such as "R.H." trains its pieces the way predict will meet them: the first piece keeps
 the token's tag, later pieces continue the entity (I-) or stay O. Evaluation maps predictions back
 to the CoNLL tokens, so entity scores are CoNLL-style on the data's own tokenization."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -21,10 +22,10 @@ class SentenceExamples:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, idx) -> "SentenceExamples":
+    def subset(self, idx) -> SentenceExamples:
         return SentenceExamples([self.texts[i] for i in idx], self.labels[idx])
 
-    def concat(self, other: "SentenceExamples") -> "SentenceExamples":
+    def concat(self, other: SentenceExamples) -> SentenceExamples:
         return SentenceExamples(self.texts + other.texts, np.concatenate([self.labels, other.labels]))
 
     def key_bytes(self, i: int) -> bytes:
@@ -43,10 +44,10 @@ class TokenExamples:
     def __len__(self) -> int:
         return len(self.texts)
 
-    def subset(self, idx) -> "TokenExamples":
+    def subset(self, idx) -> TokenExamples:
         return TokenExamples(*([getattr(self, f)[i] for i in idx] for f in self._fields))
 
-    def concat(self, other: "TokenExamples") -> "TokenExamples":
+    def concat(self, other: TokenExamples) -> TokenExamples:
         return TokenExamples(*(getattr(self, f) + getattr(other, f) for f in self._fields))
 
     def key_bytes(self, i: int) -> bytes:

@@ -2,15 +2,17 @@
 label file, conll). Bad rows are counted and reported, and fail the run past a threshold; they are
 never silently dropped. A sentence reader gives (text, raw label) rows; a head type turns the raw
 labels into its targets."""
+
 from __future__ import annotations
 
 import csv
 import io
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from ..config.data import DataConfig
 from ..errors import SentmtlError
@@ -34,8 +36,16 @@ class TokenData:
 
 def infer_format(path: Path) -> str:
     suffix = path.suffix.lower()
-    return {".tsv": "tsv", ".csv": "csv", ".jsonl": "jsonl", ".json": "jsonl", ".conll": "conll",
-            ".txt": "text", ".iob": "conll", ".bio": "conll"}.get(suffix, "tsv")
+    return {
+        ".tsv": "tsv",
+        ".csv": "csv",
+        ".jsonl": "jsonl",
+        ".json": "jsonl",
+        ".conll": "conll",
+        ".txt": "text",
+        ".iob": "conll",
+        ".bio": "conll",
+    }.get(suffix, "tsv")
 
 
 def _read_text(path: Path) -> str:
@@ -61,7 +71,9 @@ def _check_bad(bad: dict[str, int], total: int, cfg: DataConfig, task: str) -> N
     frac = n_bad / max(total, 1)
     msg = f"{task}: {n_bad} of {total} rows in {cfg.path} are bad ({detail})"
     if frac > cfg.max_bad_fraction:
-        raise SentmtlError(f"{msg}: {frac:.1%} is over max_bad_fraction={cfg.max_bad_fraction:.1%}; fix the data or the label_map")
+        raise SentmtlError(
+            f"{msg}: {frac:.1%} is over max_bad_fraction={cfg.max_bad_fraction:.1%}; fix the data or the label_map"
+        )
     print(f"warning: {msg}; they are skipped", file=sys.stderr)
 
 
@@ -141,7 +153,9 @@ def read_rows(cfg: DataConfig, task: str) -> list[Row]:
 def parse_rows(rows: list[Row], cfg: DataConfig, task: str, parse: Callable[[str], Any]) -> tuple[list[str], list[Any]]:
     """Texts and parsed targets; a row with no text or no label, or one `parse` refuses (ValueError,
     with the reason as its message), is counted as bad. skip/limit apply after."""
-    out_t, out_l, bad = [], [], {}
+    out_t: list[str] = []
+    out_l: list[Any] = []
+    bad: dict[str, int] = {}
     for text, lab in rows:
         if text is None or not str(text).strip():
             bad["empty text"] = bad.get("empty text", 0) + 1
@@ -166,7 +180,9 @@ def parse_rows(rows: list[Row], cfg: DataConfig, task: str, parse: Callable[[str
     return out_t, out_l
 
 
-def read_sentence_data(cfg: DataConfig, labels: list[str], task: str = "task", multi_label: bool = False) -> SentenceData:
+def read_sentence_data(
+    cfg: DataConfig, labels: list[str], task: str = "task", multi_label: bool = False
+) -> SentenceData:
     """Texts and label indices (multi_label: lists of indices, from a JSON list or "a,b")."""
     index = {lab: i for i, lab in enumerate(labels)}
 
@@ -196,7 +212,9 @@ def read_token_data(cfg: DataConfig, tags: list[str], task: str = "task") -> Tok
 def read_conll(cfg: DataConfig, tags: list[str], task: str = "task") -> TokenData:
     """token<TAB>tag (or space-separated, tag last) a line, a blank line between sentences."""
     index = {t: i for i, t in enumerate(tags)}
-    sentences, bad, total = [], {}, 0
+    sentences: list[tuple[list[str], list[int]]] = []
+    bad: dict[str, int] = {}
+    total = 0
     words: list[str] = []
     wtags: list[str] = []
     ok = True
@@ -218,7 +236,7 @@ def read_conll(cfg: DataConfig, tags: list[str], task: str = "task") -> TokenDat
             raise SentmtlError(f"{cfg.path}:{n}: expected token<TAB>tag, got {line[:40]!r}")
         tok, tag = parts[0], cfg.label_map.get(parts[-1].strip(), parts[-1].strip())
         if cfg.token_prefix and tok.startswith(cfg.token_prefix):
-            tok = tok[len(cfg.token_prefix):]
+            tok = tok[len(cfg.token_prefix) :]
         if not tok.strip():
             if ok:
                 bad["empty token"] = bad.get("empty token", 0) + 1

@@ -1,6 +1,7 @@
 """`sentmtl evaluate`: score a model's head on a labelled file, or its embeddings on STS pairs.
 A head reads its own examples and scores its own predictions (the same scoring training's
 validation uses); this module only runs the model between the two."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,14 +16,16 @@ from ..progress import NullProgress
 from .metrics import pearson, spearman
 
 
-def evaluate_task(model: MultiTaskModel, task: str, data: DataConfig, batch_size: int = 64,
-                  progress_factory=NullProgress) -> dict:
+def evaluate_task(
+    model: MultiTaskModel, task: str, data: DataConfig, batch_size: int = 64, progress_factory=NullProgress
+) -> dict:
     model.resolve_tasks([task])
     head = model.heads[task]
     ex = head.read_examples(data)
     with progress_factory(len(ex), f"evaluating {task}") as progress:
-        _, res = model.run(ex.texts, [task], batch_size=batch_size, want_embeddings=False, progress=progress,
-                           word_tags=True)
+        _, res = model.run(
+            ex.texts, [task], batch_size=batch_size, want_embeddings=False, progress=progress, word_tags=True
+        )
     rep = head.score(ex, head.predictions_from_results(ex, res))
     rep.pop("score", None)  # the report names each metric; "score" is training's selection
     rep.pop("metric", None)
@@ -64,4 +67,9 @@ def evaluate_similarity(model: MultiTaskModel, path: Path, batch_size: int = 64,
         emb = model.embed(a + b, batch_size=batch_size, progress=progress)
     ea, eb = emb[: len(a)], emb[len(a) :]
     cos = np.einsum("ij,ij->i", normalize_rows(ea), normalize_rows(eb))
-    return {"data": str(path), "pairs": len(gold), "spearman": 100 * spearman(cos, gold), "pearson": 100 * pearson(cos, gold)}
+    return {
+        "data": str(path),
+        "pairs": len(gold),
+        "spearman": 100 * spearman(cos, gold),
+        "pearson": 100 * pearson(cos, gold),
+    }

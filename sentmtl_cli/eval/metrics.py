@@ -1,6 +1,7 @@
 """Scores. Accuracy, macro-F1/recall and per-label P/R/F1 come from scikit-learn, rank correlation
 from scipy; what is ours is entity-level scoring (exact spans, conlleval's lenient I- handling; tested
 against conlleval-style expectations) and the report dicts' shape, which `evaluate` prints."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -16,10 +17,13 @@ def _prf(tp: float, fp: float, fn: float) -> tuple[float, float, float]:
 def _per_label(gold, pred, labels: list[str]) -> dict:
     from sklearn.metrics import precision_recall_fscore_support
 
-    p, r, f, s = precision_recall_fscore_support(gold, pred, labels=list(range(len(labels))), average=None,
-                                                 zero_division=0)
-    return {lab: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
-            for k, lab in enumerate(labels)}
+    p, r, f, s = precision_recall_fscore_support(
+        gold, pred, labels=list(range(len(labels))), average=None, zero_division=0
+    )
+    return {
+        lab: {"precision": float(p[k]), "recall": float(r[k]), "f1": float(f[k]), "support": int(s[k])}
+        for k, lab in enumerate(labels)
+    }
 
 
 def classification_report(gold: list[int], pred: list[int], labels: list[str]) -> dict:
@@ -45,8 +49,10 @@ def multilabel_report(gold: list[set[int]], pred: list[set[int]], labels: list[s
     mlb = MultiLabelBinarizer(classes=list(range(len(labels))))
     g, p = mlb.fit_transform(gold), mlb.transform(pred)
     pr, rc, f1, sup = precision_recall_fscore_support(g, p, average=None, zero_division=0)
-    per = {lab: {"precision": float(pr[k]), "recall": float(rc[k]), "f1": float(f1[k]), "support": int(sup[k])}
-           for k, lab in enumerate(labels)}
+    per = {
+        lab: {"precision": float(pr[k]), "recall": float(rc[k]), "f1": float(f1[k]), "support": int(sup[k])}
+        for k, lab in enumerate(labels)
+    }
     present = [lab for lab in labels if per[lab]["support"] > 0] or labels
     return {
         "n": len(gold),
@@ -57,7 +63,7 @@ def multilabel_report(gold: list[set[int]], pred: list[set[int]], labels: list[s
     }
 
 
-def bio_spans(tags: list[str]) -> set[tuple[int, int, str]]:
+def bio_spans(tags: list[str]) -> set[tuple[int, int, str | None]]:
     """(start word, end word exclusive, type) for each entity; lenient I- handling as conlleval."""
     spans, start, typ = set(), None, None
     for i, tag in enumerate(list(tags) + ["O"]):
@@ -82,12 +88,12 @@ def entity_report(gold: list[list[str]], pred: list[list[str]], types: list[str]
             if s[2] in counts:
                 counts[s[2]][2] += 1
     per = {}
-    for t, (tp, fp, fn) in counts.items():
-        p, r, f = _prf(tp, fp, fn)
-        per[t] = {"precision": p, "recall": r, "f1": f, "support": tp + fn}
+    for t, (tp_t, fp_t, fn_t) in counts.items():
+        pt, rt, ft = _prf(tp_t, fp_t, fn_t)
+        per[t] = {"precision": pt, "recall": rt, "f1": ft, "support": tp_t + fn_t}
     tp, fp, fn = (sum(c[i] for c in counts.values()) for i in range(3))
-    p, r, f = _prf(tp, fp, fn)
-    return {"n": len(gold), "precision": p, "recall": r, "entity_f1": f, "per_type": per}
+    prec, rec, f1 = _prf(tp, fp, fn)
+    return {"n": len(gold), "precision": prec, "recall": rec, "entity_f1": f1, "per_type": per}
 
 
 def pearson(a, b) -> float:

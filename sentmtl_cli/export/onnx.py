@@ -1,5 +1,6 @@
 """`sentmtl export`: the backbone (transformer, pooling, normalization) to ONNX, optionally int8.
 Needs torch; runs once (`make setup`). backbone/onnx_backbone.py finds and runs what it writes."""
+
 from __future__ import annotations
 
 import json
@@ -36,8 +37,12 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
             return (o["sentence_embedding"], *o["hidden_states"])
 
     names = ["sentence_embedding"] + [f"hidden_{i}" for i in range(n_layers + 1)]
-    dyn = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
-           "token_type_ids": {0: "batch", 1: "seq"}, "sentence_embedding": {0: "batch"}}
+    dyn = {
+        "input_ids": {0: "batch", 1: "seq"},
+        "attention_mask": {0: "batch", 1: "seq"},
+        "token_type_ids": {0: "batch", 1: "seq"},
+        "sentence_embedding": {0: "batch"},
+    }
     dyn.update({n: {0: "batch", 1: "seq"} for n in names[1:]})
     ids = torch.ones((2, 8), dtype=torch.long)
     tmp = out / (FP32 + ".tmp")
@@ -48,9 +53,17 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
     try:
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # the exporter's advice is for graphs unlike ours
-            torch.onnx.export(Graph().eval(), (ids, torch.ones_like(ids), torch.zeros_like(ids)), str(tmp),
-                              input_names=["input_ids", "attention_mask", "token_type_ids"], output_names=names,
-                              dynamic_axes=dyn, opset_version=17, dynamo=False, do_constant_folding=True)
+            torch.onnx.export(
+                Graph().eval(),
+                (ids, torch.ones_like(ids), torch.zeros_like(ids)),
+                str(tmp),
+                input_names=["input_ids", "attention_mask", "token_type_ids"],
+                output_names=names,
+                dynamic_axes=dyn,
+                opset_version=17,
+                dynamo=False,
+                do_constant_folding=True,
+            )
         # The graph is saved as exported, not run through ONNX Runtime's transformer optimizer: its fused
         # Attention operator made the whole model 15-20% slower on 2 cores with short inputs
         # (docs/ARCHITECTURE.md); the optimizations ONNX Runtime applies at load are kept.
@@ -78,7 +91,12 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
             int8_info = old.get("int8")
         if not int8_info:
             os.remove(out / INT8)
-    meta = {"format": EXPORT_FORMAT, "source": source_identity(cfg, folder), "layers": n_layers,
-            "outputs": names, "int8": int8_info}
+    meta = {
+        "format": EXPORT_FORMAT,
+        "source": source_identity(cfg, folder),
+        "layers": n_layers,
+        "outputs": names,
+        "int8": int8_info,
+    }
     atomic_write_text(out / "export.json", json.dumps(meta, indent=1))
     return out

@@ -28,6 +28,7 @@ EPYC lost 4% of topic labels to the old 7-bit workaround), while u8 x u8 product
 bits first and stay exact. Both encodings give the same numbers; the export records which it used, and
 an int8-encoded export is not used on a CPU that would saturate it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -98,15 +99,16 @@ def calibrate_zero_points(model, names: list[str], feeds: list[dict]) -> dict[st
     zps = np.arange(1, 255, dtype=np.float64)
     out = {}
     for n in names:
-        l, h = np.concatenate(lo[n])[:, None], np.concatenate(hi[n])[:, None]
-        ideal = np.maximum((h - l) / 255, EPS)
-        step = np.maximum(np.maximum(h / (255 - zps), -l / zps), EPS)
+        low, h = np.concatenate(lo[n])[:, None], np.concatenate(hi[n])[:, None]
+        ideal = np.maximum((h - low) / 255, EPS)
+        step = np.maximum(np.maximum(h / (255 - zps), -low / zps), EPS)
         out[n] = int(zps[np.argmin(np.log(step / ideal).mean(0))])
     return out
 
 
-def quantize_per_token(src: Path, dst: Path, feeds: list[dict] | None = None, weight_bits: int = 8,
-                       weight_type: str = "u8") -> dict:
+def quantize_per_token(
+    src: Path, dst: Path, feeds: list[dict] | None = None, weight_bits: int = 8, weight_type: str = "u8"
+) -> dict:
     """Rewrite every MatMul with a constant 2-D weight in `src` as the per-token int8 product above;
     write the graph to `dst`. `feeds` (ONNX inputs of sample texts) calibrate the fixed zero points.
     weight_type "s8" stores weights as int8; "u8" as uint8 offset by a zero point of 128 (the same
@@ -167,45 +169,58 @@ def quantize_per_token(src: Path, dst: Path, feeds: list[dict] | None = None, we
         if x in quantized:
             return quantized[x]
         p = f"ptq/in{len(quantized)}/"
-        nodes.extend([
-            helper.make_node("Reshape", [x, const(p + "shape", np.array([-1, k], np.int64))], [p + "x"]),
-            helper.make_node("ReduceMax", [p + "x"], [p + "max"], axes=[1], keepdims=0),
-            helper.make_node("ReduceMin", [p + "x"], [p + "min"], axes=[1], keepdims=0),
-            helper.make_node("Max", [p + "max", const(p + "zero", np.float32(0))], [p + "hi"]),
-            helper.make_node("Min", [p + "min", p + "zero"], [p + "lo"]),
-        ])
+        nodes.extend(
+            [
+                helper.make_node("Reshape", [x, const(p + "shape", np.array([-1, k], np.int64))], [p + "x"]),
+                helper.make_node("ReduceMax", [p + "x"], [p + "max"], axes=[1], keepdims=0),
+                helper.make_node("ReduceMin", [p + "x"], [p + "min"], axes=[1], keepdims=0),
+                helper.make_node("Max", [p + "max", const(p + "zero", np.float32(0))], [p + "hi"]),
+                helper.make_node("Min", [p + "min", p + "zero"], [p + "lo"]),
+            ]
+        )
         if x in per_row:  # s = (hi - lo) / 255, zp = round(-lo / s)
             zp: str | int = p + "neg_zp_col"
-            nodes.extend([
-                helper.make_node("Sub", [p + "hi", p + "lo"], [p + "range"]),
-                helper.make_node("Mul", [p + "range", const(p + "inv", np.float32(1 / 255))], [p + "s0"]),
-                helper.make_node("Max", [p + "s0", const(p + "eps", np.float32(EPS))], [p + "s"]),
-                helper.make_node("Div", [p + "lo", p + "s"], [p + "lo_s"]),
-                helper.make_node("Round", [p + "lo_s"], [p + "neg_zp"]),  # -zp, in [-255, 0]
-                helper.make_node("Neg", [p + "neg_zp"], [p + "zpf"]),
-            ])
+            nodes.extend(
+                [
+                    helper.make_node("Sub", [p + "hi", p + "lo"], [p + "range"]),
+                    helper.make_node("Mul", [p + "range", const(p + "inv", np.float32(1 / 255))], [p + "s0"]),
+                    helper.make_node("Max", [p + "s0", const(p + "eps", np.float32(EPS))], [p + "s"]),
+                    helper.make_node("Div", [p + "lo", p + "s"], [p + "lo_s"]),
+                    helper.make_node("Round", [p + "lo_s"], [p + "neg_zp"]),  # -zp, in [-255, 0]
+                    helper.make_node("Neg", [p + "neg_zp"], [p + "zpf"]),
+                ]
+            )
         else:  # fixed zp: s = max(hi / (255 - zp), -lo / zp)
             zp = zero_points.get(x) or (ZP_GELU if after_gelu(x) else ZP_SIGNED)
-            nodes.extend([
-                helper.make_node("Mul", [p + "hi", const(p + "up", np.float32(1 / (255 - zp)))], [p + "s_hi"]),
-                helper.make_node("Mul", [p + "lo", const(p + "down", np.float32(-1 / zp))], [p + "s_lo"]),
-                helper.make_node("Max", [p + "s_hi", p + "s_lo", const(p + "eps", np.float32(EPS))], [p + "s"]),
-                # per-axis QuantizeLinear wants one zero point per scale: a [M] vector of zp
-                helper.make_node("Mul", [p + "s", p + "zero"], [p + "zeros"]),
-                helper.make_node("Add", [p + "zeros", const(p + "zp_value", np.float32(zp))], [p + "zpf"]),
-            ])
-        nodes.extend([
-            helper.make_node("Cast", [p + "zpf"], [p + "zp"], to=TensorProto.UINT8),
-            helper.make_node("QuantizeLinear", [p + "x", p + "s", p + "zp"], [p + "q2"], axis=0),
-            # back to x's shape, so the products and what follows them keep their shapes
-            helper.make_node("Shape", [x], [p + "x_shape"]),
-            helper.make_node("Reshape", [p + "q2", p + "x_shape"], [p + "q"]),
-            helper.make_node("Shape", [x], [p + "row_shape"], end=-1),
-            helper.make_node("Concat", [p + "row_shape", const(p + "one_col", np.array([1], np.int64))], [p + "col_shape"], axis=0),
-            helper.make_node("Reshape", [p + "s", p + "col_shape"], [p + "s_col"]),
-        ])
+            nodes.extend(
+                [
+                    helper.make_node("Mul", [p + "hi", const(p + "up", np.float32(1 / (255 - zp)))], [p + "s_hi"]),
+                    helper.make_node("Mul", [p + "lo", const(p + "down", np.float32(-1 / zp))], [p + "s_lo"]),
+                    helper.make_node("Max", [p + "s_hi", p + "s_lo", const(p + "eps", np.float32(EPS))], [p + "s"]),
+                    # per-axis QuantizeLinear wants one zero point per scale: a [M] vector of zp
+                    helper.make_node("Mul", [p + "s", p + "zero"], [p + "zeros"]),
+                    helper.make_node("Add", [p + "zeros", const(p + "zp_value", np.float32(zp))], [p + "zpf"]),
+                ]
+            )
+        nodes.extend(
+            [
+                helper.make_node("Cast", [p + "zpf"], [p + "zp"], to=TensorProto.UINT8),
+                helper.make_node("QuantizeLinear", [p + "x", p + "s", p + "zp"], [p + "q2"], axis=0),
+                # back to x's shape, so the products and what follows them keep their shapes
+                helper.make_node("Shape", [x], [p + "x_shape"]),
+                helper.make_node("Reshape", [p + "q2", p + "x_shape"], [p + "q"]),
+                helper.make_node("Shape", [x], [p + "row_shape"], end=-1),
+                helper.make_node(
+                    "Concat",
+                    [p + "row_shape", const(p + "one_col", np.array([1], np.int64))],
+                    [p + "col_shape"],
+                    axis=0,
+                ),
+                helper.make_node("Reshape", [p + "s", p + "col_shape"], [p + "s_col"]),
+            ]
+        )
         if x in per_row:
-            nodes.append(helper.make_node("Reshape", [p + "neg_zp", p + "col_shape"], [zp]))
+            nodes.append(helper.make_node("Reshape", [p + "neg_zp", p + "col_shape"], [str(zp)]))
         quantized[x] = (p + "q", p + "s_col", zp)
         return quantized[x]
 
@@ -230,11 +245,13 @@ def quantize_per_token(src: Path, dst: Path, feeds: list[dict] | None = None, we
             nodes.append(helper.make_node("MatMulIntegerToFloat", ins, [p + "yc"], domain="com.microsoft"))
         else:  # (q - zp) @ W = q @ W - zp * colsum(W): the zero point's share as one rank-1 update
             colsum = (Wq.astype(np.float32) * w_scale).sum(axis=0).astype(np.float32)
-            nodes.extend([
-                helper.make_node("MatMulIntegerToFloat", ins, [p + "y"], domain="com.microsoft"),
-                helper.make_node("Mul", [zp, const(p + "colsum", colsum)], [p + "zp_share"]),
-                helper.make_node("Add", [p + "y", p + "zp_share"], [p + "yc"]),
-            ])
+            nodes.extend(
+                [
+                    helper.make_node("MatMulIntegerToFloat", ins, [p + "y"], domain="com.microsoft"),
+                    helper.make_node("Mul", [zp, const(p + "colsum", colsum)], [p + "zp_share"]),
+                    helper.make_node("Add", [p + "y", p + "zp_share"], [p + "yc"]),
+                ]
+            )
         nodes.append(helper.make_node("Mul", [p + "yc", s], [n.output[0]]))
         uses[w.name] -= 1
         if uses[w.name] == 0:
@@ -247,5 +264,12 @@ def quantize_per_token(src: Path, dst: Path, feeds: list[dict] | None = None, we
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     onnx.save(model, str(dst))
-    return {"scheme": SCHEME, "weight_bits": weight_bits, "weight_type": weight_type, "matmuls": len(quantizable),
-            "per_row_zero_points": len(per_row), "fixed_zero_points": len(fixed), "calibrated": bool(zero_points)}
+    return {
+        "scheme": SCHEME,
+        "weight_bits": weight_bits,
+        "weight_type": weight_type,
+        "matmuls": len(quantizable),
+        "per_row_zero_points": len(per_row),
+        "fixed_zero_points": len(fixed),
+        "calibrated": bool(zero_points),
+    }

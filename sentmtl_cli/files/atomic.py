@@ -1,4 +1,5 @@
 """Atomic writes: a file is replaced whole or not at all, and never a folder, device or FIFO."""
+
 from __future__ import annotations
 
 import json
@@ -6,6 +7,7 @@ import os
 import stat
 import tempfile
 from pathlib import Path
+from typing import IO, Any
 
 from ..errors import SentmtlError
 
@@ -45,7 +47,7 @@ class AtomicFile:
         except OSError as e:
             raise SentmtlError(f"cannot write {path}: {e.strerror}") from None
         os.fchmod(fd, old_mode)
-        self.file = os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8", "newline": ""}))
+        self.file: IO[Any] = os.fdopen(fd, mode) if "b" in mode else os.fdopen(fd, mode, encoding="utf-8", newline="")
         self.done = False
 
     def commit(self) -> None:
@@ -108,8 +110,15 @@ def safetensors_bytes(tensors: dict, metadata: dict[str, str] | None = None) -> 
     files with different sha256. Takes numpy arrays (or anything np.asarray accepts)."""
     import numpy as np
 
-    dtypes = {np.dtype("float32"): "F32", np.dtype("float16"): "F16", np.dtype("float64"): "F64",
-              np.dtype("int64"): "I64", np.dtype("int32"): "I32", np.dtype("uint8"): "U8", np.dtype("int8"): "I8"}
+    dtypes = {
+        np.dtype("float32"): "F32",
+        np.dtype("float16"): "F16",
+        np.dtype("float64"): "F64",
+        np.dtype("int64"): "I64",
+        np.dtype("int32"): "I32",
+        np.dtype("uint8"): "U8",
+        np.dtype("int8"): "I8",
+    }
     header: dict = {}
     if metadata:
         header["__metadata__"] = {str(k): str(v) for k, v in sorted(metadata.items())}

@@ -1,11 +1,12 @@
 """Reading input: text files and text sources (arguments, a file, stdin), each failure one line."""
+
 from __future__ import annotations
 
 import os
 import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from ..errors import SentmtlError
 from ..text.inputs import check_texts
@@ -44,7 +45,6 @@ def read_lines(path: str) -> list[tuple[int, str]]:
     return [(n, ln) for n, ln in enumerate(lines, 1) if ln.strip()]
 
 
-
 class TextSource:
     """Texts from arguments, a file, or stdin; read lazily, blank lines skipped."""
 
@@ -81,6 +81,7 @@ class TextSource:
         if self._spool is not None:
             self._spool.seek(0)
             return self._spool
+        assert self.path is not None  # texts or a spool otherwise
         return open(self.path, "rb")
 
     def __iter__(self) -> Iterator[str]:
@@ -120,7 +121,6 @@ class TextSource:
             if not buf:
                 raise SentmtlError(f"no input text in {self.name} (it has no non-empty lines)")
             yield start, buf
-
 
 
 def isatty(stream) -> bool:

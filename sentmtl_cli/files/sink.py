@@ -1,5 +1,6 @@
 """Streaming output, so `embed` and `predict` over a file of a million lines keep memory flat:
 results are written as they come, to stdout or atomically to a file."""
+
 from __future__ import annotations
 
 import io
@@ -31,8 +32,16 @@ class Sink:
         with Sink("jsonl", output) as out:  # a failure or a signal removes the temporary file
             out.rows(dicts)"""
 
-    def __init__(self, fmt: str, output: str | Path | None, *, json_head: dict | None = None, json_key: str = "",
-                 rows: int = 0, dim: int = 0):
+    def __init__(
+        self,
+        fmt: str,
+        output: str | Path | None,
+        *,
+        json_head: dict | None = None,
+        json_key: str = "",
+        rows: int = 0,
+        dim: int = 0,
+    ):
         self.fmt, self.key, self.count = fmt, json_key, 0
         self.kept: list = []
         self.file: AtomicFile | None = None
@@ -43,7 +52,7 @@ class Sink:
             raise SentmtlError("--format npy needs --output FILE (or --output - for stdout)")
         if fmt == "npy" and to_stdout and isatty(sys.stdout):
             raise SentmtlError("--format npy writes binary data; give --output FILE, or pipe --output - elsewhere")
-        if not to_stdout:
+        if output is not None and not to_stdout:
             self.file = AtomicFile(output, "wb" if fmt == "npy" else "w")
             self.out = self.file.file
         else:
@@ -51,13 +60,17 @@ class Sink:
         if fmt == "npy":
             import numpy as np
 
-            header = {"descr": np.lib.format.dtype_to_descr(np.dtype("<f4")), "fortran_order": False, "shape": (rows, dim)}
+            header = {
+                "descr": np.lib.format.dtype_to_descr(np.dtype("<f4")),
+                "fortran_order": False,
+                "shape": (rows, dim),
+            }
             buf = io.BytesIO()
             np.lib.format.write_array_header_1_0(buf, header)
             self._write(buf.getvalue())
         elif fmt == "json":
             prefix = dumps(json_head or {})[:-1]
-            self._write(f"{prefix}{', ' if json_head else ''}\"{json_key}\": [")
+            self._write(f'{prefix}{", " if json_head else ""}"{json_key}": [')
 
     def _write(self, data) -> None:
         try:

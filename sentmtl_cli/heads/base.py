@@ -10,6 +10,7 @@ A head's parameters are a flat dict of float32 arrays, saved as safetensors with
 checked against the config on load. Inference runs them in numpy (the ONNX path needs no torch);
 training wraps the same arrays in a torch module built from the same definition (heads/mlp.py).
 """
+
 from __future__ import annotations
 
 import json
@@ -54,9 +55,9 @@ class Examples(Protocol):
 
     def __len__(self) -> int: ...
 
-    def subset(self, idx: Any) -> "Examples": ...
+    def subset(self, idx: Any) -> Examples: ...
 
-    def concat(self, other: Any) -> "Examples": ...
+    def concat(self, other: Any) -> Examples: ...
 
 
 @dataclass
@@ -64,8 +65,8 @@ class TrainingRows:
     """A head's training inputs for some examples: `x` rows (backbone features), `y` targets, and
     how many rows each example gave (1 for a sentence head; one per kept word for a token head)."""
 
-    x: "torch.Tensor"
-    y: "torch.Tensor"
+    x: torch.Tensor
+    y: torch.Tensor
     counts: list[int]
 
 
@@ -76,7 +77,7 @@ class BatchView:
     on first use, and shared by every head that reads words."""
 
     texts: list[str]
-    batch: "Batch"
+    batch: Batch
     features: dict
     _words: list | None = field(default=None, repr=False)
 
@@ -153,7 +154,7 @@ class Head:
         """Logits for input rows: [N, D], or [N, L, D] when the head mixes L layers."""
         raise NotImplementedError
 
-    def torch_module(self) -> "torch.nn.Module":
+    def torch_module(self) -> torch.nn.Module:
         """A torch module holding this head's parameters under the same names, computing the same
         function as forward_numpy (plus dropout in train mode)."""
         raise NotImplementedError
@@ -164,14 +165,14 @@ class Head:
         raise NotImplementedError
 
     # ---- data, training, scoring ---------------------------------------------------------------------
-    def read_examples(self, data: "DataConfig") -> Examples:
+    def read_examples(self, data: DataConfig) -> Examples:
         raise NotImplementedError
 
-    def training_rows(self, ex: Any, idx: Any, batch: "Batch", out: dict, row0: int) -> TrainingRows:
+    def training_rows(self, ex: Any, idx: Any, batch: Batch, out: dict, row0: int) -> TrainingRows:
         """Rows for examples ex[idx] from a torch forward `out` of their texts (at rows row0...)."""
         raise NotImplementedError
 
-    def loss(self, output: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The mean loss per row (per example, per word) before any task weighting."""
         raise NotImplementedError
 
@@ -192,8 +193,10 @@ class Head:
     def check_metric(self, metric: str | None) -> str:
         metric = metric or self.default_metric
         if metric not in self.metrics:
-            raise SentmtlError(f"tasks.{self.task}.metric: {metric!r} is not a metric of a {self.registry_name} head "
-                               f"(choose from {', '.join(self.metrics)})")
+            raise SentmtlError(
+                f"tasks.{self.task}.metric: {metric!r} is not a metric of a {self.registry_name} head "
+                f"(choose from {', '.join(self.metrics)})"
+            )
         return metric
 
     # ---- rendering -----------------------------------------------------------------------------------
@@ -244,9 +247,7 @@ class Head:
         except ValueError:
             raise SentmtlError(f"{where}: its header's labels are not a JSON list") from None
         if saved_labels != list(self.cfg.labels):
-            raise SentmtlError(
-                f"{where}: trained for labels {saved_labels}, config has {list(self.cfg.labels)}"
-            )
+            raise SentmtlError(f"{where}: trained for labels {saved_labels}, config has {list(self.cfg.labels)}")
         try:
             saved_dim = int(meta.get("input_dim", -1))
         except ValueError:
@@ -263,9 +264,7 @@ class Head:
             )
         for name, shape in want.items():
             if tuple(tensors[name].shape) != shape:
-                raise SentmtlError(
-                    f"{where}: {name} has shape {tuple(tensors[name].shape)}, the config needs {shape}"
-                )
+                raise SentmtlError(f"{where}: {name} has shape {tuple(tensors[name].shape)}, the config needs {shape}")
             if tensors[name].dtype != np.float32:
                 raise SentmtlError(f"{where}: {name} is {tensors[name].dtype}, a head's weights are float32")
             if not np.isfinite(tensors[name]).all():

@@ -1,5 +1,6 @@
 """BIO tagging: the tag set from entity types, valid-BIO decoding (Viterbi), and word tags -> entity
 spans with character offsets."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -24,8 +25,13 @@ def decode_entities(
         cur = {"label": typ, "start": s, "end": e, "_p": [p]}
         entities.append(cur)
     return [
-        {"text": text[x["start"] : x["end"]], "label": x["label"], "start": x["start"], "end": x["end"],
-         "score": sum(x["_p"]) / len(x["_p"])}
+        {
+            "text": text[x["start"] : x["end"]],
+            "label": x["label"],
+            "start": x["start"],
+            "end": x["end"],
+            "score": sum(x["_p"]) / len(x["_p"]),
+        }
         for x in entities
     ]
 

@@ -1,6 +1,7 @@
 """Sentence classification: an MLP on the pooled sentence embedding. Single-label heads train with
 softmax cross-entropy; multi-label heads (`multi_label: true`) with a sigmoid per label and binary
 cross-entropy, and predict every label at 0.5 or more."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -33,8 +34,6 @@ def decode_sentences(labels: list[str], probs: np.ndarray, top_k: int, multi_lab
     return out
 
 
-
-
 @HEADS.register("sentence_classification")
 class SentenceClassificationHead(MLPHead):
     metrics = ("accuracy", "macro_f1", "macro_recall")
@@ -51,7 +50,7 @@ class SentenceClassificationHead(MLPHead):
         return decode_sentences(self.outputs, probs, top_k, self.cfg.multi_label)
 
     # ---- data and training ---------------------------------------------------------------------------
-    def read_examples(self, data: "DataConfig"):
+    def read_examples(self, data: DataConfig):
         from ..data.examples import SentenceExamples
         from ..data.readers import read_sentence_data
 
@@ -69,7 +68,7 @@ class SentenceClassificationHead(MLPHead):
         x = out["sentence_embedding"][row0 : row0 + len(idx)]
         return TrainingRows(x, torch.from_numpy(ex.labels[np.asarray(idx, dtype=np.int64)]), [1] * len(idx))
 
-    def loss(self, output: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
         if self.cfg.multi_label:
@@ -111,8 +110,10 @@ class SentenceClassificationHead(MLPHead):
         return cells
 
     def report_title(self, rep: dict) -> str:
-        return (f"accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}, "
-                f"macro-recall {rep['macro_recall']:.4f} ({rep['n']} examples)")
+        return (
+            f"accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}, "
+            f"macro-recall {rep['macro_recall']:.4f} ({rep['n']} examples)"
+        )
 
     def report_rows(self, rep: dict) -> dict[str, dict]:
         return rep["per_label"]

@@ -6,9 +6,11 @@ activation and layer-mix setting through both and compares.
 
 Parameters: "mix" [L] (only when L > 1), "layers.{i}.weight"/"layers.{i}.bias", "out.weight"/"out.bias".
 """
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -67,17 +69,20 @@ class MLPHead(Head):
         if len(layers) == 1:
             return layers[0]
         w = softmax(self.params["mix"])
-        return sum(wi * h for wi, h in zip(w, layers))  # type: ignore[return-value]
+        mixed: np.ndarray = sum(wi * h for wi, h in zip(w, layers))
+        return mixed
 
     def forward_numpy(self, x) -> np.ndarray:
         """[N, D] rows, or L layers of them ([N, L, D] or a list of L [N, D]) -> logits [N, outputs]."""
         if not (isinstance(x, np.ndarray) and x.ndim == 2):
             x = self.mix_numpy(x)
         for i in range(len(self.cfg.hidden)):
-            x = activation(self.cfg.activation, x @ self.params[f"layers.{i}.weight"].T + self.params[f"layers.{i}.bias"])
+            x = activation(
+                self.cfg.activation, x @ self.params[f"layers.{i}.weight"].T + self.params[f"layers.{i}.bias"]
+            )
         return x @ self.params["out.weight"].T + self.params["out.bias"]
 
-    def torch_module(self) -> "torch.nn.Module":
+    def torch_module(self) -> torch.nn.Module:
         return TorchMLP(self)
 
 
@@ -112,7 +117,7 @@ def _torch_mlp_class():
     return _TorchMLP
 
 
-def TorchMLP(head: MLPHead) -> "torch.nn.Module":  # noqa: N802 (a class, built when torch is first needed)
+def TorchMLP(head: MLPHead) -> torch.nn.Module:  # noqa: N802 (a class, built when torch is first needed)
     global _TORCH_MLP
     if _TORCH_MLP is None:
         _TORCH_MLP = _torch_mlp_class()
@@ -122,7 +127,7 @@ def TorchMLP(head: MLPHead) -> "torch.nn.Module":  # noqa: N802 (a class, built 
 _TORCH_MLP = None
 
 
-def load_numpy(module: "torch.nn.Module", params: dict[str, np.ndarray]) -> None:
+def load_numpy(module: torch.nn.Module, params: dict[str, np.ndarray]) -> None:
     """Copy a head's numpy parameters into its torch module (same names, same shapes)."""
     import torch
 
@@ -131,6 +136,6 @@ def load_numpy(module: "torch.nn.Module", params: dict[str, np.ndarray]) -> None
             p.copy_(torch.from_numpy(np.asarray(params[name], dtype=np.float32)))
 
 
-def to_numpy(module: "torch.nn.Module") -> dict[str, np.ndarray]:
+def to_numpy(module: torch.nn.Module) -> dict[str, np.ndarray]:
     """A torch module's parameters as a head's numpy parameters."""
     return {name: p.detach().cpu().numpy().astype(np.float32).copy() for name, p in module.named_parameters()}

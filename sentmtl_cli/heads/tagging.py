@@ -1,6 +1,7 @@
 """Token classification: BIO entity tags for each word, read from one or more backbone layers (a
 learned softmax mix), decoded to valid BIO (Viterbi) and then to entity spans with character
 offsets. A word is tagged at its first sub-token; its other pieces are ignored."""
+
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
@@ -29,8 +30,10 @@ class TokenClassificationHead(MLPHead):
     def check_config(cls, cfg: HeadConfig) -> str | None:
         bio = [lab for lab in cfg.labels if lab == "O" or lab[:2] in ("B-", "I-", "E-", "S-", "L-", "U-")]
         if bio:
-            return (f"labels: give entity types (e.g. [PER, ORG]), not BIO tags ({', '.join(bio)}): "
-                    "the B-/I-/O tags are made from the types")
+            return (
+                f"labels: give entity types (e.g. [PER, ORG]), not BIO tags ({', '.join(bio)}): "
+                "the B-/I-/O tags are made from the types"
+            )
         if cfg.multi_label:
             return "multi_label: a token head gives one tag per word"
         return None
@@ -58,7 +61,7 @@ class TokenClassificationHead(MLPHead):
         return len(self.cfg.layers)
 
     # ---- inference -----------------------------------------------------------------------------------
-    def token_features(self, features: dict, rows: tuple[np.ndarray, np.ndarray]) -> np.ndarray:
+    def token_features(self, features: dict, rows: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
         """The vectors at (batch, position) `rows`, one per layer read: gathered before the layers
         are mixed, so padding and word pieces cost nothing."""
         return [features["hidden_states"][i][rows] for i in self.hidden_layers()]
@@ -88,7 +91,7 @@ class TokenClassificationHead(MLPHead):
         return out
 
     # ---- data and training ---------------------------------------------------------------------------
-    def read_examples(self, data: "DataConfig"):
+    def read_examples(self, data: DataConfig):
         from ..data.examples import token_examples
         from ..data.readers import read_token_data
 
@@ -119,7 +122,7 @@ class TokenClassificationHead(MLPHead):
         x = torch.stack([hs[layer][b, tt] for layer in self.hidden_layers()], dim=1)
         return TrainingRows(x, torch.tensor(targets, dtype=torch.long).reshape(-1, 2), counts)
 
-    def loss(self, output: "torch.Tensor", y: "torch.Tensor") -> "torch.Tensor":
+    def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
         return F.cross_entropy(output, y[:, 0]) if len(y) else output.sum() * 0.0
@@ -166,7 +169,9 @@ class TokenClassificationHead(MLPHead):
         return ["; ".join(f"{e['text']} [{e['label']} {e['score']:.2f}]" for e in ents) or "—"]
 
     def report_title(self, rep: dict) -> str:
-        return f"entity F1 {rep['entity_f1']:.4f} (P {rep['precision']:.4f}, R {rep['recall']:.4f}, {rep['n']} sentences)"
+        return (
+            f"entity F1 {rep['entity_f1']:.4f} (P {rep['precision']:.4f}, R {rep['recall']:.4f}, {rep['n']} sentences)"
+        )
 
     def report_rows(self, rep: dict) -> dict[str, dict]:
         return rep["per_type"]

@@ -1,7 +1,8 @@
 """Checks on input texts, shared by the API, the CLI and the file readers."""
+
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from ..errors import SentmtlError
 
@@ -21,6 +22,7 @@ def check_texts(texts: Iterable[str]) -> list[str]:
             try:
                 t.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate: undecodable bytes in argv, or a bad decoder
-                raise SentmtlError(f"input {i + 1} is not valid Unicode text (it holds a lone surrogate, "
-                                   "as undecodable bytes become)") from None
+                raise SentmtlError(
+                    f"input {i + 1} is not valid Unicode text (it holds a lone surrogate, as undecodable bytes become)"
+                ) from None
     return texts

@@ -3,6 +3,7 @@
 Both backends (torch and ONNX) take their inputs from here, so they see identical ids.
 Truncation is done by hand so that we know, per text, how many tokens were dropped.
 """
+
 from __future__ import annotations
 
 import sys
@@ -60,7 +61,7 @@ class Tokenizer:
                 i = i[: L - tail] + i[len(i) - tail :]
                 o = o[: L - tail] + o[len(o) - tail :]
                 s = s[: L - tail] + s[len(s) - tail :]
-            out.append((i, [tuple(x) for x in o], s, cut))
+            out.append((i, [(int(a), int(b)) for a, b in o], s, cut))
         return out
 
     def pad(self, items) -> Batch:
@@ -71,8 +72,14 @@ class Tokenizer:
         for b, it in enumerate(items):
             input_ids[b, : len(it[0])] = it[0]
             mask[b, : len(it[0])] = 1
-        return Batch(input_ids, mask, np.zeros_like(input_ids), [it[1] for it in items],
-                     [it[2] for it in items], [it[3] for it in items])
+        return Batch(
+            input_ids,
+            mask,
+            np.zeros_like(input_ids),
+            [it[1] for it in items],
+            [it[2] for it in items],
+            [it[3] for it in items],
+        )
 
     def encode(self, texts: list[str]) -> Batch:
         return self.pad(self.encode_raw(texts))

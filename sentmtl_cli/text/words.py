@@ -1,4 +1,5 @@
 """Words and their character offsets in the original text (what NER labels and reports)."""
+
 from __future__ import annotations
 
 import regex

@@ -1,6 +1,7 @@
 """The training output folder and its checkpoints: what --force may replace (a marker file), a lock
 so two runs never write one folder, and the last checkpoint, replaced as a whole so a run killed at
 any moment (SIGKILL included) leaves one complete checkpoint to --resume from."""
+
 from __future__ import annotations
 
 import json
@@ -68,20 +69,28 @@ def prepare_output(cfg: TrainConfig, force: bool, resume: bool) -> Path | None:
         raise SentmtlError(f"output {out} exists and is not a folder")
     backup = out.with_name(out.name + ".replaced")
     if backup.exists():
-        raise SentmtlError(f"{backup} holds the model that a stopped `train --force` was replacing; "
-                           f"move it back to {out} (or delete it) and run again")
+        raise SentmtlError(
+            f"{backup} holds the model that a stopped `train --force` was replacing; "
+            f"move it back to {out} (or delete it) and run again"
+        )
     if resume:
         return None
     if out.exists() and any(p.name != MARKER for p in out.iterdir()):  # a marker alone: a run that wrote nothing
         if not force:
-            raise SentmtlError(f"output folder {out} already holds files; pass --force to overwrite it or --resume to continue")
+            raise SentmtlError(
+                f"output folder {out} already holds files; pass --force to overwrite it or --resume to continue"
+            )
         if not is_model_folder(out):
-            raise SentmtlError(f"output folder {out} does not hold a sentmtl model (no {MARKER}); "
-                               "--force replaces only a model folder: choose another output")
+            raise SentmtlError(
+                f"output folder {out} does not hold a sentmtl model (no {MARKER}); "
+                "--force replaces only a model folder: choose another output"
+            )
         os.replace(out, backup)
     out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(out / MARKER, json.dumps({"format": "sentmtl-train-output/1",
-                                                "recipe": str(cfg.source) if cfg.source else None}) + "\n")
+    atomic_write_text(
+        out / MARKER,
+        json.dumps({"format": "sentmtl-train-output/1", "recipe": str(cfg.source) if cfg.source else None}) + "\n",
+    )
     return backup if backup.exists() else None
 
 
@@ -90,13 +99,17 @@ def check_recipe(cfg: TrainConfig) -> None:
     mcfg = load_config(cfg.model)
     for name, task in cfg.tasks.items():
         if name not in mcfg.heads:
-            raise SentmtlError(f"tasks.{name}: the model config {cfg.model} has no head {name!r} "
-                               f"(heads: {', '.join(mcfg.heads) or 'none'})")
+            raise SentmtlError(
+                f"tasks.{name}: the model config {cfg.model} has no head {name!r} "
+                f"(heads: {', '.join(mcfg.heads) or 'none'})"
+            )
         head_type = HEADS.get(mcfg.heads[name].type)
         metric = task.metric or head_type.default_metric
         if metric not in head_type.metrics:
-            raise SentmtlError(f"tasks.{name}.metric: {metric!r} is not a metric of a {head_type.registry_name} head "
-                               f"(choose from {', '.join(head_type.metrics)})")
+            raise SentmtlError(
+                f"tasks.{name}.metric: {metric!r} is not a metric of a {head_type.registry_name} head "
+                f"(choose from {', '.join(head_type.metrics)})"
+            )
 
 
 def save_checkpoint(trainer, epoch: int, best: dict, history: list[dict]) -> None:
@@ -110,11 +123,19 @@ def save_checkpoint(trainer, epoch: int, best: dict, history: list[dict]) -> Non
     tensors = dict(trainer.weighting.state())
     for pid, st in trainer.optimizer.state_dict()["state"].items():
         for k, v in st.items():
-            tensors[f"opt.{pid}.{k}"] = v.detach().clone().reshape(-1) if torch.is_tensor(v) else torch.tensor([float(v)])
-    atomic_write_bytes(folder / "optimizer.safetensors",
-                       safetensors_bytes({k: v.detach().cpu().numpy() for k, v in tensors.items()}))
-    meta = {"epoch": epoch, "global_step": trainer.global_step, "best": best,
-            "scheduler": trainer.scheduler.state_dict(), "history": history}
+            tensors[f"opt.{pid}.{k}"] = (
+                v.detach().clone().reshape(-1) if torch.is_tensor(v) else torch.tensor([float(v)])
+            )
+    atomic_write_bytes(
+        folder / "optimizer.safetensors", safetensors_bytes({k: v.detach().cpu().numpy() for k, v in tensors.items()})
+    )
+    meta = {
+        "epoch": epoch,
+        "global_step": trainer.global_step,
+        "best": best,
+        "scheduler": trainer.scheduler.state_dict(),
+        "history": history,
+    }
     atomic_write_text(folder / "trainer.json", json.dumps(meta))
     old = final.with_name(final.name + ".old")
     if final.exists():
@@ -156,8 +177,8 @@ def load_checkpoint(trainer) -> tuple[int, dict, list[dict] | None]:
     for key, v in tensors.items():
         if not key.startswith("opt."):
             continue
-        _, pid, k = key.split(".", 2)
-        state.setdefault(int(pid), {})[k] = v
+        _, pid_text, k = key.split(".", 2)
+        state.setdefault(int(pid_text), {})[k] = v
     params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
     for pid, st in state.items():
         shape = params[pid].shape
@@ -170,5 +191,3 @@ def load_checkpoint(trainer) -> tuple[int, dict, list[dict] | None]:
         group["lr"] = lr  # the fresh optimizer holds step-0 rates; continue from the saved step's
     trainer.global_step = meta["global_step"]
     return meta["epoch"], meta["best"], meta.get("history")
-
-

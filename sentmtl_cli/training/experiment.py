@@ -1,5 +1,6 @@
 """`sentmtl experiment CONFIG`: train a set of recipe variants and write the markdown table
 that docs/DISCUSSION.md quotes. Every number in the table is measured in the run that writes it."""
+
 from __future__ import annotations
 
 import json
@@ -13,6 +14,9 @@ from ..config.files import read_yaml, resolve_path, validate
 from ..config.train import load_train_config
 from ..errors import SentmtlError
 from ..files.atomic import atomic_write_text
+
+Column = Literal["scores", "stsb", "train_time", "params", "disk", "ms_per_text"]
+DEFAULT_COLUMNS: tuple[Column, ...] = ("scores", "stsb", "train_time")
 
 
 class _Strict(BaseModel):
@@ -40,8 +44,7 @@ class ExperimentConfig(_Strict):
     stsb: Path | None = None  # STS pairs to measure how far the embeddings drifted
     stsb_limit: int = Field(500, ge=10)
     speed_texts: int = Field(0, ge=0)  # >0: measure predict time per text on this many validation texts
-    columns: list[Literal["scores", "stsb", "train_time", "params", "disk", "ms_per_text"]] = \
-        Field(default_factory=lambda: ["scores", "stsb", "train_time"])
+    columns: list[Column] = Field(default_factory=lambda: list(DEFAULT_COLUMNS))
     variants: list[Variant] = Field(min_length=1)
 
 
@@ -102,24 +105,31 @@ def run_variant(exp: ExperimentConfig, v: Variant, sts_file: Path | None, log) -
     else:
         res = train(recipe, force=True, quiet=True)
         if v.then is not None:
-            over = {**base_over, **v.then.set, "output": str(exp.workdir / exp.name / f"{v.name}-stage2"),
-                    "model": str(Path(res.output) / "model.yaml"), "init_heads": "weights"}
+            over = {
+                **base_over,
+                **v.then.set,
+                "output": str(exp.workdir / exp.name / f"{v.name}-stage2"),
+                "model": str(Path(res.output) / "model.yaml"),
+                "init_heads": "weights",
+            }
             res2 = train(load_train_config(exp.recipe, over), force=True, quiet=True)
             res2.history = res.history + res2.history
             res = res2
-        runs.append((None, res))
+        runs.append(("", res))
     row["train_time_s"] = time.perf_counter() - t0
     scores, metrics, models = {}, {}, []
     for task, res in runs:
         for t, r in _best_row(res)["val"].items():
-            if task is None or t == task:
+            if not task or t == task:
                 scores[t] = r["score"]
                 metrics[t] = r["metric"]
         models.append(load(Path(res.output) / "model.yaml"))
     row["scores"] = scores
     row["metrics"] = metrics  # which metric each score is (the head type's default unless the recipe chose)
     if v.history:
-        row["history"] = [{"epoch": i + 1, **{t: r["score"] for t, r in h["val"].items()}} for i, h in enumerate(runs[0][1].history)]
+        row["history"] = [
+            {"epoch": i + 1, **{t: r["score"] for t, r in h["val"].items()}} for i, h in enumerate(runs[0][1].history)
+        ]
     if "stsb" in exp.columns and sts_file is not None:
         from ..eval.evaluate import evaluate_similarity
 
@@ -181,8 +191,10 @@ def trained_tasks(exp: ExperimentConfig) -> set[str]:
 
 def render_markdown(exp: ExperimentConfig, rows: list[dict], seconds: float, recipe) -> str:
     shown = trained_tasks(exp)
-    tasks = sorted({t for r in rows for t in r["scores"] if t in shown},
-                   key=lambda t: list(recipe.tasks).index(t) if t in recipe.tasks else 99)
+    tasks = sorted(
+        {t for r in rows for t in r["scores"] if t in shown},
+        key=lambda t: list(recipe.tasks).index(t) if t in recipe.tasks else 99,
+    )
     metrics = {t: next(r["metrics"][t] for r in rows if t in r.get("metrics", {})) for t in tasks}
     head = ["variant"] + [f"{t} ({metrics[t].replace('_', '-')})" for t in tasks]
     if "stsb" in exp.columns:
@@ -213,11 +225,18 @@ def render_markdown(exp: ExperimentConfig, rows: list[dict], seconds: float, rec
     for r in rows:
         if r.get("history"):
             ts = [k for k in r["history"][0] if k != "epoch" and k in shown]
-            out += [f"Per epoch, `{r['variant']}`:", "", "| epoch | " + " | ".join(ts) + " |", "|---|" + "---|" * len(ts)]
+            out += [
+                f"Per epoch, `{r['variant']}`:",
+                "",
+                "| epoch | " + " | ".join(ts) + " |",
+                "|---|" + "---|" * len(ts),
+            ]
             out += [f"| {h['epoch']} | " + " | ".join(fmt(h[t]) for t in ts) + " |" for h in r["history"]]
             out.append("")
-    out.append(f"_Measured by `sentmtl experiment` from `{exp.name}` in {seconds / 60:.1f} min on this machine; "
-               f"scores are x100 on the recipe's held-out validation split._")
+    out.append(
+        f"_Measured by `sentmtl experiment` from `{exp.name}` in {seconds / 60:.1f} min on this machine; "
+        f"scores are x100 on the recipe's held-out validation split._"
+    )
     return "\n".join(out) + "\n"
 
 
@@ -239,5 +258,8 @@ def run_experiment(path: Path, log=print) -> Path:
     seconds = time.perf_counter() - t0
     md = render_markdown(exp, rows, seconds, recipe)
     atomic_write_text(exp.output, md)
-    atomic_write_text(exp.output.with_suffix(".json"), json.dumps({"experiment": exp.name, "seconds": seconds, "rows": rows}, indent=1))
+    atomic_write_text(
+        exp.output.with_suffix(".json"),
+        json.dumps({"experiment": exp.name, "seconds": seconds, "rows": rows}, indent=1),
+    )
     return exp.output

@@ -1,6 +1,7 @@
 """Backbone features for training: one torch forward per step serves every task in it, and when
 the backbone never trains, each task's features are computed once (in eval mode, exactly what
 inference sees) and cached, in memory and optionally on disk."""
+
 from __future__ import annotations
 
 import hashlib
@@ -34,8 +35,16 @@ class FeatureCache:
     """A head's training rows for all of a task's examples, computed once with the frozen backbone
     (kept on disk under `feature_cache`, keyed by a hash of everything they depend on, when set)."""
 
-    def __init__(self, feats: Features, head: Head, ex, batch_size: int, progress=None,
-                 disk: Path | None = None, backbone_key: str = ""):
+    def __init__(
+        self,
+        feats: Features,
+        head: Head,
+        ex,
+        batch_size: int,
+        progress=None,
+        disk: Path | None = None,
+        backbone_key: str = "",
+    ):
         path = None
         if disk is not None:
             path = disk / f"{self.key(feats, head, ex, backbone_key)}.safetensors"
@@ -52,15 +61,34 @@ class FeatureCache:
         if path is not None:
             from safetensors.torch import save
 
-            atomic_write_bytes(path, save({"x": self.x.contiguous(), "y": self.y.contiguous(),
-                                           "ranges": torch.tensor(self.ranges, dtype=torch.long).reshape(-1, 2)}))
+            atomic_write_bytes(
+                path,
+                save(
+                    {
+                        "x": self.x.contiguous(),
+                        "y": self.y.contiguous(),
+                        "ranges": torch.tensor(self.ranges, dtype=torch.long).reshape(-1, 2),
+                    }
+                ),
+            )
 
     @staticmethod
     def key(feats: Features, head: Head, ex, backbone_key: str) -> str:
         h = hashlib.sha256()
         cfg = feats.backbone.cfg
-        h.update(json.dumps([CACHE_FORMAT, backbone_key, cfg.pooling, cfg.normalize, feats.tokenizer.max_seq_length,
-                             head.registry_name, head.hidden_layers()]).encode())
+        h.update(
+            json.dumps(
+                [
+                    CACHE_FORMAT,
+                    backbone_key,
+                    cfg.pooling,
+                    cfg.normalize,
+                    feats.tokenizer.max_seq_length,
+                    head.registry_name,
+                    head.hidden_layers(),
+                ]
+            ).encode()
+        )
         for i, text in enumerate(ex.texts):
             h.update(text.encode("utf-8", "surrogatepass") + b"\0" + ex.key_bytes(i))
         return h.hexdigest()[:32]

@@ -1,5 +1,6 @@
 """What trains in the backbone, epoch by epoch: nothing (frozen), the top N transformer layers, or
 everything, with an optional gradual-unfreezing schedule."""
+
 from __future__ import annotations
 
 from ..config.train import TrainConfig

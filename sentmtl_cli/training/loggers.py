@@ -1,5 +1,6 @@
 """What a training run reports after each epoch, as small callbacks the loop calls: the history
 in metrics.jsonl, the curves in curves.png, and one line on stderr."""
+
 from __future__ import annotations
 
 import json
@@ -54,7 +55,12 @@ def plot_curves(history: list[dict], path: Path) -> None:
         losses = [r["train_loss"].get(t) for r in history]
         if any(v is not None for v in losses):
             a.plot(epochs, [v if v is not None else float("nan") for v in losses], marker="o", label=t)
-        b.plot(epochs, [r["val"][t]["score"] for r in history], marker="o", label=f"{t} ({history[0]['val'][t].get('metric', '')})".replace(" ()", ""))
+        b.plot(
+            epochs,
+            [r["val"][t]["score"] for r in history],
+            marker="o",
+            label=f"{t} ({history[0]['val'][t].get('metric', '')})".replace(" ()", ""),
+        )
     a.set(title="training loss", xlabel="epoch")
     b.set(title="validation score", xlabel="epoch")
     for ax in (a, b):

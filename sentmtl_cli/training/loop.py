@@ -5,6 +5,7 @@ Determinism: every epoch draws its batch order, task order and dropout masks fro
 seeded by (seed, epoch), so a run resumed at an epoch boundary continues exactly as an
 uninterrupted run would, and two runs of one config give the same weights bit for bit.
 """
+
 from __future__ import annotations
 
 import math
@@ -12,9 +13,9 @@ import os
 import random
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
@@ -151,28 +152,42 @@ class Trainer:
         else:
             self.steps_per_epoch = math.ceil(sum(sizes) / cfg.batch_size)
         self.total_steps = self.steps_per_epoch * cfg.epochs
-        groups = [{"params": [p for s in self.tasks.values() for p in s.module.parameters()], "lr": cfg.heads_lr,
-                   "weight_decay": cfg.weight_decay}]
+        groups = [
+            {
+                "params": [p for s in self.tasks.values() for p in s.module.parameters()],
+                "lr": cfg.heads_lr,
+                "weight_decay": cfg.weight_decay,
+            }
+        ]
         groups += self.weighting.param_groups()
         if self.trains_backbone:
-            groups.append({"params": list(self.backbone.model.parameters()), "lr": cfg.backbone.lr,
-                           "weight_decay": cfg.weight_decay})
+            groups.append(
+                {
+                    "params": list(self.backbone.model.parameters()),
+                    "lr": cfg.backbone.lr,
+                    "weight_decay": cfg.weight_decay,
+                }
+            )
         self.optimizer = torch.optim.AdamW(groups)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_lambda(cfg, self.total_steps))
         self.global_step = 0
 
     # ---- one step -------------------------------------------------------------------------------------
-    def task_rows(self, names: list[str], batches: dict[str, np.ndarray]) -> tuple[dict[str, TrainingRows], torch.Tensor | None]:
+    def task_rows(
+        self, names: list[str], batches: dict[str, np.ndarray]
+    ) -> tuple[dict[str, TrainingRows], torch.Tensor | None]:
         """Training rows for each task's batch: from the feature cache, or from one backbone
         forward shared by every task in the step (plus the embedding-preservation term, if any)."""
         rows: dict[str, TrainingRows] = {}
         live = [t for t in names if self.tasks[t].cache_train is None]
         for t in names:
-            if t not in live:
-                rows[t] = self.tasks[t].cache_train.get(batches[t])
+            cache = self.tasks[t].cache_train
+            if cache is not None:
+                rows[t] = cache.get(batches[t])
         extra = None
         if live:
-            texts, start = [], {}
+            texts: list[str] = []
+            start: dict[str, int] = {}
             for t in live:
                 start[t] = len(texts)
                 texts += [self.tasks[t].train.texts[i] for i in batches[t]]
@@ -219,8 +234,12 @@ class Trainer:
         torch.manual_seed(cfg.seed * 1009 + epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
         orders = {t: _Cycler(len(self.tasks[t].train), cfg.batch_size, rng) for t in self.trained_tasks}
-        sampler = make_sampler(cfg.sampling.strategy, {t: len(self.tasks[t].train) for t in self.trained_tasks},
-                               rng, cfg.sampling.temperature)
+        sampler = make_sampler(
+            cfg.sampling.strategy,
+            {t: len(self.tasks[t].train) for t in self.trained_tasks},
+            rng,
+            cfg.sampling.temperature,
+        )
         for _ in range(self.steps_per_epoch):
             names = self.trained_tasks if cfg.mode == "joint" else [sampler.next()]
             yield self.step(names, {t: orders[t].next() for t in names})
@@ -257,8 +276,11 @@ class Trainer:
         self.sync_heads()
         weights = None
         if self.trains_backbone:
-            weights = {k: (v.detach().to(torch.float16) if dtype == "float16" else v.detach().clone()).contiguous().numpy()
-                       for k, v in self.backbone.model.state_dict().items() if v.is_floating_point()}
+            weights = {
+                k: (v.detach().to(torch.float16) if dtype == "float16" else v.detach().clone()).contiguous().numpy()
+                for k, v in self.backbone.model.state_dict().items()
+                if v.is_floating_point()
+            }
         self.model.save(folder, weights)
 
     # ---- the loop ------------------------------------------------------------------------------------
@@ -293,23 +315,26 @@ class Trainer:
             weights = {t: self.tasks[t].cfg.score_weight for t in self.trained_tasks}
             score = sum(weights[t] * val[t]["score"] for t in weights) / max(sum(weights.values()), 1e-12)
             row = {
-                "epoch": epoch, "step": self.global_step,
+                "epoch": epoch,
+                "step": self.global_step,
                 "backbone_top_layers": top_layers_at(cfg, epoch, self.num_layers),
                 "train_loss": {t: (sums[t][0] / sums[t][1] if sums[t][1] else None) for t in sums},
                 "val": {t: {k: v for k, v in r.items() if k not in ("per_label", "per_type")} for t, r in val.items()},
-                "score": score, "seconds": round(time.perf_counter() - te, 2),
+                "score": score,
+                "seconds": round(time.perf_counter() - te, 2),
                 "uncertainty_log_vars": self.weighting.log(),
             }
             yield row, val
 
-    def run(self, resume: bool = False, stop_after: int | None = None, progress_factory=None,
-            loggers: list | None = None) -> TrainResult:
+    def run(
+        self, resume: bool = False, stop_after: int | None = None, progress_factory=None, loggers: list | None = None
+    ) -> TrainResult:
         import json
 
         cfg = self.cfg
         t0 = time.perf_counter()
         result = TrainResult(cfg.output)
-        start_epoch, best = 1, {"score": -1.0, "epoch": 0}
+        start_epoch, best = 1, {"score": -1.0, "epoch": 0.0}
         if resume:
             done, best, history = load_checkpoint(self)
             start_epoch = done + 1
@@ -333,13 +358,19 @@ class Trainer:
             save_checkpoint(self, row["epoch"], best, result.history)
             for log in loggers:
                 log(result.history, val)
-        result.best_epoch, result.best_score = best["epoch"], best["score"]
+        result.best_epoch, result.best_score = int(best["epoch"]), best["score"]
         result.seconds = time.perf_counter() - t0
         return result
 
 
-def train(cfg: TrainConfig, force: bool = False, resume: bool = False, stop_after: int | None = None,
-          progress_factory=None, quiet: bool = False) -> TrainResult:
+def train(
+    cfg: TrainConfig,
+    force: bool = False,
+    resume: bool = False,
+    stop_after: int | None = None,
+    progress_factory=None,
+    quiet: bool = False,
+) -> TrainResult:
     """Train per the recipe; write the best model to cfg.output (see Trainer). If the run fails or
     is stopped (an error, SIGINT, SIGTERM), a model that --force was replacing is put back."""
     check_recipe(cfg)

@@ -8,6 +8,7 @@
 `preserve_embeddings` is an extra term, not a weighting: while the backbone trains, it keeps the
 sentence embedding near a frozen copy's (1 - cosine), so `embed` and similarity do not drift.
 """
+
 from __future__ import annotations
 
 import torch

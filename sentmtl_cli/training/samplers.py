@@ -1,5 +1,6 @@
 """Task samplers for multi-task training: which task the next step trains. One tiny class each,
 registered by name in registry.SAMPLERS (the recipe's `sampling.strategy`)."""
+
 from __future__ import annotations
 
 import numpy as np

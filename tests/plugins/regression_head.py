@@ -3,6 +3,7 @@
 It predicts one number per text from the sentence embedding, trains with mean squared error, and
 is scored by Pearson's r. Importing this module registers the type `test_regression`; `sentmtl
 train`, `evaluate` and `predict` then use it with no change to sentmtl itself."""
+
 from __future__ import annotations
 
 from typing import Any

@@ -1,0 +1,56 @@
+"""Every set of named choices the config, the API and the CLI share, declared once. Light: the CLI
+imports it for `--help`, the config uses it for validation."""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Choice(str, Enum):
+    """A str enum that prints as its value (in f-strings and errors alike)."""
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+    __format__ = str.__format__  # type: ignore[assignment]
+
+
+class Backend(Choice):
+    """What runs the backbone: auto = the ONNX export when a fresh one exists, else torch."""
+
+    auto = "auto"
+    torch = "torch"
+    onnx = "onnx"
+    onnx_int8 = "onnx-int8"
+
+
+class Metric(Choice):
+    """How two embeddings are compared."""
+
+    cosine = "cosine"
+    dot = "dot"
+    euclidean = "euclidean"
+
+
+class Fmt(Choice):
+    """Output of commands that print rows: a table for people, json or jsonl for scripts."""
+
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+
+
+class EmbedFmt(Choice):
+    """`embed` output: the row formats, or npy (a float32 matrix)."""
+
+    table = "table"
+    json = "json"
+    jsonl = "jsonl"
+    npy = "npy"
+
+
+class ReportFmt(Choice):
+    """Output of commands that print one document (info, evaluate)."""
+
+    table = "table"
+    json = "json"

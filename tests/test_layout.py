@@ -1,0 +1,143 @@
+"""The shape of the package, checked statically: data flows one way (cli -> training/eval/export ->
+model -> heads -> backbone/data -> config -> text/files -> errors), no module imports a module above
+it or reaches for another module's private name, there is no import cycle (function-local imports
+included), and no module is named after a standard-library one."""
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+PKG = ROOT / "sentmtl_cli"
+
+# the layer of each module (the longest matching prefix decides); a module may import its own layer or below
+LAYERS = {
+    "sentmtl_cli": 9,  # the package's own __init__: the Python API's load(), above everything
+    "sentmtl_cli.defaults": 0,
+    "sentmtl_cli.errors": 0,
+    "sentmtl_cli.choices": 0,
+    "sentmtl_cli.progress": 0,
+    "sentmtl_cli.registry": 0,
+    "sentmtl_cli.text": 1,
+    "sentmtl_cli.files": 1,
+    "sentmtl_cli.eval.metrics": 1,
+    "sentmtl_cli.config": 2,
+    "sentmtl_cli.backbone": 3,
+    "sentmtl_cli.data": 3,
+    "sentmtl_cli.heads": 4,
+    "sentmtl_cli.model": 5,
+    "sentmtl_cli.eval": 6,
+    "sentmtl_cli.export": 6,
+    "sentmtl_cli.training": 7,
+    "sentmtl_cli.cli": 8,
+    "sentmtl_cli.__main__": 8,
+}
+
+
+def _layer(module: str) -> int:
+    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
+    if best == "sentmtl_cli" and module != "sentmtl_cli":
+        raise AssertionError(f"{module} has no layer in LAYERS: add it")
+    return LAYERS[best]
+
+
+def _modules() -> dict[str, Path]:
+    out = {}
+    for path in PKG.rglob("*.py"):
+        parts = path.relative_to(ROOT).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def _imports(name: str, path: Path) -> list[tuple[str, list[str], int]]:
+    """(imported module, names taken from it, line) for every import in the file, at any depth."""
+    is_pkg = path.name == "__init__.py"
+    base = name.split(".") if is_pkg else name.split(".")[:-1]
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            found += [(a.name, [], node.lineno) for a in node.names if a.name.startswith("sentmtl_cli")]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                target = ".".join(base[: len(base) - node.level + 1] + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("sentmtl_cli"):
+                found.append((target, [a.name for a in node.names], node.lineno))
+    return found
+
+
+def _resolve(target: str, names: list[str], modules: dict) -> list[str]:
+    """`from pkg import mod` imports the module pkg.mod; otherwise the import is of `target` itself."""
+    subs = [f"{target}.{n}" for n in names if f"{target}.{n}" in modules]
+    return subs or [target]
+
+
+def test_no_module_imports_a_layer_above_it():
+    modules = _modules()
+    up = []
+    for name, path in modules.items():
+        for target, names, line in _imports(name, path):
+            for t in _resolve(target, names, modules):
+                if _layer(t) > _layer(name):
+                    up.append(f"{name}:{line} imports {t}")
+    assert up == []
+
+
+def test_no_import_cycles():
+    modules = _modules()
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for target, names, _ in _imports(name, path):
+            for t in _resolve(target, names, modules):
+                # importing pkg.mod runs pkg/__init__ first, but __init__ files here import nothing upward
+                if t in modules and t != name:
+                    graph[name].add(t)
+    state, cycles = {}, []
+
+    def visit(node, stack):
+        state[node] = "active"
+        for nxt in graph[node]:
+            if state.get(nxt) == "active":
+                cycles.append(" -> ".join(stack[stack.index(nxt) :] + [nxt]))
+            elif nxt not in state:
+                visit(nxt, stack + [nxt])
+        state[node] = "done"
+
+    for node in graph:
+        if node not in state:
+            visit(node, [node])
+    assert cycles == []
+
+
+def test_no_module_reaches_for_another_modules_private_names():
+    modules = _modules()
+    private = []
+    for name, path in modules.items():
+        for target, names, line in _imports(name, path):
+            if target != name:
+                private += [
+                    f"{name}:{line} takes {target}.{n}" for n in names if n.startswith("_") and n != "__version__"
+                ]
+    assert private == []
+
+
+def test_no_module_is_named_after_a_standard_library_module():
+    clash = [name for name in _modules() if name.split(".")[-1] in sys.stdlib_module_names]
+    assert clash == []
+
+
+@pytest.mark.parametrize("module", ["sentmtl_cli.registry", "sentmtl_cli.choices", "sentmtl_cli.cli"])
+def test_light_modules_import_nothing_heavy(module):
+    import subprocess
+
+    code = (
+        f"import sys, {module}\n"
+        "print([m for m in ('torch', 'transformers', 'numpy', 'onnxruntime', 'pydantic') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "[]"
