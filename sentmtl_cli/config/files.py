@@ -24,6 +24,8 @@ def _strict_loader():
     def mapping(loader, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *anchor`: merged keys may be overridden
+                continue
             key = loader.construct_object(key_node, deep=deep)
             try:
                 dup = key in seen
