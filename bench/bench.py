@@ -99,7 +99,7 @@ def reference_int8(threads: int):
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     import sentmtl_cli
-    from sentmtl_cli.onnx_backend import OnnxBackbone
+    from sentmtl_cli.backbone.onnx_backbone import OnnxBackbone
 
     m = sentmtl_cli.load(backend="onnx", threads=threads)
     path = ROOT / "build" / "bench" / "ort-dynamic-int8.onnx"
@@ -246,7 +246,7 @@ def quality() -> dict | None:
         log("skipped: STS-B dev is absent (../shared/data/stsb/sts-dev.csv)")
         return None
     import sentmtl_cli
-    from sentmtl_cli.evaluate import evaluate_similarity
+    from sentmtl_cli.eval.evaluate import evaluate_similarity
 
     out = {}
     for backend in ("torch", "onnx", "onnx-int8"):
