@@ -28,12 +28,12 @@ def _head(type_name, **cfg):
 
 
 CASES = [
-    ("sentence_classification", {"activation": a, "hidden": h, "multi_label": m})
-    for a, h, m in itertools.product(["gelu", "relu", "tanh"], [[], [16], [16, 8]], [False, True])
+    ("sentence_classification", {"activation": a, "hidden": h, "multi_label": m, "pool_layers": p})
+    for a, h, m, p in itertools.product(["gelu", "relu", "tanh"], [[], [16, 8]], [False, True], [[], [2, 6]])
 ]
 CASES += [
-    ("token_classification", {"activation": a, "hidden": h, "layers": layers})
-    for a, h, layers in itertools.product(["gelu", "relu", "tanh"], [[], [16]], [[-1], [2], [1, 3, 6]])
+    ("token_classification", {"activation": a, "hidden": h, "layers": layers, "word_shape": w})
+    for a, h, layers, w in itertools.product(["gelu", "relu", "tanh"], [[], [16]], [[-1], [1, 3, 6]], [False, True])
 ]
 
 
@@ -43,17 +43,74 @@ def test_numpy_inference_and_torch_training_module_agree(type_name, cfg):
     module = head.torch_module().eval()  # eval: no dropout, the function inference computes
     assert {n for n, _ in module.named_parameters()} == set(head.params)  # same names, so weights move across
     rng = np.random.default_rng(1)
-    n_layers = len(head.hidden_layers()) or 1
-    x = rng.normal(0, 1, (7, n_layers, D)).astype(np.float32)
+    n_layers, dim, k = head.mixed_layers(), head.layer_dim(), head.extra_features()
+    layers = [rng.normal(0, 1, (7, dim)).astype(np.float32) for _ in range(n_layers)]
+    extra = (rng.random((7, k)) > 0.5).astype(np.float32) if k else None
+    flat = np.concatenate(layers + ([extra] if k else []), axis=1)  # what training feeds the module
     with torch.no_grad():
-        want = module(torch.from_numpy(x if n_layers > 1 or type_name == "token_classification" else x[:, 0])).numpy()
-    # inference gathers each layer's rows and mixes them; training stacks them: both must agree
-    got = head.forward_numpy([x[:, i] for i in range(n_layers)] if n_layers > 1 else x[:, 0])
+        want = module(torch.from_numpy(flat)).numpy()
+    # inference gathers each layer's rows and mixes them, then appends the extra features
+    got = head.forward_numpy(layers if n_layers > 1 else layers[0], extra)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert got.shape == (7, len(head.outputs))
     if n_layers > 1:  # the mix matters: a different mix gives different logits
         head.params["mix"] = head.params["mix"][::-1].copy()
-        assert not np.allclose(head.forward_numpy([x[:, i] for i in range(n_layers)]), want, atol=1e-3)
+        assert not np.allclose(head.forward_numpy(layers, extra), want, atol=1e-3)
+    if k:  # and so do the extra features
+        assert not np.allclose(head.forward_numpy(layers if n_layers > 1 else layers[0], 1 - extra), want, atol=1e-3)
+
+
+def test_pooled_layers_are_pooled_alike_at_inference_and_in_training():
+    """A sentence head on pooled layers: numpy pooling (inference) equals torch pooling (training),
+    and padding does not leak into the mean or the max."""
+    from types import SimpleNamespace
+
+    from sentmtl_cli.data.examples import SentenceExamples
+
+    head = _head("sentence_classification", pool_layers=[1, -1])
+    rng = np.random.default_rng(2)
+    hidden = [rng.normal(0, 1, (3, 5, D)).astype(np.float32) for _ in range(LAYERS + 1)]
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=np.int64)
+    hidden[6][1, 2:] = 1e3  # padding: must not reach the mean or the max
+    want = head.inputs_numpy({"hidden_states": dict(enumerate(hidden))}, mask)
+    ex = SentenceExamples(["a", "b", "c"], np.array([0, 1, 2]))
+    out = {"hidden_states": tuple(torch.from_numpy(h) for h in hidden)}
+    rows = head.training_rows(ex, np.arange(3), SimpleNamespace(attention_mask=mask), out, 0)
+    np.testing.assert_allclose(rows.x.numpy(), want, rtol=1e-6, atol=1e-6)
+    assert want.shape == (3, 2 * 2 * D) and want.max() < 100
+    np.testing.assert_allclose(want[1, 2 * D : 3 * D], hidden[6][1, :2].mean(0), rtol=1e-6)
+
+
+def test_word_shapes_see_what_an_uncased_backbone_cannot():
+    from sentmtl_cli.heads.tagging import word_shapes
+    from sentmtl_cli.text.words import split_words
+
+    text = "NASA hired McDonald in 2024 ."
+    flags = word_shapes(text, split_words(text)).astype(int).tolist()
+    #              init all lower digit punct inner
+    assert flags == [
+        [1, 1, 0, 0, 0, 1],  # NASA
+        [0, 0, 1, 0, 0, 0],  # hired
+        [1, 0, 0, 0, 0, 1],  # McDonald
+        [0, 0, 1, 0, 0, 0],  # in
+        [0, 0, 0, 1, 0, 0],  # 2024
+        [0, 0, 0, 0, 1, 0],
+    ]  # .
+
+
+def test_token_head_reports_false_alarms_on_entity_free_sentences():
+    from sentmtl_cli.data.examples import token_examples
+
+    head = _head("token_classification", labels=["PER", "LOC"])
+    tags = head.outputs
+    ex = token_examples(
+        [["Ann", "sleeps"], ["it", "rains"], ["so", "it", "goes"]], [[tags.index("B-PER"), 0], [0, 0], [0, 0, 0]], tags
+    )
+    preds = [{0: "B-PER"}, {1: "B-LOC"}, {}]  # right; an entity where there is none; right
+    rep = head.score(ex, preds)
+    assert rep["entity_free"] == 2 and rep["false_alarm_rate"] == 0.5
+    assert rep["entity_f1"] == pytest.approx(2 / 3)  # 1 right of 2 found, 1 of 1 gold
+    assert "50.0% of the 2 sentences with none" in head.report_title(rep)
 
 
 @pytest.mark.slow

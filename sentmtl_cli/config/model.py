@@ -74,6 +74,11 @@ class HeadConfig(_Strict):
     multi_label: bool = False
     # token heads: which hidden-state layers to read (0 = embeddings, -1 = last); several are mixed
     layers: list[int] = Field(default_factory=lambda: [-1], min_length=1)
+    # token heads: six casing flags per word (the backbone is uncased) appended to the mixed vector
+    word_shape: bool = False
+    # sentence heads: read the mean and max over the text's tokens of these hidden layers instead of
+    # the pooled sentence embedding (empty: the sentence embedding)
+    pool_layers: list[int] = Field(default_factory=list)
     weights: Path | None = None
 
     @field_validator("labels")

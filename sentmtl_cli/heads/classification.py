@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import SentmtlError
 from ..registry import HEADS
 from .base import BatchView, TrainingRows, sigmoid, softmax
 from .mlp import MLPHead
@@ -34,19 +35,53 @@ def decode_sentences(labels: list[str], probs: np.ndarray, top_k: int, multi_lab
     return out
 
 
+def pool_mean_max(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """[B, T, D] token vectors and their [B, T] mask -> [B, 2D]: the mean, then the max, over real tokens."""
+    m = mask[:, :, None].astype(hidden.dtype)
+    mean = (hidden * m).sum(1) / np.clip(m.sum(1), 1.0, None)
+    mx = np.where(m > 0, hidden, np.float32(-1e4)).max(1)
+    return np.concatenate([mean, mx], axis=1)
+
+
 @HEADS.register("sentence_classification")
 class SentenceClassificationHead(MLPHead):
+    """An MLP on the sentence embedding, or (`pool_layers: [2, 4, 6]`) on the mean and max over the
+    text's tokens of chosen hidden layers, which carry more than the last layer's mean."""
+
     metrics = ("accuracy", "macro_f1", "macro_recall")
     default_metric = "accuracy"
+
+    @classmethod
+    def check_config(cls, cfg):
+        if cfg.word_shape:
+            return "word_shape: word-shape features are for token heads"
+        return None
+
+    def hidden_layers(self) -> list[int]:
+        out = []
+        for layer in self.cfg.pool_layers:
+            idx = layer if layer >= 0 else self.num_layers + 1 + layer
+            if not 0 <= idx <= self.num_layers:
+                raise SentmtlError(
+                    f"heads.{self.task}.pool_layers: layer {layer} does not exist (the backbone has "
+                    f"{self.num_layers} layers; use 0..{self.num_layers} or negative from the end)"
+                )
+            out.append(idx)
+        return out
+
+    def layer_dim(self) -> int:
+        return 2 * len(self.cfg.pool_layers) * self.input_dim if self.cfg.pool_layers else self.input_dim
+
+    def inputs_numpy(self, features: dict, mask: np.ndarray) -> np.ndarray:
+        if not self.cfg.pool_layers:
+            return features["sentence_embedding"]
+        return np.concatenate([pool_mean_max(features["hidden_states"][i], mask) for i in self.hidden_layers()], axis=1)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         return sigmoid(logits) if self.cfg.multi_label else softmax(logits)
 
-    def logits(self, features: dict) -> np.ndarray:
-        return self.forward_numpy(features["sentence_embedding"])
-
     def predict_batch(self, view: BatchView, top_k: int = 1, word_tags: bool = False) -> list[dict]:
-        probs = self.probabilities(self.logits(view.features))
+        probs = self.probabilities(self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask)))
         return decode_sentences(self.outputs, probs, top_k, self.cfg.multi_label)
 
     # ---- data and training ---------------------------------------------------------------------------
@@ -65,7 +100,16 @@ class SentenceClassificationHead(MLPHead):
     def training_rows(self, ex: Any, idx: Any, batch: Any, out: dict, row0: int) -> TrainingRows:
         import torch
 
-        x = out["sentence_embedding"][row0 : row0 + len(idx)]
+        rows = slice(row0, row0 + len(idx))
+        if self.cfg.pool_layers:
+            m = torch.from_numpy(batch.attention_mask[rows]).to(out["hidden_states"][0].dtype)[:, :, None]
+            parts = []
+            for i in self.hidden_layers():
+                h = out["hidden_states"][i][rows]
+                parts += [(h * m).sum(1) / m.sum(1).clamp(min=1.0), h.masked_fill(m == 0, -1e4).max(1).values]
+            x = torch.cat(parts, 1)
+        else:
+            x = out["sentence_embedding"][rows]
         return TrainingRows(x, torch.from_numpy(ex.labels[np.asarray(idx, dtype=np.int64)]), [1] * len(idx))
 
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -1,10 +1,11 @@
 """The math shared by the built-in heads, defined once for numpy (inference) and once for torch
 (training), side by side so they stay the same function; tests/test_heads.py runs every
-activation and layer-mix setting through both and compares.
+activation, layer-mix and extra-feature setting through both and compares.
 
-    [softmax layer mix over L layers] -> [Linear -> activation -> dropout]* -> Linear
+    [softmax layer mix over L layers of D] ++ [k extra features] -> [Linear -> activation -> dropout]* -> Linear
 
 Parameters: "mix" [L] (only when L > 1), "layers.{i}.weight"/"layers.{i}.bias", "out.weight"/"out.bias".
+Training rows are flat, [n, L*D + k]: the L layers' vectors, then the k extra features.
 """
 
 from __future__ import annotations
@@ -46,6 +47,14 @@ class MLPHead(Head):
         """How many feature layers the head mixes (1: no mix parameter)."""
         return 1
 
+    def layer_dim(self) -> int:
+        """The size of each mixed layer's vector (the backbone's hidden size, unless a head pools)."""
+        return self.input_dim
+
+    def extra_features(self) -> int:
+        """How many features the head appends after the mix (word shape, say)."""
+        return 0
+
     def n_outputs(self) -> int:
         return len(self.outputs)
 
@@ -53,7 +62,7 @@ class MLPHead(Head):
         shapes: dict[str, tuple[int, ...]] = {}
         if self.mixed_layers() > 1:
             shapes["mix"] = (self.mixed_layers(),)
-        d = self.input_dim
+        d = self.layer_dim() + self.extra_features()
         for i, h in enumerate(self.cfg.hidden):
             shapes[f"layers.{i}.weight"] = (h, d)
             shapes[f"layers.{i}.bias"] = (h,)
@@ -72,10 +81,14 @@ class MLPHead(Head):
         mixed: np.ndarray = sum(wi * h for wi, h in zip(w, layers))
         return mixed
 
-    def forward_numpy(self, x) -> np.ndarray:
-        """[N, D] rows, or L layers of them ([N, L, D] or a list of L [N, D]) -> logits [N, outputs]."""
+    def forward_numpy(self, x, extra: np.ndarray | None = None) -> np.ndarray:
+        """[N, D] rows, or L layers of them ([N, L, D] or a list of L [N, D]), and the k extra
+        features [N, k] when the head has them -> logits [N, outputs]."""
         if not (isinstance(x, np.ndarray) and x.ndim == 2):
             x = self.mix_numpy(x)
+        if self.extra_features():
+            assert extra is not None and extra.shape == (len(x), self.extra_features())
+            x = np.concatenate([x, extra.astype(x.dtype, copy=False)], axis=1)
         for i in range(len(self.cfg.hidden)):
             x = activation(
                 self.cfg.activation, x @ self.params[f"layers.{i}.weight"].T + self.params[f"layers.{i}.bias"]
@@ -98,7 +111,8 @@ def _torch_mlp_class():
             cfg = head.cfg
             self.act = {"relu": nn.ReLU(), "tanh": nn.Tanh()}.get(cfg.activation) or nn.GELU(approximate="tanh")
             self.drop = nn.Dropout(cfg.dropout)
-            dims = [head.input_dim] + list(cfg.hidden)
+            self.n_layers, self.dim, self.k = head.mixed_layers(), head.layer_dim(), head.extra_features()
+            dims = [self.dim + self.k] + list(cfg.hidden)
             self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
             self.out = nn.Linear(dims[-1], head.n_outputs())
             self.mix = nn.Parameter(torch.zeros(head.mixed_layers())) if head.mixed_layers() > 1 else None
@@ -106,9 +120,13 @@ def _torch_mlp_class():
                 load_numpy(self, head.params)
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
-            """x: [N, D] rows, or [N, L, D] rows from L layers."""
-            if x.dim() == 3:
-                x = (torch.softmax(self.mix, 0)[None, :, None] * x).sum(1) if self.mix is not None else x[:, 0]
+            """x: [N, L*D + k] rows: L layers' vectors, then k extra features."""
+            L, D = self.n_layers, self.dim
+            layers = x[:, : L * D].reshape(len(x), L, D)
+            mixed = (
+                (torch.softmax(self.mix, 0)[None, :, None] * layers).sum(1) if self.mix is not None else layers[:, 0]
+            )
+            x = torch.cat([mixed, x[:, L * D :]], 1) if self.k else mixed
             x = self.drop(x)
             for layer in self.layers:
                 x = self.drop(self.act(layer(x)))

@@ -21,6 +21,25 @@ if TYPE_CHECKING:
     from ..config.data import DataConfig
 
 
+SHAPES = ("initial capital", "all capitals", "lower case", "has a digit", "punctuation only", "inner capital")
+
+
+def word_shapes(text: str, spans: list[tuple[int, int]]) -> np.ndarray:
+    """Six 0/1 flags per word ([n, 6] float32): what an uncased backbone cannot see."""
+    out = np.zeros((len(spans), len(SHAPES)), dtype=np.float32)
+    for i, (s, e) in enumerate(spans):
+        w = text[s:e]
+        out[i] = (
+            w[:1].isupper(),
+            w.isupper(),
+            w.islower(),
+            any(c.isdigit() for c in w),
+            not any(c.isalnum() for c in w),
+            any(c.isupper() for c in w[1:]),
+        )
+    return out
+
+
 @HEADS.register("token_classification")
 class TokenClassificationHead(MLPHead):
     metrics = ("entity_f1", "precision", "recall")
@@ -36,6 +55,8 @@ class TokenClassificationHead(MLPHead):
             )
         if cfg.multi_label:
             return "multi_label: a token head gives one tag per word"
+        if cfg.pool_layers:
+            return "pool_layers: a token head reads `layers:`; pool_layers is for sentence heads"
         return None
 
     @property
@@ -60,6 +81,9 @@ class TokenClassificationHead(MLPHead):
     def mixed_layers(self) -> int:
         return len(self.cfg.layers)
 
+    def extra_features(self) -> int:
+        return len(SHAPES) if self.cfg.word_shape else 0
+
     # ---- inference -----------------------------------------------------------------------------------
     def token_features(self, features: dict, rows: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
         """The vectors at (batch, position) `rows`, one per layer read: gathered before the layers
@@ -72,7 +96,10 @@ class TokenClassificationHead(MLPHead):
         rows_t = np.array([t for ws in words for _, t in ws], dtype=np.int64)
         names = self.outputs
         if len(rows_b):
-            probs = softmax(self.forward_numpy(self.token_features(view.features, (rows_b, rows_t))))
+            shapes = None
+            if self.cfg.word_shape:
+                shapes = np.concatenate([word_shapes(t, [sp for sp, _ in ws]) for t, ws in zip(view.texts, words)])
+            probs = softmax(self.forward_numpy(self.token_features(view.features, (rows_b, rows_t)), shapes))
         else:
             probs = np.zeros((0, len(names)))
         lengths = [len(ws) for ws in words]
@@ -99,27 +126,29 @@ class TokenClassificationHead(MLPHead):
         return token_examples(d.words, d.tags, self.outputs)
 
     def training_rows(self, ex: Any, idx: Any, batch: Any, out: dict, row0: int) -> TrainingRows:
-        """One row per word that kept a first sub-token, [n, L, D] over the layers read; y is
-        [n, 2]: the word's tag and its index among the example's words (for scoring)."""
+        """One row per word that kept a first sub-token, [n, L*D (+6 shape flags)] over the layers
+        read; y is [n, 2]: the word's tag and its index among the example's words (for scoring)."""
         import torch
 
         from ..text.words import align_first_subtokens
 
         hs = out["hidden_states"]
-        b_idx, t_idx, targets, counts = [], [], [], []
+        b_idx, t_idx, targets, counts, shapes = [], [], [], [], []
         for r, i in enumerate(idx):
             first = align_first_subtokens(ex.spans[i], batch.offsets[row0 + r], batch.special[row0 + r])
-            n = 0
-            for w, t in enumerate(first):
-                if t >= 0:
-                    b_idx.append(row0 + r)
-                    t_idx.append(t)
-                    targets.append((int(ex.tags[i][w]), w))
-                    n += 1
-            counts.append(n)
+            kept = [w for w, t in enumerate(first) if t >= 0]
+            b_idx += [row0 + r] * len(kept)
+            t_idx += [first[w] for w in kept]
+            targets += [(int(ex.tags[i][w]), w) for w in kept]
+            counts.append(len(kept))
+            if self.cfg.word_shape:
+                shapes.append(word_shapes(ex.texts[i], [ex.spans[i][w] for w in kept]))
         b = torch.tensor(b_idx, dtype=torch.long)
         tt = torch.tensor(t_idx, dtype=torch.long)
-        x = torch.stack([hs[layer][b, tt] for layer in self.hidden_layers()], dim=1)
+        parts = [hs[layer][b, tt] for layer in self.hidden_layers()]
+        if self.cfg.word_shape:
+            parts.append(torch.from_numpy(np.concatenate(shapes) if shapes else np.zeros((0, len(SHAPES)), np.float32)))
+        x = torch.cat(parts, dim=1)
         return TrainingRows(x, torch.tensor(targets, dtype=torch.long).reshape(-1, 2), counts)
 
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -157,6 +186,10 @@ class TokenClassificationHead(MLPHead):
             pred.append(to_conll_tags(ex.owner[i], len(ex.gold[i]), tags))
             gold.append(ex.gold[i])
         rep = entity_report(gold, pred, list(self.cfg.labels))
+        # how often the head finds an entity in a sentence that has none: what ordinary text meets
+        free = [i for i, g in enumerate(gold) if all(t == "O" for t in g)]
+        rep["entity_free"] = len(free)
+        rep["false_alarm_rate"] = sum(any(t != "O" for t in pred[i]) for i in free) / len(free) if free else 0.0
         rep["score"], rep["metric"] = rep[metric], metric
         return rep
 
@@ -169,8 +202,14 @@ class TokenClassificationHead(MLPHead):
         return ["; ".join(f"{e['text']} [{e['label']} {e['score']:.2f}]" for e in ents) or "—"]
 
     def report_title(self, rep: dict) -> str:
+        alarms = (
+            f"; an entity found in {rep['false_alarm_rate']:.1%} of the {rep['entity_free']} sentences with none"
+            if rep.get("entity_free")
+            else ""
+        )
         return (
-            f"entity F1 {rep['entity_f1']:.4f} (P {rep['precision']:.4f}, R {rep['recall']:.4f}, {rep['n']} sentences)"
+            f"entity F1 {rep['entity_f1']:.4f} (P {rep['precision']:.4f}, R {rep['recall']:.4f}, "
+            f"{rep['n']} sentences{alarms})"
         )
 
     def report_rows(self, rep: dict) -> dict[str, dict]:

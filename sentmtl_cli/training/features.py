@@ -14,7 +14,7 @@ import torch
 from ..files.atomic import atomic_write_bytes
 from ..heads.base import Head, TrainingRows
 
-CACHE_FORMAT = "sentmtl-features/2"  # 2: rows of any head type, with per-example row counts
+CACHE_FORMAT = "sentmtl-features/3"  # 2: rows of any head type; 3: flat rows, word shapes, pooled layers
 
 
 class Features:
@@ -86,6 +86,8 @@ class FeatureCache:
                     feats.tokenizer.max_seq_length,
                     head.registry_name,
                     head.hidden_layers(),
+                    head.cfg.word_shape,
+                    head.cfg.pool_layers,
                 ]
             ).encode()
         )
