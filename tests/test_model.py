@@ -131,7 +131,7 @@ heads:
 
 def test_numpy_head_matches_its_definition(model):
     head = model.heads["cls"]
-    x = np.random.default_rng(0).normal(size=(3, 384)).astype(np.float32)
+    x = np.random.default_rng(0).normal(size=(3, head.layer_dim())).astype(np.float32)
     h = x @ head.params["layers.0.weight"].T + head.params["layers.0.bias"]
     h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
     want = h @ head.params["out.weight"].T + head.params["out.bias"]
