@@ -21,6 +21,10 @@ BIN = Path(sys.executable).parent
 N_BULK = int(os.environ.get("BENCH_N", "5000"))
 COLD_RUNS = int(os.environ.get("BENCH_COLD_RUNS", "5"))
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "3"))
+# predict with every shipped head against embed alone: the heads' budget. 1.15x held for three MLPs on
+# the pooled embedding; the heads that read middle layers (pooled layers 2, 4, 6; casing flags) were
+# given 1.3x by the quality issue (issue 8), which asked for them
+HEADS_BUDGET = 1.3
 BATCH = 64  # sentmtl's default batch size, and the one given to sentence-transformers
 PAUSE_S = 1.0
 THREADS = os.cpu_count() or 1
@@ -313,7 +317,7 @@ def main() -> None:
             "predict cls,sent,ner vs embed (onnx)",
             f"{b['predict_s']:.1f}s vs {b['embed_s']:.1f}s",
             f"{rng(ratio, '{:.3f}')} embed alone; three single-task passes take {b['three_passes_vs_predict']:.2f}x as long",
-            f"<= 1.15x: {verdict(ratio['median'] <= 1.15)}",
+            f"<= {HEADS_BUDGET}x: {verdict(ratio['median'] <= HEADS_BUDGET)}",
         )
     )
     st1 = o["sentence-transformers one-liner (similarity)"]
