@@ -124,16 +124,25 @@ def search_table(query: str, hits: list[dict]) -> rich.table.Table:
 
 
 # ---- evaluate -----------------------------------------------------------------------------------
+def print_evaluation(rep: dict, head=None) -> None:
+    """An `evaluate` report for people: the headline on its own line (a table title would wrap it to
+    the table's width), then the table."""
+    con = stdout_console()
+    if head is not None:
+        flag = " — UNTRAINED head" if rep.get("untrained") else ""
+        con.print(f"{rep['task']} on {rep['data']}: {head.report_title(rep)}{flag}", soft_wrap=True)
+    con.print(evaluation_table(rep, head))
+
+
 def evaluation_table(rep: dict, head=None) -> rich.table.Table:
-    """An `evaluate` report: STS correlations (no head), or the head's headline and per-label rows."""
+    """An `evaluate` report: STS correlations (no head), or the head's per-label rows."""
     if head is None:
         t = new_table(title=f"similarity on {rep['data']} ({rep['pairs']} pairs)")
         t.add_column("Spearman x100", justify="right")
         t.add_column("Pearson x100", justify="right")
         t.add_row(f"{rep['spearman']:.2f}", f"{rep['pearson']:.2f}")
         return t
-    flag = " — UNTRAINED head" if rep.get("untrained") else ""
-    t = new_table(title=f"{rep['task']} on {rep['data']}: {head.report_title(rep)}{flag}")
+    t = new_table()
     rows = head.report_rows(rep)
     for col in ("label", "precision", "recall", "f1", "support"):
         t.add_column(col, justify="left" if col == "label" else "right")

@@ -129,7 +129,7 @@ def evaluate(
     if default_format(fmt) in ("json", "jsonl"):
         render.write_json(rep)
     else:
-        render.stdout_console().print(render.evaluation_table(rep, m.heads.get(rep["task"]) if "task" in rep else None))
+        render.print_evaluation(rep, m.heads.get(rep["task"]) if "task" in rep else None)
 
 
 @handles_errors
