@@ -96,3 +96,14 @@ def test_spearman_matches_scipy_with_ties():
     b = a + rng.normal(0, 2, 200)
     assert spearman(a, b) == pytest.approx(scipy_stats.spearmanr(a, b).statistic, abs=1e-10)
     assert pearson(a, b) == pytest.approx(scipy_stats.pearsonr(a, b).statistic, abs=1e-10)
+
+
+def test_expected_calibration_error():
+    from sentmtl_cli.eval.metrics import expected_calibration_error
+
+    conf = np.full(10, 0.9)
+    assert expected_calibration_error(conf, np.array([1] * 9 + [0])) == pytest.approx(0.0)
+    assert expected_calibration_error(conf, np.array([1] * 5 + [0] * 5)) == pytest.approx(0.4)
+    # two bins, each weighted by its share: |1.0 - 0.95| * 0.5 + |0.0 - 0.55| * 0.5
+    both = expected_calibration_error(np.array([0.95, 0.95, 0.55, 0.55]), np.array([1, 1, 0, 0]))
+    assert both == pytest.approx(0.5 * 0.05 + 0.5 * 0.55)

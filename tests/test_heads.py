@@ -234,3 +234,49 @@ heads:
     )
     r = invoke(runner, ["info", "--config", str(bad)])
     assert r.exit_code == 2 and "heads.s.labels: a regression head has one output" in r.stderr
+
+
+def test_temperature_scaling_recovers_an_overconfident_heads_temperature():
+    """Logits that are 3x too sharp: the fitted temperature is near 3, the calibration error falls,
+    the labels do not change, and the temperature survives a save and a load."""
+    from sentmtl_cli.eval.metrics import expected_calibration_error
+
+    head = _head("sentence_classification")
+    rng = np.random.default_rng(5)
+    true_logits = rng.normal(0, 1.5, (4000, 3))
+    y = np.array([rng.choice(3, p=np.exp(z) / np.exp(z).sum()) for z in true_logits])
+    sharp = 3.0 * true_logits
+    before = head.decode_rows(sharp, y, [1] * len(y))
+    t = head.fit_temperature(sharp, y)
+    after = head.decode_rows(sharp, y, [1] * len(y))
+    assert 2.6 < t < 3.4, t
+    assert [p for p, _ in before] == [p for p, _ in after]  # argmax unchanged
+    ece = [
+        expected_calibration_error(np.array([c for _, c in d]), np.array([p for p, _ in d]) == y)
+        for d in (before, after)
+    ]
+    assert ece[1] < 0.03 < ece[0], ece
+
+
+def test_temperature_is_saved_in_the_header_and_checked(tmp_path):
+    from safetensors import safe_open
+    from safetensors.numpy import save_file
+
+    from sentmtl_cli.errors import SentmtlError
+
+    head = _head("token_classification", labels=["PER"])
+    head.temperature = 1.75
+    head.save(tmp_path / "h.safetensors")
+    other = _head("token_classification", labels=["PER"])
+    other.load(tmp_path / "h.safetensors")
+    assert other.temperature == 1.75 and other.trained
+    with safe_open(str(tmp_path / "h.safetensors"), framework="numpy") as f:
+        meta, tensors = f.metadata(), {k: f.get_tensor(k) for k in f.keys()}
+    for bad in ("0", "-1", "nan", "hot"):
+        save_file(tensors, str(tmp_path / "bad.safetensors"), metadata={**meta, "temperature": bad})
+        with pytest.raises(SentmtlError, match="temperature"):
+            other.load(tmp_path / "bad.safetensors")
+    del meta["temperature"]  # a file from before calibration: temperature 1
+    save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
+    other.load(tmp_path / "old.safetensors")
+    assert other.temperature == 1.0

@@ -114,3 +114,19 @@ def spearman(a, b) -> float:
     from scipy.stats import spearmanr
 
     return float(spearmanr(a, b).statistic)
+
+
+def expected_calibration_error(confidence: np.ndarray, correct: np.ndarray, bins: int = 15) -> float:
+    """ECE: the gap between how sure the predictions say they are and how often they are right, in
+    equal-width confidence bins, weighted by each bin's share of predictions (Guo et al. 2017)."""
+    confidence, correct = np.asarray(confidence, np.float64), np.asarray(correct, np.float64)
+    if len(confidence) == 0:
+        return 0.0
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    which = np.clip(np.digitize(confidence, edges[1:-1], right=True), 0, bins - 1)
+    ece = 0.0
+    for b in range(bins):
+        mask = which == b
+        if mask.any():
+            ece += mask.mean() * abs(correct[mask].mean() - confidence[mask].mean())
+    return float(ece)

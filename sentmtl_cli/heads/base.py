@@ -109,6 +109,9 @@ class Head:
         self.num_layers = num_layers
         self.params: dict[str, np.ndarray] = {}
         self.trained = False
+        # probabilities are softmax(logits / temperature): fitted on validation data after training
+        # (temperature scaling), so that a score of 0.9 is right about 90% of the time there
+        self.temperature = 1.0
         self.hidden_layers()  # a layer number past the backbone fails here, when the model is built
 
     @classmethod
@@ -148,6 +151,7 @@ class Head:
             params[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
         self.params = params
         self.trained = False
+        self.temperature = 1.0
 
     # ---- the math: numpy for inference, torch for training, one definition ------------------------
     def forward_numpy(self, x: np.ndarray) -> np.ndarray:
@@ -190,6 +194,24 @@ class Head:
         head type's default_metric), also named under "metric"."""
         raise NotImplementedError
 
+    def calibration_loss(self, output: np.ndarray, y: np.ndarray, temperature: float) -> float | None:
+        """The validation loss a temperature is chosen by (mean NLL); None: the head type has no
+        probabilities to calibrate (a regression head, say), and keeps temperature 1."""
+        return None
+
+    def fit_temperature(self, output: np.ndarray, y: np.ndarray) -> float:
+        """Temperature scaling: the T in [0.2, 5] that minimises calibration_loss on these outputs
+        (a grid in log T, then a finer one around the best). Sets and returns it."""
+        if len(output) == 0 or self.calibration_loss(output, y, 1.0) is None:
+            return self.temperature
+        grid = np.exp(np.linspace(np.log(0.2), np.log(5.0), 49))
+        losses = [float(self.calibration_loss(output, y, float(t)) or 0.0) for t in grid]
+        k = int(np.argmin(losses))
+        fine = np.exp(np.linspace(np.log(grid[max(k - 1, 0)]), np.log(grid[min(k + 1, len(grid) - 1)]), 21))
+        losses = [float(self.calibration_loss(output, y, float(t)) or 0.0) for t in fine]
+        self.temperature = float(fine[int(np.argmin(losses))])
+        return self.temperature
+
     def check_metric(self, metric: str | None) -> str:
         metric = metric or self.default_metric
         if metric not in self.metrics:
@@ -223,6 +245,7 @@ class Head:
             "type": self.registry_name,
             "labels": json.dumps(list(self.cfg.labels)),
             "input_dim": str(self.input_dim),
+            "temperature": repr(float(self.temperature)),
         }
 
     def load(self, path: Path) -> None:
@@ -269,7 +292,16 @@ class Head:
                 raise SentmtlError(f"{where}: {name} is {tensors[name].dtype}, a head's weights are float32")
             if not np.isfinite(tensors[name]).all():
                 raise SentmtlError(f"{where}: {name} holds NaN or infinite values")
+        try:
+            temperature = float(meta.get("temperature", "1.0"))  # files from before calibration: 1
+        except ValueError:
+            temperature = float("nan")
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise SentmtlError(
+                f"{where}: its header's temperature {meta.get('temperature')!r} is not a positive number"
+            )
         self.params = {k: v.astype(np.float32) for k, v in tensors.items()}
+        self.temperature = temperature
         self.trained = True
 
     def save(self, path: Path) -> None:

@@ -78,7 +78,16 @@ class SentenceClassificationHead(MLPHead):
         return np.concatenate([pool_mean_max(features["hidden_states"][i], mask) for i in self.hidden_layers()], axis=1)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
-        return sigmoid(logits) if self.cfg.multi_label else softmax(logits)
+        z = logits / self.temperature
+        return sigmoid(z) if self.cfg.multi_label else softmax(z)
+
+    def calibration_loss(self, output: np.ndarray, y: np.ndarray, temperature: float) -> float:
+        z = output.astype(np.float64) / temperature
+        if self.cfg.multi_label:  # binary cross-entropy, stable form
+            return float(np.mean(np.maximum(z, 0) - z * y + np.log1p(np.exp(-np.abs(z)))))
+        z = z - z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y].mean())
 
     def predict_batch(self, view: BatchView, top_k: int = 1, word_tags: bool = False) -> list[dict]:
         probs = self.probabilities(self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask)))
@@ -120,26 +129,34 @@ class SentenceClassificationHead(MLPHead):
         return F.cross_entropy(output, y)
 
     def decode_rows(self, output: np.ndarray, y: np.ndarray, counts: list[int]) -> list:
+        """Labels (single-label: with the calibrated probability of the label chosen)."""
         if self.cfg.multi_label:  # sigmoid(z) >= 0.5 exactly when z >= 0
             return [set(np.flatnonzero(row >= 0).tolist()) for row in output]
-        return output.argmax(-1).tolist()
+        probs = self.probabilities(output)
+        best = probs.argmax(-1)
+        return list(zip(best.tolist(), probs[np.arange(len(best)), best].tolist()))
 
     def predictions_from_results(self, ex: Any, results: list[dict]) -> list:
         index = {lab: i for i, lab in enumerate(self.cfg.labels)}
         r = [res[self.task] for res in results]
         if self.cfg.multi_label:
             return [{index[lab] for lab in x["labels"]} for x in r]
-        return [index[x["label"]] for x in r]
+        return [(index[x["label"]], x["score"]) for x in r]
 
     def score(self, ex: Any, predictions: list, metric: str | None = None) -> dict:
-        from ..eval.metrics import classification_report, multilabel_report
+        from ..eval.metrics import classification_report, expected_calibration_error, multilabel_report
 
         metric = self.check_metric(metric)
         if self.cfg.multi_label:
             gold = [set(np.flatnonzero(row > 0.5).tolist()) for row in ex.labels]
             rep = multilabel_report(gold, predictions, list(self.cfg.labels))
         else:
-            rep = classification_report(ex.labels.tolist(), predictions, list(self.cfg.labels))
+            labels = [p for p, _ in predictions]
+            rep = classification_report(ex.labels.tolist(), labels, list(self.cfg.labels))
+            # how far the scores are from being right as often as they say (0 = calibrated)
+            rep["ece"] = expected_calibration_error(
+                np.array([c for _, c in predictions]), np.array(labels) == ex.labels
+            )
         rep["score"], rep["metric"] = rep[metric], metric
         return rep
 
@@ -154,9 +171,10 @@ class SentenceClassificationHead(MLPHead):
         return cells
 
     def report_title(self, rep: dict) -> str:
+        ece = f"; calibration error {rep['ece']:.3f}" if "ece" in rep else ""
         return (
             f"accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}, "
-            f"macro-recall {rep['macro_recall']:.4f} ({rep['n']} examples)"
+            f"macro-recall {rep['macro_recall']:.4f} ({rep['n']} examples{ece})"
         )
 
     def report_rows(self, rep: dict) -> dict[str, dict]:

@@ -99,7 +99,8 @@ class TokenClassificationHead(MLPHead):
             shapes = None
             if self.cfg.word_shape:
                 shapes = np.concatenate([word_shapes(t, [sp for sp, _ in ws]) for t, ws in zip(view.texts, words)])
-            probs = softmax(self.forward_numpy(self.token_features(view.features, (rows_b, rows_t)), shapes))
+            logits = self.forward_numpy(self.token_features(view.features, (rows_b, rows_t)), shapes)
+            probs = softmax(logits / self.temperature)
         else:
             probs = np.zeros((0, len(names)))
         lengths = [len(ws) for ws in words]
@@ -158,13 +159,20 @@ class TokenClassificationHead(MLPHead):
 
     def decode_rows(self, output: np.ndarray, y: np.ndarray, counts: list[int]) -> list:
         """Each example's words tagged as predict tags them (valid BIO), as {word index: tag}."""
-        probs = softmax(output) if len(output) else output
+        probs = softmax(output / self.temperature) if len(output) else output
         preds, pos = [], 0
         for n in counts:
             path = bio_viterbi(probs[pos : pos + n], self.outputs) if n else []
             preds.append({int(w): self.outputs[k] for w, k in zip(y[pos : pos + n, 1], path)})
             pos += n
         return preds
+
+    def calibration_loss(self, output: np.ndarray, y: np.ndarray, temperature: float) -> float:
+        """Per-word NLL of the gold tag (y[:, 0])."""
+        z = output.astype(np.float64) / temperature
+        z = z - z.max(1, keepdims=True)
+        logp = z - np.log(np.exp(z).sum(1, keepdims=True))
+        return float(-logp[np.arange(len(y)), y[:, 0]].mean())
 
     def predictions_from_results(self, ex: Any, results: list[dict]) -> list:
         preds = []

@@ -251,7 +251,7 @@ class Trainer:
         results = {}
         for name, s in self.tasks.items():
             s.module.eval()
-            preds: list = []
+            outputs, ys, counts = [], [], []
             with torch.no_grad():
                 for start in range(0, len(s.val), self.cfg.eval_batch_size):
                     idx = np.arange(start, min(len(s.val), start + self.cfg.eval_batch_size))
@@ -260,9 +260,14 @@ class Trainer:
                     else:
                         batch, out = self.features.forward([s.val.texts[i] for i in idx], grad=False)
                         rows = s.head.training_rows(s.val, idx, batch, out, 0)
-                    output = s.module(rows.x).numpy() if len(rows.x) else np.zeros((0, 0), np.float32)
-                    preds += s.head.decode_rows(output, rows.y.numpy(), rows.counts)
-            results[name] = s.head.score(s.val, preds, s.metric)
+                    outputs.append(s.module(rows.x).numpy())
+                    ys.append(rows.y.numpy())
+                    counts += rows.counts
+            output, y = np.concatenate(outputs), np.concatenate(ys)
+            if not (s.cfg.eval_only or s.cfg.frozen):  # temperature scaling on this validation set
+                s.head.fit_temperature(output, y)
+            results[name] = s.head.score(s.val, s.head.decode_rows(output, y, counts), s.metric)
+            results[name]["temperature"] = s.head.temperature
         return results
 
     # ---- saving ---------------------------------------------------------------------------------------
