@@ -208,6 +208,12 @@ def test_sigterm_during_embed_leaves_nothing_behind(tmp_path):
         ("{type: sentence_classification, labels: [a], hidden: [100000000]}", "hidden sizes"),
         ("{type: token_classification, labels: [PER], layers: []}", "layers"),
         ("{type: token_classification, labels: [B-PER, O]}", "not BIO tags"),
+        (
+            "{type: sentence_classification, labels: [a], pool_layers: [9]}",
+            "heads.t.pool_layers: layer 9 does not exist",
+        ),
+        ("{type: sentence_classification, labels: [a], word_shape: true}", "heads.t.word_shape"),
+        ("{type: token_classification, labels: [A], pool_layers: [2]}", "heads.t.pool_layers"),
     ],
 )
 def test_bad_head_configs_are_one_line(runner, tmp_path, head, needle):

@@ -130,6 +130,20 @@ class Head:
         sentence embedding only."""
         return []
 
+    def resolve_layers(self, layers: list[int], key: str) -> list[int]:
+        """Config layer numbers (0 = embeddings, negative from the end) as hidden-state indices; a
+        layer the backbone does not have is a one-line error naming heads.<task>.<key>."""
+        out = []
+        for layer in layers:
+            idx = layer if layer >= 0 else self.num_layers + 1 + layer
+            if not 0 <= idx <= self.num_layers:
+                raise SentmtlError(
+                    f"heads.{self.task}.{key}: layer {layer} does not exist (the backbone has "
+                    f"{self.num_layers} layers; use 0..{self.num_layers} or negative from the end)"
+                )
+            out.append(idx)
+        return out
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         raise NotImplementedError
 

@@ -8,7 +8,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from ..errors import SentmtlError
 from ..registry import HEADS
 from .base import BatchView, TrainingRows, sigmoid, softmax
 from .mlp import MLPHead
@@ -58,16 +57,7 @@ class SentenceClassificationHead(MLPHead):
         return None
 
     def hidden_layers(self) -> list[int]:
-        out = []
-        for layer in self.cfg.pool_layers:
-            idx = layer if layer >= 0 else self.num_layers + 1 + layer
-            if not 0 <= idx <= self.num_layers:
-                raise SentmtlError(
-                    f"heads.{self.task}.pool_layers: layer {layer} does not exist (the backbone has "
-                    f"{self.num_layers} layers; use 0..{self.num_layers} or negative from the end)"
-                )
-            out.append(idx)
-        return out
+        return self.resolve_layers(self.cfg.pool_layers, "pool_layers")
 
     def layer_dim(self) -> int:
         return 2 * len(self.cfg.pool_layers) * self.input_dim if self.cfg.pool_layers else self.input_dim

@@ -9,7 +9,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..config.model import HeadConfig
-from ..errors import SentmtlError
 from ..registry import HEADS
 from .base import BatchView, TrainingRows, softmax
 from .bio import bio_paths, bio_tags, bio_viterbi, decode_entities
@@ -67,16 +66,7 @@ class TokenClassificationHead(MLPHead):
         return self._tags
 
     def hidden_layers(self) -> list[int]:
-        out = []
-        for layer in self.cfg.layers:
-            idx = layer if layer >= 0 else self.num_layers + 1 + layer
-            if not 0 <= idx <= self.num_layers:
-                raise SentmtlError(
-                    f"heads.{self.task}.layers: layer {layer} does not exist (the backbone has "
-                    f"{self.num_layers} layers; use 0..{self.num_layers} or negative from the end)"
-                )
-            out.append(idx)
-        return out
+        return self.resolve_layers(self.cfg.layers, "layers")
 
     def mixed_layers(self) -> int:
         return len(self.cfg.layers)
