@@ -35,6 +35,11 @@ CASES += [
     ("token_classification", {"activation": a, "hidden": h, "layers": layers, "word_shape": w})
     for a, h, layers, w in itertools.product(["gelu", "relu", "tanh"], [[], [16]], [[-1], [1, 3, 6]], [False, True])
 ]
+CASES += [  # with a BiLSTM over each sentence's words
+    ("token_classification", {"activation": "gelu", "hidden": h, "layers": layers, "word_shape": w, "lstm": 5})
+    for h, layers, w in itertools.product([[], [16]], [[-1], [1, 3, 6]], [False, True])
+]
+COUNTS = [3, 0, 1, 3]  # rows per example (7 in all); an example with no rows is allowed
 
 
 @pytest.mark.parametrize("type_name,cfg", CASES, ids=[f"{t}-{c}" for t, c in CASES])
@@ -48,16 +53,23 @@ def test_numpy_inference_and_torch_training_module_agree(type_name, cfg):
     extra = (rng.random((7, k)) > 0.5).astype(np.float32) if k else None
     flat = np.concatenate(layers + ([extra] if k else []), axis=1)  # what training feeds the module
     with torch.no_grad():
-        want = module(torch.from_numpy(flat)).numpy()
+        want = head.module_forward(module, torch.from_numpy(flat), COUNTS).numpy()
     # inference gathers each layer's rows and mixes them, then appends the extra features
-    got = head.forward_numpy(layers if n_layers > 1 else layers[0], extra)
+    x = layers if n_layers > 1 else layers[0]
+    got = head.forward_numpy(x, extra, COUNTS)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
     assert got.shape == (7, len(head.outputs))
+    if head.sequence_size():  # a word's tag reads its neighbours: the same rows cut into other sentences differ
+        other = head.forward_numpy(x, extra, [7])
+        assert not np.allclose(other[:3], want[:3], atol=1e-4)
+        # ... and one sentence alone gives what it gives among others
+        alone = head.forward_numpy([a[4:7] for a in x] if n_layers > 1 else x[4:7], extra[4:7] if k else None, [3])
+        np.testing.assert_allclose(alone, got[4:7], rtol=1e-5, atol=1e-5)
     if n_layers > 1:  # the mix matters: a different mix gives different logits
         head.params["mix"] = head.params["mix"][::-1].copy()
-        assert not np.allclose(head.forward_numpy(layers, extra), want, atol=1e-3)
+        assert not np.allclose(head.forward_numpy(layers, extra, COUNTS), want, atol=1e-3)
     if k:  # and so do the extra features
-        assert not np.allclose(head.forward_numpy(layers if n_layers > 1 else layers[0], 1 - extra), want, atol=1e-3)
+        assert not np.allclose(head.forward_numpy(x, 1 - extra, COUNTS), want, atol=1e-3)
 
 
 def test_pooled_layers_are_pooled_alike_at_inference_and_in_training():
@@ -106,11 +118,29 @@ def test_token_head_reports_false_alarms_on_entity_free_sentences():
     ex = token_examples(
         [["Ann", "sleeps"], ["it", "rains"], ["so", "it", "goes"]], [[tags.index("B-PER"), 0], [0, 0], [0, 0, 0]], tags
     )
-    preds = [{0: "B-PER"}, {1: "B-LOC"}, {}]  # right; an entity where there is none; right
+    # right; an entity where there is none; right (word index -> tag and its probability)
+    preds = [{0: ("B-PER", 0.9), 1: ("O", 0.8)}, {1: ("B-LOC", 0.7)}, {}]
     rep = head.score(ex, preds)
     assert rep["entity_free"] == 2 and rep["false_alarm_rate"] == 0.5
     assert rep["entity_f1"] == pytest.approx(2 / 3)  # 1 right of 2 found, 1 of 1 gold
     assert "50.0% of the 2 sentences with none" in head.report_title(rep)
+    # calibration, per predicted entity: a right one at 0.9 (gap 0.1) and a wrong one at 0.7 (gap 0.7)
+    assert rep["ece"] == pytest.approx((0.1 + 0.7) / 2)
+    assert "calibration error 0.400" in head.report_title(rep)
+
+
+def test_entities_group_word_tags_with_their_mean_probability():
+    from sentmtl_cli.heads.bio import decode_entities, word_entities
+
+    tags = ["B-PER", "I-PER", "O", "I-LOC", "B-LOC", "I-PER"]
+    got = word_entities(tags, [0.9, 0.7, 0.99, 0.6, 0.5, 0.4])
+    # an I- that continues nothing of its type starts an entity (as conlleval reads it)
+    assert got == [(0, 2, "PER", pytest.approx(0.8)), (3, 4, "LOC", 0.6), (4, 5, "LOC", 0.5), (5, 6, "PER", 0.4)]
+    text = "Ann Lee in X Y Z"
+    spans = [(0, 3), (4, 7), (8, 10), (11, 12), (13, 14), (15, 16)]
+    ents = decode_entities(text, spans, tags, [0.9, 0.7, 0.99, 0.6, 0.5, 0.4])
+    assert ents[0] == {"text": "Ann Lee", "label": "PER", "start": 0, "end": 7, "score": pytest.approx(0.8)}
+    assert [e["text"] for e in ents] == ["Ann Lee", "X", "Y", "Z"]
 
 
 @pytest.mark.slow

@@ -76,6 +76,9 @@ class HeadConfig(_Strict):
     layers: list[int] = Field(default_factory=lambda: [-1], min_length=1)
     # token heads: six casing flags per word (the backbone is uncased) appended to the mixed vector
     word_shape: bool = False
+    # token heads: a bidirectional LSTM of this size (per direction) over the sentence's words,
+    # between the mix and the MLP, so each word's tag sees its neighbours (0: none)
+    lstm: int = Field(0, ge=0, le=4096)
     # sentence heads: read the mean and max over the text's tokens of these hidden layers instead of
     # the pooled sentence embedding (empty: the sentence embedding)
     pool_layers: list[int] = Field(default_factory=list)

@@ -160,7 +160,10 @@ class Head:
             if name == "mix":
                 params[name] = np.zeros(shape, dtype=np.float32)
                 continue
-            fan_in = shape[1] if len(shape) == 2 else shapes[name.replace("bias", "weight")][1]
+            if name.startswith("lstm."):  # torch.nn.LSTM's own init: +-1/sqrt(hidden size)
+                fan_in = shape[0] // 4
+            else:
+                fan_in = shape[1] if len(shape) == 2 else shapes[name.replace("bias", "weight")][1]
             bound = 1.0 / np.sqrt(fan_in)
             params[name] = rng.uniform(-bound, bound, size=shape).astype(np.float32)
         self.params = params
@@ -177,6 +180,10 @@ class Head:
         function as forward_numpy (plus dropout in train mode)."""
         raise NotImplementedError
 
+    def module_forward(self, module: torch.nn.Module, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """The module's output for training rows x, of which each example has counts[i] in order."""
+        return module(x)
+
     # ---- inference -----------------------------------------------------------------------------------
     def predict_batch(self, view: BatchView, top_k: int = 1, word_tags: bool = False) -> list[dict]:
         """One result dict per text of the batch: what `predict` prints under this task's name."""
@@ -185,6 +192,11 @@ class Head:
     # ---- data, training, scoring ---------------------------------------------------------------------
     def read_examples(self, data: DataConfig) -> Examples:
         raise NotImplementedError
+
+    def class_of_examples(self, ex: Any) -> np.ndarray | None:
+        """Each example's class, for class-balanced sampling; None: the head type has no one class
+        per example (a token head, a multi-label head), and cannot be balanced that way."""
+        return None
 
     def training_rows(self, ex: Any, idx: Any, batch: Batch, out: dict, row0: int) -> TrainingRows:
         """Rows for examples ex[idx] from a torch forward `out` of their texts (at rows row0...)."""

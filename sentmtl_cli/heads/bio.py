@@ -6,34 +6,36 @@ from __future__ import annotations
 import numpy as np
 
 
-def decode_entities(
-    text: str, word_spans: list[tuple[int, int]], tags: list[str], tag_probs: list[float]
-) -> list[dict]:
-    """Group word tags into entities. An I- tag that does not continue an entity of its type
-    starts one (lenient, as conlleval does). Score: mean probability of the entity's word tags."""
-    entities: list[dict] = []
-    cur: dict | None = None
-    for (s, e), tag, p in zip(word_spans, tags, tag_probs):
+def word_entities(tags: list[str], tag_probs: list[float] | None = None) -> list[tuple[int, int, str, float]]:
+    """Group word tags into entities: (first word, last word + 1, type, score). An I- tag that
+    does not continue an entity of its type starts one (lenient, as conlleval does). Score: the
+    mean probability of the entity's word tags (1.0 when none are given)."""
+    entities: list[list] = []
+    cur: list | None = None
+    for w, tag in enumerate(tags):
+        p = 1.0 if tag_probs is None else tag_probs[w]
         if tag == "O":
             cur = None
             continue
         prefix, typ = tag.split("-", 1)
-        if prefix == "I" and cur is not None and cur["label"] == typ:
-            cur["end"] = e
-            cur["_p"].append(p)
+        if prefix == "I" and cur is not None and cur[2] == typ:
+            cur[1] = w + 1
+            cur[3].append(p)
             continue
-        cur = {"label": typ, "start": s, "end": e, "_p": [p]}
+        cur = [w, w + 1, typ, [p]]
         entities.append(cur)
-    return [
-        {
-            "text": text[x["start"] : x["end"]],
-            "label": x["label"],
-            "start": x["start"],
-            "end": x["end"],
-            "score": sum(x["_p"]) / len(x["_p"]),
-        }
-        for x in entities
-    ]
+    return [(s, e, t, sum(ps) / len(ps)) for s, e, t, ps in entities]
+
+
+def decode_entities(
+    text: str, word_spans: list[tuple[int, int]], tags: list[str], tag_probs: list[float]
+) -> list[dict]:
+    """Entities (word_entities) with their text and character offsets, as `predict` gives them."""
+    out = []
+    for s, e, label, score in word_entities(tags, tag_probs):
+        start, end = word_spans[s][0], word_spans[e - 1][1]
+        out.append({"text": text[start:end], "label": label, "start": start, "end": end, "score": score})
+    return out
 
 
 def _bio_rules(tags: list[str]) -> tuple[np.ndarray, np.ndarray]:

@@ -54,6 +54,8 @@ class SentenceClassificationHead(MLPHead):
     def check_config(cls, cfg):
         if cfg.word_shape:
             return "word_shape: word-shape features are for token heads"
+        if cfg.lstm:
+            return "lstm: a sequence layer over words is for token heads"
         return None
 
     def hidden_layers(self) -> list[int]:
@@ -95,6 +97,9 @@ class SentenceClassificationHead(MLPHead):
                 targets[i, labs] = 1.0
             return SentenceExamples(d.texts, targets)
         return SentenceExamples(d.texts, np.array(d.labels, dtype=np.int64))
+
+    def class_of_examples(self, ex: Any) -> np.ndarray | None:
+        return None if self.cfg.multi_label else np.asarray(ex.labels)
 
     def training_rows(self, ex: Any, idx: Any, batch: Any, out: dict, row0: int) -> TrainingRows:
         import torch

@@ -2,10 +2,14 @@
 (training), side by side so they stay the same function; tests/test_heads.py runs every
 activation, layer-mix and extra-feature setting through both and compares.
 
-    [softmax layer mix over L layers of D] ++ [k extra features] -> [Linear -> activation -> dropout]* -> Linear
+    [softmax layer mix over L layers of D] ++ [k extra features]
+        -> (optional) a bidirectional LSTM over each example's rows (a token head's words, in order)
+        -> [Linear -> activation -> dropout]* -> Linear
 
-Parameters: "mix" [L] (only when L > 1), "layers.{i}.weight"/"layers.{i}.bias", "out.weight"/"out.bias".
-Training rows are flat, [n, L*D + k]: the L layers' vectors, then the k extra features.
+Parameters: "mix" [L] (only when L > 1), "lstm.*" (torch.nn.LSTM's names, only with a sequence layer),
+"layers.{i}.weight"/"layers.{i}.bias", "out.weight"/"out.bias".
+Training rows are flat, [n, L*D + k]: the L layers' vectors, then the k extra features; with a
+sequence layer, `counts` says how many consecutive rows belong to each example.
 """
 
 from __future__ import annotations
@@ -19,6 +23,69 @@ from .base import Head, softmax
 
 if TYPE_CHECKING:
     import torch
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # = 1 / (1 + exp(-x)), without overflow
+
+
+LSTM_DIRECTIONS = ("", "_reverse")  # torch.nn.LSTM's parameter suffixes: forward, then backward
+
+
+def lstm_shapes(n_in: int, size: int) -> dict[str, tuple[int, ...]]:
+    """torch.nn.LSTM(n_in, size, bidirectional=True)'s parameters, by its names (gates i, f, g, o)."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for d in LSTM_DIRECTIONS:
+        shapes[f"lstm.weight_ih_l0{d}"] = (4 * size, n_in)
+        shapes[f"lstm.weight_hh_l0{d}"] = (4 * size, size)
+        shapes[f"lstm.bias_ih_l0{d}"] = (4 * size,)
+        shapes[f"lstm.bias_hh_l0{d}"] = (4 * size,)
+    return shapes
+
+
+def bilstm_numpy(x: np.ndarray, counts: Sequence[int], params: dict[str, np.ndarray], size: int) -> np.ndarray:
+    """A bidirectional one-layer LSTM over each example's consecutive rows of x [n, F] -> [n, 2*size]
+    (forward states, then backward), as torch.nn.LSTM computes it. The examples run side by side,
+    longest first, and both directions in one batched product per step; an example's states never
+    see another's (padding sits after each example's end, in its own direction's time)."""
+    n = np.asarray(counts, dtype=np.int64)
+    out = np.zeros((len(x), 2 * size), dtype=np.float32)
+    if len(x) == 0:
+        return out
+    order = np.argsort(-n, kind="stable")
+    lengths, starts = n[order], np.concatenate([[0], np.cumsum(n)[:-1]])[order]
+    n_seq, t_max = len(lengths), int(lengths[0])
+    # the row each (step, sequence) reads, forward and backward; -1 past a sequence's end
+    t = np.arange(t_max)[:, None]
+    live = t < lengths[None, :]
+    rows = np.stack([np.where(live, starts + t, -1), np.where(live, starts + lengths - 1 - t, -1)])  # [2, T, B]
+    # tanh(z) = 2 sigmoid(2z) - 1: with the cell-input gate's rows doubled, one sigmoid serves all four gates
+    scale = np.ones(4 * size, dtype=np.float32)
+    scale[2 * size : 3 * size] = 2.0
+    w_ih = np.stack([params[f"lstm.weight_ih_l0{d}"] * scale[:, None] for d in LSTM_DIRECTIONS])  # [2, 4H, F]
+    w_hh = np.stack([(params[f"lstm.weight_hh_l0{d}"] * scale[:, None]).T for d in LSTM_DIRECTIONS])  # [2, H, 4H]
+    bias = np.stack([(params[f"lstm.bias_ih_l0{d}"] + params[f"lstm.bias_hh_l0{d}"]) * scale for d in LSTM_DIRECTIONS])
+    xp = np.stack([x @ w_ih[k].T for k in range(2)]) + bias[:, None, :]  # [2, n, 4H]
+    direction = np.arange(2)[:, None]
+    h = np.zeros((2, n_seq, size), dtype=np.float32)
+    c = np.zeros_like(h)
+    states = np.zeros((2, t_max, n_seq, size), dtype=np.float32)
+    nb_at = live.sum(1)  # sequences still running at each step: a prefix, as they are sorted
+    for step in range(t_max):
+        nb = int(nb_at[step])
+        g = xp[direction, rows[:, step, :nb]]  # [2, nb, 4H], a copy
+        for k in range(2):  # two plain products: numpy's batched matmul is slower at these sizes
+            g[k] += h[k, :nb] @ w_hh[k]
+        gates = _sigmoid(g)
+        i, f, o = gates[..., :size], gates[..., size : 2 * size], gates[..., 3 * size :]
+        cell_in = 2.0 * gates[..., 2 * size : 3 * size] - 1.0
+        c[:, :nb] = f * c[:, :nb] + i * cell_in
+        h[:, :nb] = o * np.tanh(c[:, :nb])
+        states[:, step, :nb] = h[:, :nb]
+    for k in range(2):
+        r = rows[k][live]
+        out[r, k * size : (k + 1) * size] = states[k][live]
+    return out
 
 
 def activation(name: str, x: np.ndarray) -> np.ndarray:
@@ -55,6 +122,10 @@ class MLPHead(Head):
         """How many features the head appends after the mix (word shape, say)."""
         return 0
 
+    def sequence_size(self) -> int:
+        """The bidirectional LSTM's size per direction over each example's rows (0: none)."""
+        return 0
+
     def n_outputs(self) -> int:
         return len(self.outputs)
 
@@ -63,6 +134,9 @@ class MLPHead(Head):
         if self.mixed_layers() > 1:
             shapes["mix"] = (self.mixed_layers(),)
         d = self.layer_dim() + self.extra_features()
+        if self.sequence_size():
+            shapes.update(lstm_shapes(d, self.sequence_size()))
+            d = 2 * self.sequence_size()
         for i, h in enumerate(self.cfg.hidden):
             shapes[f"layers.{i}.weight"] = (h, d)
             shapes[f"layers.{i}.bias"] = (h,)
@@ -81,14 +155,18 @@ class MLPHead(Head):
         mixed: np.ndarray = sum(wi * h for wi, h in zip(w, layers))
         return mixed
 
-    def forward_numpy(self, x, extra: np.ndarray | None = None) -> np.ndarray:
-        """[N, D] rows, or L layers of them ([N, L, D] or a list of L [N, D]), and the k extra
-        features [N, k] when the head has them -> logits [N, outputs]."""
+    def forward_numpy(self, x, extra: np.ndarray | None = None, counts: Sequence[int] | None = None) -> np.ndarray:
+        """[N, D] rows, or L layers of them ([N, L, D] or a list of L [N, D]), the k extra
+        features [N, k] when the head has them, and (with a sequence layer) how many consecutive
+        rows each example has -> logits [N, outputs]."""
         if not (isinstance(x, np.ndarray) and x.ndim == 2):
             x = self.mix_numpy(x)
         if self.extra_features():
             assert extra is not None and extra.shape == (len(x), self.extra_features())
             x = np.concatenate([x, extra.astype(x.dtype, copy=False)], axis=1)
+        if self.sequence_size():
+            assert counts is not None and sum(counts) == len(x), "a sequence layer needs each example's row count"
+            x = bilstm_numpy(x, counts, self.params, self.sequence_size())
         for i in range(len(self.cfg.hidden)):
             x = activation(
                 self.cfg.activation, x @ self.params[f"layers.{i}.weight"].T + self.params[f"layers.{i}.bias"]
@@ -97,6 +175,9 @@ class MLPHead(Head):
 
     def torch_module(self) -> torch.nn.Module:
         return TorchMLP(self)
+
+    def module_forward(self, module: torch.nn.Module, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        return module(x, counts)
 
 
 def _torch_mlp_class():
@@ -112,15 +193,18 @@ def _torch_mlp_class():
             self.act = {"relu": nn.ReLU(), "tanh": nn.Tanh()}.get(cfg.activation) or nn.GELU(approximate="tanh")
             self.drop = nn.Dropout(cfg.dropout)
             self.n_layers, self.dim, self.k = head.mixed_layers(), head.layer_dim(), head.extra_features()
-            dims = [self.dim + self.k] + list(cfg.hidden)
+            self.seq = head.sequence_size()
+            self.lstm = nn.LSTM(self.dim + self.k, self.seq, batch_first=True, bidirectional=True) if self.seq else None
+            dims = [2 * self.seq if self.seq else self.dim + self.k] + list(cfg.hidden)
             self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
             self.out = nn.Linear(dims[-1], head.n_outputs())
             self.mix = nn.Parameter(torch.zeros(head.mixed_layers())) if head.mixed_layers() > 1 else None
             if head.params:
                 load_numpy(self, head.params)
 
-        def forward(self, x: torch.Tensor) -> torch.Tensor:
-            """x: [N, L*D + k] rows: L layers' vectors, then k extra features."""
+        def forward(self, x: torch.Tensor, counts: list[int] | None = None) -> torch.Tensor:
+            """x: [N, L*D + k] rows: L layers' vectors, then k extra features; counts: the rows of
+            each example, in order (needed by a sequence layer)."""
             L, D = self.n_layers, self.dim
             layers = x[:, : L * D].reshape(len(x), L, D)
             mixed = (
@@ -128,9 +212,29 @@ def _torch_mlp_class():
             )
             x = torch.cat([mixed, x[:, L * D :]], 1) if self.k else mixed
             x = self.drop(x)
+            if self.lstm is not None:
+                assert counts is not None and sum(counts) == len(x), "a sequence layer needs each example's row count"
+                x = self.drop(self.sequence(x, counts))
             for layer in self.layers:
                 x = self.drop(self.act(layer(x)))
             return self.out(x)
+
+        def sequence(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+            """The LSTM over each example's rows, padded side by side and packed, so padding is never
+            read; the outputs go back to the flat row order."""
+            from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+            keep = np.array([c for c in counts if c > 0], dtype=np.int64)
+            if not len(keep) or self.lstm is None:
+                return x.new_zeros((len(x), 2 * self.seq))
+            n_seq, t_max = len(keep), int(keep.max())
+            # row r of x is position r - start[b] of sequence b: its slot in the padded [n_seq * t_max]
+            starts = np.repeat(np.cumsum(keep) - keep, keep)
+            slot = torch.from_numpy(np.repeat(np.arange(n_seq) * t_max, keep) + np.arange(len(x)) - starts)
+            padded = x.new_zeros((n_seq * t_max, x.shape[1])).index_copy(0, slot, x).view(n_seq, t_max, -1)
+            packed = pack_padded_sequence(padded, torch.from_numpy(keep), batch_first=True, enforce_sorted=False)
+            y, _ = pad_packed_sequence(self.lstm(packed)[0], batch_first=True, total_length=t_max)
+            return y.reshape(n_seq * t_max, -1).index_select(0, slot)
 
     return _TorchMLP
 

@@ -11,7 +11,7 @@ import numpy as np
 from ..config.model import HeadConfig
 from ..registry import HEADS
 from .base import BatchView, TrainingRows, softmax
-from .bio import bio_paths, bio_tags, bio_viterbi, decode_entities
+from .bio import bio_paths, bio_tags, bio_viterbi, decode_entities, word_entities
 from .mlp import MLPHead
 
 if TYPE_CHECKING:
@@ -74,6 +74,9 @@ class TokenClassificationHead(MLPHead):
     def extra_features(self) -> int:
         return len(SHAPES) if self.cfg.word_shape else 0
 
+    def sequence_size(self) -> int:
+        return self.cfg.lstm
+
     # ---- inference -----------------------------------------------------------------------------------
     def token_features(self, features: dict, rows: tuple[np.ndarray, np.ndarray]) -> list[np.ndarray]:
         """The vectors at (batch, position) `rows`, one per layer read: gathered before the layers
@@ -89,7 +92,9 @@ class TokenClassificationHead(MLPHead):
             shapes = None
             if self.cfg.word_shape:
                 shapes = np.concatenate([word_shapes(t, [sp for sp, _ in ws]) for t, ws in zip(view.texts, words)])
-            logits = self.forward_numpy(self.token_features(view.features, (rows_b, rows_t)), shapes)
+            logits = self.forward_numpy(
+                self.token_features(view.features, (rows_b, rows_t)), shapes, [len(ws) for ws in words]
+            )
             probs = softmax(logits / self.temperature)
         else:
             probs = np.zeros((0, len(names)))
@@ -102,8 +107,8 @@ class TokenClassificationHead(MLPHead):
             spans = [sp for sp, _ in words[b]]
             tags = [names[k] for k in paths[b].tolist()]
             r: dict = {"entities": decode_entities(text, spans, tags, path_probs[pos : pos + n])}
-            if word_tags:  # per word (start, end, BIO tag)
-                r["words"] = [(s, e, t) for (s, e), t in zip(spans, tags)]
+            if word_tags:  # per word (start, end, BIO tag, the tag's probability)
+                r["words"] = [(s, e, t, p) for (s, e), t, p in zip(spans, tags, path_probs[pos : pos + n])]
             out.append(r)
             pos += n
         return out
@@ -148,12 +153,16 @@ class TokenClassificationHead(MLPHead):
         return F.cross_entropy(output, y[:, 0]) if len(y) else output.sum() * 0.0
 
     def decode_rows(self, output: np.ndarray, y: np.ndarray, counts: list[int]) -> list:
-        """Each example's words tagged as predict tags them (valid BIO), as {word index: tag}."""
+        """Each example's words tagged as predict tags them (valid BIO), as {word index: (tag, its
+        probability)}."""
         probs = softmax(output / self.temperature) if len(output) else output
         preds, pos = [], 0
         for n in counts:
-            path = bio_viterbi(probs[pos : pos + n], self.outputs) if n else []
-            preds.append({int(w): self.outputs[k] for w, k in zip(y[pos : pos + n, 1], path)})
+            p = probs[pos : pos + n]
+            path = bio_viterbi(p, self.outputs) if n else []
+            preds.append(
+                {int(w): (self.outputs[k], float(p[j, k])) for j, (w, k) in enumerate(zip(y[pos : pos + n, 1], path))}
+            )
             pos += n
         return preds
 
@@ -167,7 +176,7 @@ class TokenClassificationHead(MLPHead):
     def predictions_from_results(self, ex: Any, results: list[dict]) -> list:
         preds = []
         for i, r in enumerate(results):
-            by_start = {s: t for s, e, t in r[self.task]["words"]}
+            by_start = {s: (t, p) for s, e, t, p in r[self.task]["words"]}
             preds.append({w: by_start[s] for w, (s, e) in enumerate(ex.spans[i]) if s in by_start})
         return preds
 
@@ -175,15 +184,24 @@ class TokenClassificationHead(MLPHead):
         """Entity P/R/F1 on the data's own tokens (CoNLL-style): a token's tag is its first word's;
         a word the model did not tag (cut by truncation) counts as O."""
         from ..data.examples import to_conll_tags
-        from ..eval.metrics import entity_report
+        from ..eval.metrics import entity_report, expected_calibration_error
 
         metric = self.check_metric(metric)
-        gold, pred = [], []
+        gold, pred, confidence, correct = [], [], [], []
         for i, p in enumerate(predictions):
-            tags = [p.get(w, "O") for w in range(len(ex.spans[i]))]
+            tags = [p[w][0] if w in p else "O" for w in range(len(ex.spans[i]))]
             pred.append(to_conll_tags(ex.owner[i], len(ex.gold[i]), tags))
             gold.append(ex.gold[i])
+            # calibration per predicted entity (on the words the model sees): its score, as predict
+            # gives it, against whether the gold has exactly that entity
+            gold_ents = {(s, e, t) for s, e, t, _ in word_entities([self.outputs[k] for k in ex.tags[i]])}
+            word_probs = [p[w][1] if w in p else 1.0 for w in range(len(ex.spans[i]))]
+            for s, e, t, score in word_entities(tags, word_probs):
+                confidence.append(score)
+                correct.append((s, e, t) in gold_ents)
         rep = entity_report(gold, pred, list(self.cfg.labels))
+        # how far entity scores are from being right as often as they say (0 = calibrated)
+        rep["ece"] = expected_calibration_error(np.array(confidence), np.array(correct))
         # how often the head finds an entity in a sentence that has none: what ordinary text meets
         free = [i for i, g in enumerate(gold) if all(t == "O" for t in g)]
         rep["entity_free"] = len(free)
@@ -207,7 +225,7 @@ class TokenClassificationHead(MLPHead):
         )
         return (
             f"entity F1 {rep['entity_f1']:.4f} (P {rep['precision']:.4f}, R {rep['recall']:.4f}, "
-            f"{rep['n']} sentences{alarms})"
+            f"{rep['n']} sentences{alarms}" + (f"; calibration error {rep['ece']:.3f}" if "ece" in rep else "") + ")"
         )
 
     def report_rows(self, rep: dict) -> dict[str, dict]:
