@@ -9,7 +9,7 @@ import torch
 from safetensors.numpy import load_file
 
 from sentmtl_cli.config import load_train_config
-from sentmtl_cli.training.loop import Trainer, train
+from sentmtl_cli.training.loop import BatchCycler, Trainer, train
 from sentmtl_cli.training.samplers import make_sampler
 
 from conftest import invoke
@@ -146,6 +146,46 @@ def test_sampler_frequencies(strategy, expected):
         assert draws.count(task) / len(draws) == pytest.approx(p, abs=0.015)
 
 
+def test_balanced_example_weights():
+    from sentmtl_cli.training.samplers import example_weights
+
+    # source 0 (tweets, say): classes 0, 1, 2 seen 6, 3, 1 times; source 1 (movie reviews): 0 and 2 only
+    classes = np.array([0] * 6 + [1] * 3 + [2] * 1 + [0] * 8 + [2] * 2)
+    sources = np.array([0] * 10 + [1] * 10)
+    assert example_weights(classes, sources, "none") is None
+
+    def share(w, mask):
+        return w[mask].sum()
+
+    w = example_weights(classes, sources, "classes")
+    assert w.sum() == pytest.approx(1.0)
+    for c in (0, 1, 2):  # each class a third, whatever its source
+        assert share(w, classes == c) == pytest.approx(1 / 3)
+    w = example_weights(classes, sources, "classes_per_source")
+    for src, present in ((0, (0, 1, 2)), (1, (0, 2))):
+        assert share(w, sources == src) == pytest.approx(0.5)  # each source keeps its own share (10 of 20)
+        for c in present:  # and within it, each of its classes an equal part
+            assert share(w, (sources == src) & (classes == c)) == pytest.approx(0.5 / len(present))
+    # examples of one class in one source are drawn alike
+    assert len(set(w[(sources == 0) & (classes == 0)].tolist())) == 1
+
+
+def test_balanced_training_draws_the_rare_class_as_often(tmp_path):
+    rows = "".join(f"common text {i}\tsports\n" for i in range(36)) + "".join(
+        f"rare text {i}\tbusiness\n" for i in range(4)
+    )
+    (tmp_path / "skewed.tsv").write_text(rows, encoding="utf-8")
+    recipe = write_recipe(tmp_path, tasks="\n  topic:\n    data: {path: skewed.tsv}\n    balance: classes\n")
+    t = Trainer(load_train_config(recipe), quiet=True)
+    t.build_caches(None)
+    drawn = []
+    for epoch in (1, 2, 3):
+        c = BatchCycler(len(t.tasks["topic"].train), 8, np.random.default_rng(epoch), t.tasks["topic"].weights)
+        drawn += [i for _ in range(40) for i in c.next().tolist()]
+    labels = t.tasks["topic"].train.labels[drawn]
+    assert abs((labels == labels[0]).mean() - 0.5) < 0.08  # drawn about half and half, not 9 to 1
+
+
 def test_round_robin_alternates():
     s = make_sampler("round_robin", {"a": 900, "b": 100, "c": 5}, np.random.default_rng(0))
     assert [s.next() for _ in range(7)] == ["a", "b", "c", "a", "b", "c", "a"]
@@ -257,6 +297,8 @@ def test_bad_recipes(tmp_path, runner):
     _one_line_error(_train_cli(runner, recipe), "data file not found")
     recipe = write_recipe(tmp_path, tasks="\n  ents:\n    data: {path: topic.tsv}\n")
     _one_line_error(_train_cli(runner, recipe), "a token task reads CoNLL")
+    recipe = write_recipe(tmp_path, tasks="\n  ents:\n    data: {path: ents.conll}\n    balance: classes\n")
+    _one_line_error(_train_cli(runner, recipe), "tasks.ents.balance: a token_classification head has no one class")
     recipe = write_recipe(tmp_path, extra="sampling: {strategy: lottery}")
     _one_line_error(_train_cli(runner, recipe), "sampling.strategy")
     recipe = write_recipe(tmp_path, extra="epochz: 3")
@@ -309,6 +351,8 @@ variants:
   - name: separate top-1
     separate: true
     set: {backbone.train: top, backbone.top_layers: 1, steps_per_epoch: 2}
+  - name: bilstm
+    model_set: {heads.ents.lstm: 4, heads.ents.word_shape: true}
 """,
         encoding="utf-8",
     )
@@ -316,7 +360,13 @@ variants:
     md = out.read_text()
     assert md.startswith("### Tiny experiment")
     rows = json.loads(out.with_suffix(".json").read_text())["rows"]
-    assert [r["variant"] for r in rows] == ["frozen", "separate top-1"]
+    assert [r["variant"] for r in rows] == ["frozen", "separate top-1", "bilstm"]
+    # a variant's model_set changes the heads it trains, and only in its own model
+    from sentmtl_cli.config import load_config
+
+    trained = load_config(tmp_path / "work" / "tiny" / "bilstm" / "model.yaml").heads["ents"]
+    assert trained.lstm == 4 and trained.word_shape
+    assert load_config(tmp_path / "work" / "tiny" / "frozen" / "model.yaml").heads["ents"].lstm == 0
     assert set(rows[0]["scores"]) == {"topic", "ents"} and len(rows[1]["stsb"]) == 2
     assert rows[1]["params"] > 2 * rows[0]["params"] * 0.9  # two backbones
     for r in rows:

@@ -60,6 +60,19 @@ def read_yaml(path: Path) -> dict:
     return data
 
 
+def apply_overrides(data: dict, overrides: dict, path: Path) -> dict:
+    """Set dotted keys (`tasks.sent.balance`) in a YAML mapping, in place; returns it."""
+    for key, value in overrides.items():
+        node = data
+        parts = key.split(".")
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise SentmtlError(f"override {key}: {p} is not a mapping in {path}")
+        node[parts[-1]] = value
+    return data
+
+
 def format_validation_error(e: ValidationError, path: Path) -> str:
     err = e.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "(top level)"

@@ -7,10 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from ..errors import SentmtlError
 from ..registry import OBJECTIVES, SAMPLERS
 from .data import DataConfig
-from .files import read_yaml, resolve_path, validate
+from .files import apply_overrides, read_yaml, resolve_path, validate
 from .model import SEED_MAX
 
 
@@ -60,6 +59,10 @@ class TrainTaskConfig(_Recipe):
     weight: float = Field(1.0, ge=0)  # static loss weight
     score_weight: float = Field(1.0, ge=0)  # weight in the checkpoint-selection score
     metric: str | None = None  # one of the head type's metrics (checked when the head is built); default: its own
+    # how training examples are drawn: as they come; each class equally often; or each class equally
+    # often within each source (data, then each extra_data), every source keeping its own share, so
+    # a source without some class (SST-2 has no neutral) does not skew the others' balance
+    balance: Literal["none", "classes", "classes_per_source"] = "none"
 
 
 class TrainConfig(_Recipe):
@@ -95,15 +98,7 @@ class TrainConfig(_Recipe):
 def load_train_config(path: Path | str, overrides: dict | None = None) -> TrainConfig:
     """Load a training recipe; `overrides` (dotted keys) are applied before validation."""
     path = Path(path)
-    data = read_yaml(path)
-    for key, value in (overrides or {}).items():
-        node = data
-        parts = key.split(".")
-        for p in parts[:-1]:
-            node = node.setdefault(p, {})
-            if not isinstance(node, dict):
-                raise SentmtlError(f"override {key}: {p} is not a mapping in {path}")
-        node[parts[-1]] = value
+    data = apply_overrides(read_yaml(path), overrides or {}, path)
     cfg = validate(TrainConfig, data, path)
     base = path.resolve().parent
     cfg.model = resolve_path(base, cfg.model)

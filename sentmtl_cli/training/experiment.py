@@ -30,6 +30,7 @@ class Stage(_Strict):
 class Variant(_Strict):
     name: str
     set: dict = Field(default_factory=dict)
+    model_set: dict = Field(default_factory=dict)  # overrides of the recipe's model config (heads.ner.lstm: 128)
     then: Stage | None = None  # a second stage starting from the first stage's model
     separate: bool = False  # one model per task instead of one shared model
     history: bool = False  # also tabulate every epoch's validation scores
@@ -94,6 +95,8 @@ def run_variant(exp: ExperimentConfig, v: Variant, sts_file: Path | None, log) -
     row: dict = {"variant": v.name}
     t0 = time.perf_counter()
     base_over = {"output": str(exp.workdir / exp.name / v.name)}
+    if v.model_set:
+        base_over["model"] = str(variant_model(exp, v))
     recipe = load_train_config(exp.recipe, {**base_over, **v.set})
     runs = []
     if v.separate:
@@ -149,6 +152,29 @@ def run_variant(exp: ExperimentConfig, v: Variant, sts_file: Path | None, log) -
         row["ms_per_text"] = 1000 * (time.perf_counter() - t1) / len(texts)
     log(f"{v.name}: {json.dumps({k: v for k, v in row.items() if k != 'history'}, default=str)}")
     return row
+
+
+def variant_model(exp: ExperimentConfig, v: Variant) -> Path:
+    """The recipe's model config with the variant's model_set applied, written beside its output
+    (its relative paths made absolute, so they still point where the original's did)."""
+    from ..config.files import apply_overrides
+
+    src = load_train_config(exp.recipe).model
+    data = apply_overrides(read_yaml(src), v.model_set, src)
+    base = src.resolve().parent
+    backbone = data.get("backbone") or {}
+    for key in ("path", "weights"):
+        if backbone.get(key):
+            backbone[key] = str(resolve_path(base, Path(backbone[key])))
+    for head in (data.get("heads") or {}).values():
+        if isinstance(head, dict) and head.get("weights"):
+            head["weights"] = str(resolve_path(base, Path(head["weights"])))
+    out = exp.workdir / exp.name / f"{v.name}.model.yaml"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import yaml
+
+    atomic_write_text(out, yaml.safe_dump(data, sort_keys=False))
+    return out
 
 
 def _best_row(res) -> dict:

@@ -34,7 +34,7 @@ from .features import FeatureCache, Features
 from .freezing import backbone_ever_trains, set_backbone_trainable, top_layers_at
 from .loggers import default_loggers
 from .objectives import GradScale, PreserveEmbeddings, make_weighting
-from .samplers import make_sampler
+from .samplers import example_weights, make_sampler
 
 
 def seed_everything(seed: int) -> None:
@@ -53,6 +53,7 @@ class TaskState:
     val: Examples
     cfg: TrainTaskConfig
     metric: str
+    weights: np.ndarray | None = None  # each training example's chance of being drawn (balance)
     cache_train: FeatureCache | None = None
     cache_val: FeatureCache | None = None
 
@@ -82,16 +83,22 @@ def lr_lambda(cfg: TrainConfig, total_steps: int):
     return f
 
 
-class _Cycler:
-    """Batches of indices in a seeded order, reshuffled whenever the data runs out."""
+class BatchCycler:
+    """Batches of indices in a seeded order, reshuffled whenever the data runs out; with weights,
+    each pass is n draws (with replacement) by those weights instead."""
 
-    def __init__(self, n: int, batch_size: int, rng: np.random.Generator):
-        self.n, self.bs, self.rng = n, min(batch_size, n), rng
-        self.order, self.pos = rng.permutation(n), 0
+    def __init__(self, n: int, batch_size: int, rng: np.random.Generator, weights: np.ndarray | None = None):
+        self.n, self.bs, self.rng, self.weights = n, min(batch_size, n), rng, weights
+        self.order, self.pos = self.draw(), 0
+
+    def draw(self) -> np.ndarray:
+        if self.weights is None:
+            return self.rng.permutation(self.n)
+        return self.rng.choice(self.n, size=self.n, replace=True, p=self.weights)
 
     def next(self) -> np.ndarray:
         if self.pos + self.bs > self.n:
-            self.order, self.pos = self.rng.permutation(self.n), 0
+            self.order, self.pos = self.draw(), 0
         out = self.order[self.pos : self.pos + self.bs]
         self.pos += self.bs
         return out
@@ -128,13 +135,25 @@ class Trainer:
                     val = val.subset(np.arange(cfg.max_val_examples))
             else:
                 train, val = split_examples(ex, cfg.val_fraction, cfg.seed, cfg.max_val_examples)
-            for extra in tcfg.extra_data:
-                train = train.concat(head.read_examples(extra))
+            sources = [np.zeros(len(train), dtype=np.int64)]
+            for k, extra in enumerate(tcfg.extra_data, 1):
+                more = head.read_examples(extra)
+                train = train.concat(more)
+                sources.append(np.full(len(more), k, dtype=np.int64))
+            weights = None
+            if tcfg.balance != "none":
+                classes = head.class_of_examples(train)
+                if classes is None:
+                    raise SentmtlError(
+                        f"tasks.{name}.balance: a {head.registry_name} head has no one class per example to balance"
+                        + (" (multi-label)" if head.cfg.multi_label else "")
+                    )
+                weights = example_weights(classes, np.concatenate(sources), tcfg.balance)
             module = head.torch_module()
             if tcfg.frozen or tcfg.eval_only:
                 for p in module.parameters():
                     p.requires_grad_(False)
-            self.tasks[name] = TaskState(name, head, module, train, val, tcfg, metric)
+            self.tasks[name] = TaskState(name, head, module, train, val, tcfg, metric, weights)
         self.trained_tasks = [t for t, s in self.tasks.items() if not s.cfg.eval_only]
         if not self.trained_tasks:
             raise SentmtlError("every task is eval_only: nothing to train")
@@ -208,7 +227,7 @@ class Trainer:
             x = rows[t].x
             if self.trains_backbone and s.cfg.grad_scale != 1.0:
                 x = GradScale.apply(x, s.cfg.grad_scale)
-            losses[t] = s.head.loss(s.module(x), rows[t].y)
+            losses[t] = s.head.loss(s.head.module_forward(s.module, x, rows[t].counts), rows[t].y)
         total = self.weighting.combine(losses)
         if extra is not None:
             total = total + extra
@@ -233,7 +252,10 @@ class Trainer:
         set_backbone_trainable(self.backbone, top_layers_at(cfg, epoch, self.num_layers), self.num_layers)
         torch.manual_seed(cfg.seed * 1009 + epoch)
         rng = np.random.default_rng([cfg.seed, epoch])
-        orders = {t: _Cycler(len(self.tasks[t].train), cfg.batch_size, rng) for t in self.trained_tasks}
+        orders = {
+            t: BatchCycler(len(self.tasks[t].train), cfg.batch_size, rng, self.tasks[t].weights)
+            for t in self.trained_tasks
+        }
         sampler = make_sampler(
             cfg.sampling.strategy,
             {t: len(self.tasks[t].train) for t in self.trained_tasks},
@@ -260,7 +282,7 @@ class Trainer:
                     else:
                         batch, out = self.features.forward([s.val.texts[i] for i in idx], grad=False)
                         rows = s.head.training_rows(s.val, idx, batch, out, 0)
-                    outputs.append(s.module(rows.x).numpy())
+                    outputs.append(s.head.module_forward(s.module, rows.x, rows.counts).numpy())
                     ys.append(rows.y.numpy())
                     counts += rows.counts
             output, y = np.concatenate(outputs), np.concatenate(ys)

@@ -60,3 +60,21 @@ class RoundRobinSampler(TaskSampler):
 
 def make_sampler(strategy: str, sizes: dict[str, int], rng, temperature: float = 2.0) -> TaskSampler:
     return SAMPLERS.get(strategy)(sizes, rng, temperature=temperature)
+
+
+def example_weights(classes: np.ndarray, sources: np.ndarray, balance: str) -> np.ndarray | None:
+    """Each training example's chance of being drawn (summing to 1), for a task's `balance`:
+    "classes": every class drawn equally often; "classes_per_source": within each source, every
+    class it has drawn equally often, and each source as often as its size says. "none": None
+    (examples are drawn in shuffled passes, each once per pass)."""
+    if balance == "none":
+        return None
+    groups = sources if balance == "classes_per_source" else np.zeros(len(classes), dtype=np.int64)
+    w = np.zeros(len(classes), dtype=np.float64)
+    for g in np.unique(groups):
+        in_g = groups == g
+        labels, counts = np.unique(classes[in_g], return_counts=True)
+        share = in_g.sum() / len(labels)  # the group's size, split evenly over its classes
+        for lab, c in zip(labels, counts):
+            w[in_g & (classes == lab)] = share / c
+    return w / w.sum()
