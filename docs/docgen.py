@@ -34,3 +34,74 @@ def cli_help(*command: str) -> None:
         raise RuntimeError(f"sentmtl {' '.join(command)} --help failed: {result.output}")
     cog.outl(" ".join(["$ sentmtl", *command, "--help"]))
     cog.outl(result.output.rstrip())
+
+
+# the quality issue's targets for the shipped heads (issue 8), on data the README names
+TARGETS = [
+    # (report, task, key, what, data, target, at least?)
+    (
+        "val",
+        "cls",
+        "accuracy",
+        "topic accuracy",
+        "AG News: {n:,} held-out descriptions (seeded 10% of train_10k)",
+        90,
+        True,
+    ),
+    (
+        "val",
+        "sent",
+        "macro_recall",
+        "sentiment macro-recall",
+        "TweetEval: {n:,} held-out tweets (seeded 10%)",
+        66,
+        True,
+    ),
+    ("heldout", "sent_sst2_unseen", "accuracy", "sentiment accuracy", "{data}", 86, True),
+    (
+        "val",
+        "ner",
+        "entity_f1",
+        "entity F1",
+        "UNER English-EWT dev: {n:,} web-text sentences (never trained on)",
+        77,
+        True,
+    ),
+    (
+        "val",
+        "ner",
+        "false_alarm_rate",
+        "entity found where there is none",
+        "its {entity_free:,} sentences with no entity",
+        3,
+        False,
+    ),
+]
+
+
+def shipped_scores() -> None:
+    """The shipped heads against their targets, from what `make heads` wrote: configs/heads/
+    val_report.json (training's validation) and heldout.json (bench/validate.py)."""
+    import json
+
+    reports = {
+        "val": json.loads((ROOT / "configs/heads/val_report.json").read_text(encoding="utf-8")),
+        "heldout": json.loads((ROOT / "configs/heads/heldout.json").read_text(encoding="utf-8")),
+    }
+    cog.outl("| measure | validation data | target | measured | calibration error | met |")
+    cog.outl("|---|---|---|---|---|---|")
+    for report, task, key, what, data, target, at_least in TARGETS:
+        rep = reports[report][task]
+        value = 100 * rep[key]
+        met = value >= target if at_least else value <= target
+        unit = "%" if key == "false_alarm_rate" else ""
+        ece = f"{rep['ece']:.3f}" if "ece" in rep and key != "false_alarm_rate" else ""
+        cog.outl(
+            f"| {what} | {data.format(**rep)} | {'≥' if at_least else '≤'} {target}{unit} | "
+            f"{value:.1f}{unit} | {ece} | {'yes' if met else '**no**'} |"
+        )
+    social = reports["heldout"]["ner_social"]
+    cog.outl(
+        f"| entity F1, another domain (no target) | {social['data']} | | {100 * social['entity_f1']:.1f} "
+        f"(P {100 * social['precision']:.1f}, R {100 * social['recall']:.1f}) | {social['ece']:.3f} | |"
+    )

@@ -107,3 +107,30 @@ def test_expected_calibration_error():
     # two bins, each weighted by its share: |1.0 - 0.95| * 0.5 + |0.0 - 0.55| * 0.5
     both = expected_calibration_error(np.array([0.95, 0.95, 0.55, 0.55]), np.array([1, 1, 0, 0]))
     assert both == pytest.approx(0.5 * 0.05 + 0.5 * 0.55)
+
+
+def test_validation_phrases_exclude_what_training_saw(tmp_path):
+    """bench/validate.py's SST-2 check keeps only phrases that no training phrase contains or
+    mostly covers (SST-2 holds many phrases of each sentence)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("validate", Path(__file__).parent.parent / "bench" / "validate.py")
+    validate = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(validate)
+    rows = [
+        ("a gorgeous , witty , seductive movie", 1),  # trained on (the first 2 rows)
+        ("dull", 0),
+        ("witty , seductive", 1),  # inside a training phrase: out
+        ("a gorgeous , witty , seductive movie with heart", 1),  # a training phrase covers most of it: out
+        ("the plot is dull and the acting worse", 0),  # "dull" covers little of it: kept
+        ("an unexpected delight", 1),  # unseen: kept
+    ]
+    src = tmp_path / "train.tsv"
+    src.write_text("sentence\tlabel\n" + "".join(f"{t} \t{lab}\n" for t, lab in rows), encoding="utf-8")
+    out = tmp_path / "unseen.tsv"
+    assert validate.sst2_unseen(src, out, n_trained=2) == 2
+    assert out.read_text(encoding="utf-8").splitlines() == [
+        "the plot is dull and the acting worse\t0",
+        "an unexpected delight\t1",
+    ]

@@ -108,6 +108,19 @@ def test_word_shapes_see_what_an_uncased_backbone_cannot():
         [0, 0, 0, 1, 0, 0],  # 2024
         [0, 0, 0, 0, 1, 0],
     ]  # .
+    # ASCII words take a fast path; every word gets what str's own tests say, character by character
+    words = ["NASA", "x2", "_", "a_B", "--", "Ärzte", "ÉCOLE", "iÖs", "²", "½", "٣", "ǅx", "中文", "O'Neil"]
+    text = " ".join(words)
+    spans, pos = [], 0
+    for w in words:
+        spans.append((pos, pos + len(w)))
+        pos += len(w) + 1
+    want = [
+        [w[:1].isupper(), w.isupper(), w.islower(), any(c.isdigit() for c in w)]
+        + [not any(c.isalnum() for c in w), any(c.isupper() for c in w[1:])]
+        for w in words
+    ]
+    assert word_shapes(text, spans).astype(bool).tolist() == want
 
 
 def test_token_head_reports_false_alarms_on_entity_free_sentences():

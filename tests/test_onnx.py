@@ -180,3 +180,20 @@ def test_streaming_outputs_match_in_memory(exported, runner, tmp_path, monkeypat
     assert [p["text"] for p in doc["predictions"]] == texts
     r = invoke(runner, ["predict", "--file", str(f), "--format", "jsonl", "--tasks", "sent"])
     assert [json.loads(x)["text"] for x in r.stdout.splitlines()] == texts
+
+
+@pytest.mark.parametrize("backend", ["onnx", "onnx-int8"])
+def test_predictions_do_not_depend_on_batching(exported, backend):
+    """Every shipped head (the BiLSTM over a sentence's words included) gives a text the same labels,
+    entities and scores alone, in small batches, or among many texts of other lengths."""
+    m = sentmtl_cli.load(backend=backend)
+    texts = fixture_texts()[:40]
+    alone = [m.predict([t])[0] for t in texts]
+    for batch_size in (3, 64):
+        together = m.predict(texts, batch_size=batch_size)
+        assert _labels(together) == _labels(alone)
+        for a, b in zip(alone, together):
+            for task in ("cls", "sent"):
+                assert a[task]["score"] == pytest.approx(b[task]["score"], abs=1e-4)
+            for ea, eb in zip(a["ner"]["entities"], b["ner"]["entities"]):
+                assert ea["score"] == pytest.approx(eb["score"], abs=1e-4)

@@ -36,9 +36,9 @@ def decode_sentences(labels: list[str], probs: np.ndarray, top_k: int, multi_lab
 
 def pool_mean_max(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[B, T, D] token vectors and their [B, T] mask -> [B, 2D]: the mean, then the max, over real tokens."""
-    m = mask[:, :, None].astype(hidden.dtype)
-    mean = (hidden * m).sum(1) / np.clip(m.sum(1), 1.0, None)
-    mx = np.where(m > 0, hidden, np.float32(-1e4)).max(1)
+    m = mask.astype(hidden.dtype)
+    mean = np.matmul(m[:, None, :], hidden)[:, 0] / np.clip(m.sum(1, keepdims=True), 1.0, None)
+    mx = np.where(m[:, :, None] > 0, hidden, np.float32(-1e4)).max(1)
     return np.concatenate([mean, mx], axis=1)
 
 
@@ -67,7 +67,12 @@ class SentenceClassificationHead(MLPHead):
     def inputs_numpy(self, features: dict, mask: np.ndarray) -> np.ndarray:
         if not self.cfg.pool_layers:
             return features["sentence_embedding"]
-        return np.concatenate([pool_mean_max(features["hidden_states"][i], mask) for i in self.hidden_layers()], axis=1)
+        # pooled once per batch, whichever heads read a layer (the shipped cls and sent both read 2, 4, 6)
+        pooled = features.setdefault("mean_max", {})
+        for i in self.hidden_layers():
+            if i not in pooled:
+                pooled[i] = pool_mean_max(features["hidden_states"][i], mask)
+        return np.concatenate([pooled[i] for i in self.hidden_layers()], axis=1)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         z = logits / self.temperature

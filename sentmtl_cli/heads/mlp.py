@@ -1,6 +1,7 @@
-"""The math shared by the built-in heads, defined once for numpy (inference) and once for torch
-(training), side by side so they stay the same function; tests/test_heads.py runs every
-activation, layer-mix and extra-feature setting through both and compares.
+"""The math shared by the built-in heads, defined once for numpy (inference; the sequence layer by
+onnxruntime's LSTM operator) and once for torch (training), side by side so they stay the same
+function; tests/test_heads.py runs every activation, layer-mix, extra-feature and sequence-layer
+setting through both and compares.
 
     [softmax layer mix over L layers of D] ++ [k extra features]
         -> (optional) a bidirectional LSTM over each example's rows (a token head's words, in order)
@@ -14,6 +15,7 @@ sequence layer, `counts` says how many consecutive rows belong to each example.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -23,10 +25,6 @@ from .base import Head, softmax
 
 if TYPE_CHECKING:
     import torch
-
-
-def _sigmoid(x: np.ndarray) -> np.ndarray:
-    return 0.5 * (np.tanh(0.5 * x) + 1.0)  # = 1 / (1 + exp(-x)), without overflow
 
 
 LSTM_DIRECTIONS = ("", "_reverse")  # torch.nn.LSTM's parameter suffixes: forward, then backward
@@ -43,49 +41,71 @@ def lstm_shapes(n_in: int, size: int) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def bilstm_numpy(x: np.ndarray, counts: Sequence[int], params: dict[str, np.ndarray], size: int) -> np.ndarray:
-    """A bidirectional one-layer LSTM over each example's consecutive rows of x [n, F] -> [n, 2*size]
-    (forward states, then backward), as torch.nn.LSTM computes it. The examples run side by side,
-    longest first, and both directions in one batched product per step; an example's states never
-    see another's (padding sits after each example's end, in its own direction's time)."""
-    n = np.asarray(counts, dtype=np.int64)
-    out = np.zeros((len(x), 2 * size), dtype=np.float32)
-    if len(x) == 0:
+class BiLSTM:
+    """torch.nn.LSTM(bidirectional=True)'s function at inference, run by onnxruntime's LSTM operator
+    (a loop over words is slow in Python; onnxruntime runs it in C++). Built from a head's numpy
+    parameters; `run(x, counts)` takes each example's consecutive rows of x [n, F] and returns
+    [n, 2*size] (forward states, then backward). Each sequence has its own length, so padding is
+    never read and an example's states do not depend on the others beside it."""
+
+    def __init__(self, params: dict[str, np.ndarray], size: int):
+        import onnxruntime as ort
+        from onnx import TensorProto, helper
+
+        # torch stacks the gates i, f, g (cell input), o; ONNX wants i, o, f, c
+        order = np.concatenate([np.arange(k * size, (k + 1) * size) for k in (0, 3, 1, 2)])
+        w = np.stack([params[f"lstm.weight_ih_l0{d}"][order] for d in LSTM_DIRECTIONS])
+        r = np.stack([params[f"lstm.weight_hh_l0{d}"][order] for d in LSTM_DIRECTIONS])
+        b = np.stack(
+            [
+                np.concatenate([params[f"lstm.bias_ih_l0{d}"][order], params[f"lstm.bias_hh_l0{d}"][order]])
+                for d in LSTM_DIRECTIONS
+            ]
+        )
+        self.size, self.n_in = size, w.shape[2]
+        inits = [
+            helper.make_tensor(name, TensorProto.FLOAT, a.shape, a.astype(np.float32).ravel())
+            for name, a in (("W", w), ("R", r), ("B", b))
+        ]
+        node = helper.make_node(
+            "LSTM", ["X", "W", "R", "B", "lens"], ["Y"], direction="bidirectional", hidden_size=size
+        )
+        graph = helper.make_graph(
+            [node],
+            "bilstm",
+            [
+                helper.make_tensor_value_info("X", TensorProto.FLOAT, ["T", "N", self.n_in]),
+                helper.make_tensor_value_info("lens", TensorProto.INT32, ["N"]),
+            ],
+            [helper.make_tensor_value_info("Y", TensorProto.FLOAT, ["T", 2, "N", size])],
+            inits,
+        )
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+        model.ir_version = 8
+        opts = ort.SessionOptions()
+        # the input projection is most of the work and splits well over a few cores; threads that
+        # do not spin once done leave the cores to the backbone's next batch
+        opts.intra_op_num_threads = min(4, os.cpu_count() or 1)
+        opts.inter_op_num_threads = 1
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+
+    def run(self, x: np.ndarray, counts: Sequence[int]) -> np.ndarray:
+        n = np.asarray(counts, dtype=np.int64)
+        out = np.zeros((len(x), 2 * self.size), dtype=np.float32)
+        keep = n > 0
+        if not keep.any():
+            return out
+        lens = n[keep]
+        t_max = int(lens.max())
+        seq = np.repeat(np.arange(len(lens)), lens)  # each row's sequence, and its position in it
+        pos = np.arange(len(x)) - np.repeat(np.cumsum(lens) - lens, lens)
+        padded = np.zeros((t_max, len(lens), self.n_in), dtype=np.float32)
+        padded[pos, seq] = x
+        y = self.session.run(None, {"X": padded, "lens": lens.astype(np.int32)})[0]  # [T, 2, N, H]
+        out[:, : self.size] = y[pos, 0, seq]
+        out[:, self.size :] = y[pos, 1, seq]
         return out
-    order = np.argsort(-n, kind="stable")
-    lengths, starts = n[order], np.concatenate([[0], np.cumsum(n)[:-1]])[order]
-    n_seq, t_max = len(lengths), int(lengths[0])
-    # the row each (step, sequence) reads, forward and backward; -1 past a sequence's end
-    t = np.arange(t_max)[:, None]
-    live = t < lengths[None, :]
-    rows = np.stack([np.where(live, starts + t, -1), np.where(live, starts + lengths - 1 - t, -1)])  # [2, T, B]
-    # tanh(z) = 2 sigmoid(2z) - 1: with the cell-input gate's rows doubled, one sigmoid serves all four gates
-    scale = np.ones(4 * size, dtype=np.float32)
-    scale[2 * size : 3 * size] = 2.0
-    w_ih = np.stack([params[f"lstm.weight_ih_l0{d}"] * scale[:, None] for d in LSTM_DIRECTIONS])  # [2, 4H, F]
-    w_hh = np.stack([(params[f"lstm.weight_hh_l0{d}"] * scale[:, None]).T for d in LSTM_DIRECTIONS])  # [2, H, 4H]
-    bias = np.stack([(params[f"lstm.bias_ih_l0{d}"] + params[f"lstm.bias_hh_l0{d}"]) * scale for d in LSTM_DIRECTIONS])
-    xp = np.stack([x @ w_ih[k].T for k in range(2)]) + bias[:, None, :]  # [2, n, 4H]
-    direction = np.arange(2)[:, None]
-    h = np.zeros((2, n_seq, size), dtype=np.float32)
-    c = np.zeros_like(h)
-    states = np.zeros((2, t_max, n_seq, size), dtype=np.float32)
-    nb_at = live.sum(1)  # sequences still running at each step: a prefix, as they are sorted
-    for step in range(t_max):
-        nb = int(nb_at[step])
-        g = xp[direction, rows[:, step, :nb]]  # [2, nb, 4H], a copy
-        for k in range(2):  # two plain products: numpy's batched matmul is slower at these sizes
-            g[k] += h[k, :nb] @ w_hh[k]
-        gates = _sigmoid(g)
-        i, f, o = gates[..., :size], gates[..., size : 2 * size], gates[..., 3 * size :]
-        cell_in = 2.0 * gates[..., 2 * size : 3 * size] - 1.0
-        c[:, :nb] = f * c[:, :nb] + i * cell_in
-        h[:, :nb] = o * np.tanh(c[:, :nb])
-        states[:, step, :nb] = h[:, :nb]
-    for k in range(2):
-        r = rows[k][live]
-        out[r, k * size : (k + 1) * size] = states[k][live]
-    return out
 
 
 def activation(name: str, x: np.ndarray) -> np.ndarray:
@@ -129,6 +149,13 @@ class MLPHead(Head):
     def n_outputs(self) -> int:
         return len(self.outputs)
 
+    def bilstm(self) -> BiLSTM:
+        """The sequence layer's runner, built once per set of parameters."""
+        key = tuple(id(self.params[k]) for k in sorted(self.params) if k.startswith("lstm."))
+        if getattr(self, "_bilstm_key", None) != key:
+            self._bilstm, self._bilstm_key = BiLSTM(self.params, self.sequence_size()), key
+        return self._bilstm
+
     def shapes(self) -> dict[str, tuple[int, ...]]:
         shapes: dict[str, tuple[int, ...]] = {}
         if self.mixed_layers() > 1:
@@ -166,7 +193,7 @@ class MLPHead(Head):
             x = np.concatenate([x, extra.astype(x.dtype, copy=False)], axis=1)
         if self.sequence_size():
             assert counts is not None and sum(counts) == len(x), "a sequence layer needs each example's row count"
-            x = bilstm_numpy(x, counts, self.params, self.sequence_size())
+            x = self.bilstm().run(x, counts)
         for i in range(len(self.cfg.hidden)):
             x = activation(
                 self.cfg.activation, x @ self.params[f"layers.{i}.weight"].T + self.params[f"layers.{i}.bias"]

@@ -4,6 +4,7 @@ offsets. A word is tagged at its first sub-token; its other pieces are ignored."
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,23 +21,30 @@ if TYPE_CHECKING:
     from ..config.data import DataConfig
 
 
+_DIGIT, _ALNUM, _UPPER = re.compile("[0-9]"), re.compile("[0-9A-Za-z]"), re.compile("[A-Z]")  # ASCII words
+
 SHAPES = ("initial capital", "all capitals", "lower case", "has a digit", "punctuation only", "inner capital")
 
 
 def word_shapes(text: str, spans: list[tuple[int, int]]) -> np.ndarray:
-    """Six 0/1 flags per word ([n, 6] float32): what an uncased backbone cannot see."""
-    out = np.zeros((len(spans), len(SHAPES)), dtype=np.float32)
-    for i, (s, e) in enumerate(spans):
+    """Six 0/1 flags per word ([n, 6] float32): what an uncased backbone cannot see. An ASCII word
+    (most of them) is tested with compiled patterns, others character by character; both give
+    what str.isdigit, isalnum and isupper say."""
+    rows = []
+    for s, e in spans:
         w = text[s:e]
-        out[i] = (
-            w[:1].isupper(),
-            w.isupper(),
-            w.islower(),
-            any(c.isdigit() for c in w),
-            not any(c.isalnum() for c in w),
-            any(c.isupper() for c in w[1:]),
-        )
-    return out
+        digit: bool
+        alnum: bool
+        inner: bool
+        if w.isascii():
+            digit, alnum = _DIGIT.search(w) is not None, _ALNUM.search(w) is not None
+            inner = _UPPER.search(w, 1) is not None
+        else:
+            digit = any(c.isdigit() for c in w)
+            alnum = any(c.isalnum() for c in w)
+            inner = any(c.isupper() for c in w[1:])
+        rows.append((w[:1].isupper(), w.isupper(), w.islower(), digit, not alnum, inner))
+    return np.array(rows, dtype=np.float32).reshape(len(spans), len(SHAPES))
 
 
 @HEADS.register("token_classification")
