@@ -142,6 +142,22 @@ def test_token_head_reports_false_alarms_on_entity_free_sentences():
     assert "calibration error 0.400" in head.report_title(rep)
 
 
+def test_new_lstm_weights_are_used_at_once():
+    """The onnxruntime BiLSTM is built once per set of weights, and rebuilt when they are replaced."""
+    head = _head("token_classification", lstm=4, hidden=[])
+    rng = np.random.default_rng(5)
+    x = rng.normal(0, 1, (5, D)).astype(np.float32)
+    before = head.forward_numpy(x, None, [2, 3])
+    assert head.bilstm() is head.bilstm()  # cached
+    head.params = {k: (v * 1.5 if k.startswith("lstm.") else v) for k, v in head.params.items()}
+    module = head.torch_module().eval()
+    with torch.no_grad():
+        want = head.module_forward(module, torch.from_numpy(x), [2, 3]).numpy()
+    after = head.forward_numpy(x, None, [2, 3])
+    np.testing.assert_allclose(after, want, rtol=1e-5, atol=1e-5)
+    assert not np.allclose(after, before, atol=1e-4)
+
+
 def test_entities_group_word_tags_with_their_mean_probability():
     from sentmtl_cli.heads.bio import decode_entities, word_entities
 

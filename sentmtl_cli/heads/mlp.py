@@ -151,9 +151,11 @@ class MLPHead(Head):
 
     def bilstm(self) -> BiLSTM:
         """The sequence layer's runner, built once per set of parameters."""
-        key = tuple(id(self.params[k]) for k in sorted(self.params) if k.startswith("lstm."))
-        if getattr(self, "_bilstm_key", None) != key:
-            self._bilstm, self._bilstm_key = BiLSTM(self.params, self.sequence_size()), key
+        # the arrays themselves, held: an id() of a freed array may be reused by new weights (load)
+        arrays = [self.params[k] for k in sorted(self.params) if k.startswith("lstm.")]
+        held = getattr(self, "_bilstm_arrays", None)
+        if held is None or len(held) != len(arrays) or any(a is not b for a, b in zip(held, arrays)):
+            self._bilstm, self._bilstm_arrays = BiLSTM(self.params, self.sequence_size()), arrays
         return self._bilstm
 
     def shapes(self) -> dict[str, tuple[int, ...]]:
