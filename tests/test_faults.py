@@ -175,3 +175,33 @@ def test_sigterm_at_any_moment_exits_143_cleanly(tmp_path):
             assert (old / "model.yaml").read_text().endswith("name: old\n")
         else:  # finished: a new model replaced it; make it "old" again for the next round
             (old / "model.yaml").write_text("# written by sentmtl train\nname: old\n")
+
+
+def test_sigterm_during_shutdown_after_the_work_is_done(tmp_path):
+    """A SIGTERM that lands after the command has finished, while the interpreter shuts down
+    (torch's exit hooks run for a few hundred ms), must not raise into those hooks (a traceback) nor
+    kill the process by the signal's default action (-15): the work is complete, so exit 0 (or 143
+    when it came just before the end), one clean stderr, and the trained model in place."""
+    write_recipe(tmp_path, extra="epochs: 1\n")
+    exe = _sentmtl()
+    for delay in (0.0, 0.05, 0.15, 0.3):
+        p = subprocess.Popen(
+            [exe, "train", str(tmp_path / "train.yaml"), "--quiet", "--force"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        assert p.stderr is not None
+        err = ""
+        for line in p.stderr:  # the summary is the command's last act
+            err += line
+            if line.startswith("best epoch"):
+                break
+        time.sleep(delay)
+        p.send_signal(signal.SIGTERM)
+        _, rest = p.communicate(timeout=120)
+        err += rest
+        assert p.returncode in (0, 143), (delay, p.returncode, err[-1500:])
+        assert "Traceback" not in err and "Terminated" not in err and "Exception ignored" not in err, err
+        assert (tmp_path / "out" / "model.yaml").exists()

@@ -64,24 +64,23 @@ def main() -> None:
     try:
         app()
     except SystemExit:
-        if options.terminating():  # SIGTERM outside a command (click turns it into an abort): still 143
-            options.exit_terminated()
+        options.finished()  # exits 143 if SIGTERM came during the command
         raise
     except SentmtlError as e:  # raised outside a command (should not happen, but never a traceback)
+        options.finished()
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
-        if options.terminating():
-            options.exit_terminated()
+        options.finished()
         typer.echo("interrupted", err=True)
         sys.exit(130)
     except Exception as e:
-        if options.terminating():
-            options.exit_terminated()
+        options.finished()
         if os.environ.get("SENTMTL_DEBUG"):
             raise
         typer.echo(f"internal error: {type(e).__name__}: {e} (set SENTMTL_DEBUG=1 for the traceback)", err=True)
         sys.exit(1)
+    options.finished()
 
 
 if __name__ == "__main__":

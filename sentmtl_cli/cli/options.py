@@ -149,6 +149,21 @@ def on_sigterm(signum, frame):
     raise Terminated()
 
 
+def finished() -> None:
+    """The command is over (whatever its exit code) and has cleaned up: from here on SIGTERM is
+    ignored, so one landing during the interpreter's shutdown (torch's atexit hooks take a few
+    hundred ms) neither raises into them (a traceback) nor kills the process by the signal's
+    default action. One that landed before this point still exits 143."""
+    import signal
+
+    try:
+        if _TERMINATING:
+            exit_terminated()
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except Terminated:
+        exit_terminated()
+
+
 def exit_terminated() -> None:
     """After SIGTERM, once every cleanup on the way out has run: exit 143 at once. The signal can
     land inside an import of a C extension, which then fails half-initialised; skipping the
