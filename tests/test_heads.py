@@ -39,6 +39,10 @@ CASES += [  # with a BiLSTM over each sentence's words
     ("token_classification", {"activation": "gelu", "hidden": h, "layers": layers, "word_shape": w, "lstm": 5})
     for h, layers, w in itertools.product([[], [16]], [[-1], [1, 3, 6]], [False, True])
 ]
+CASES += [  # attention pooling over a learned mix of layers: each example's rows are its tokens
+    ("sentence_classification", {"activation": a, "hidden": h, "multi_label": m, "pool_layers": p, "pool": "attention"})
+    for a, h, m, p in itertools.product(["gelu", "tanh"], [[], [16]], [False, True], [[-1], [1, 3, 6]])
+]
 COUNTS = [3, 0, 1, 3]  # rows per example (7 in all); an example with no rows is allowed
 
 
@@ -58,7 +62,13 @@ def test_numpy_inference_and_torch_training_module_agree(type_name, cfg):
     x = layers if n_layers > 1 else layers[0]
     got = head.forward_numpy(x, extra, COUNTS)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
-    assert got.shape == (7, len(head.outputs))
+    assert got.shape == (len(COUNTS) if head.attention_pooling() else 7, len(head.outputs))
+    if head.attention_pooling():  # the query matters, and the tokens of one text do not reach another
+        head.params["attention"] = head.params["attention"] * -2.0
+        assert not np.allclose(head.forward_numpy(x, extra, COUNTS), want, atol=1e-3)
+        head.params["attention"] = head.params["attention"] / -2.0
+        alone = head.forward_numpy([a[4:7] for a in x] if n_layers > 1 else x[4:7], None, [3])
+        np.testing.assert_allclose(alone, got[3:], rtol=1e-5, atol=1e-5)
     if head.sequence_size():  # a word's tag reads its neighbours: the same rows cut into other sentences differ
         other = head.forward_numpy(x, extra, [7])
         assert not np.allclose(other[:3], want[:3], atol=1e-4)
@@ -91,6 +101,44 @@ def test_pooled_layers_are_pooled_alike_at_inference_and_in_training():
     np.testing.assert_allclose(rows.x.numpy(), want, rtol=1e-6, atol=1e-6)
     assert want.shape == (3, 2 * 2 * D) and want.max() < 100
     np.testing.assert_allclose(want[1, 2 * D : 3 * D], hidden[6][1, :2].mean(0), rtol=1e-6)
+
+
+def test_attention_pooling_at_inference_equals_training_on_token_rows():
+    """Attention pooling: inference pools the padded batch [B, T, D] under its mask; training feeds
+    each text's real tokens as rows. Same logits, padding never read, one target per text."""
+    from types import SimpleNamespace
+
+    from sentmtl_cli.data.examples import SentenceExamples
+
+    head = _head("sentence_classification", pool_layers=[1, 3, -1], pool="attention", hidden=[16])
+    assert head.mixed_layers() == 3 and head.shapes()["attention"] == (D,)
+    module = head.torch_module().eval()
+    rng = np.random.default_rng(4)
+    hidden = [rng.normal(0, 1, (3, 5, D)).astype(np.float32) for _ in range(LAYERS + 1)]
+    mask = np.array([[1, 1, 1, 1, 1], [1, 1, 0, 0, 0], [1, 1, 1, 0, 0]], dtype=np.int64)
+    want = head.forward_numpy(head.inputs_numpy({"hidden_states": dict(enumerate(hidden))}, mask))
+    for h in hidden:  # padding changed: nothing changes
+        h[mask == 0] = 1e3
+    again = head.forward_numpy(head.inputs_numpy({"hidden_states": dict(enumerate(hidden))}, mask))
+    np.testing.assert_allclose(again, want, rtol=1e-6, atol=1e-6)
+    ex = SentenceExamples(["a", "b", "c"], np.array([2, 0, 1]))
+    out = {"hidden_states": tuple(torch.from_numpy(h) for h in hidden)}
+    rows = head.training_rows(ex, np.arange(3), SimpleNamespace(attention_mask=mask), out, 0)
+    assert rows.counts == [5, 2, 3] and rows.x.shape == (10, 3 * D)
+    with torch.no_grad():
+        got = head.module_forward(module, rows.x, rows.counts).numpy()
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert head.targets(rows.y, rows.counts).tolist() == [2, 0, 1]
+
+
+def test_attention_pooling_needs_pooled_layers_and_a_sentence_head():
+    from sentmtl_cli.heads.classification import SentenceClassificationHead
+    from sentmtl_cli.heads.tagging import TokenClassificationHead
+
+    cfg = HeadConfig(type="sentence_classification", labels=["a", "b"], pool="attention")
+    assert "pool_layers" in SentenceClassificationHead.check_config(cfg)
+    cfg = HeadConfig(type="token_classification", labels=["PER"], pool="attention")
+    assert "pool" in TokenClassificationHead.check_config(cfg)
 
 
 def test_word_shapes_see_what_an_uncased_backbone_cannot():

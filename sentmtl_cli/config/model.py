@@ -82,6 +82,9 @@ class HeadConfig(_Strict):
     # sentence heads: read the mean and max over the text's tokens of these hidden layers instead of
     # the pooled sentence embedding (empty: the sentence embedding)
     pool_layers: list[int] = Field(default_factory=list)
+    # sentence heads: how pool_layers become one vector: the mean and max of each layer, or a learned
+    # softmax mix of the layers followed by attention over the tokens (one learned query)
+    pool: Literal["mean_max", "attention"] = "mean_max"
     weights: Path | None = None
 
     @field_validator("labels")

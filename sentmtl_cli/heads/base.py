@@ -152,12 +152,12 @@ class Head:
 
     def init_params(self, seed: int) -> None:
         """Uniform(+-1/sqrt(fan_in)) like torch.nn.Linear, from a numpy generator: reproducible.
-        A layer mix's logits start equal."""
+        A layer mix's logits and an attention query start at zero (equal weights)."""
         rng = np.random.default_rng(task_seed(seed, self.task))
         shapes = self.shapes()
         params = {}
         for name, shape in shapes.items():
-            if name == "mix":
+            if name in ("mix", "attention"):  # equal weights: the layers' mean, the tokens' mean
                 params[name] = np.zeros(shape, dtype=np.float32)
                 continue
             if name.startswith("lstm."):  # torch.nn.LSTM's own init: +-1/sqrt(hidden size)
@@ -201,6 +201,11 @@ class Head:
     def training_rows(self, ex: Any, idx: Any, batch: Batch, out: dict, row0: int) -> TrainingRows:
         """Rows for examples ex[idx] from a torch forward `out` of their texts (at rows row0...)."""
         raise NotImplementedError
+
+    def targets(self, y: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        """The targets the module's outputs are compared with, from the rows' y: one per row, unless
+        the module pools each example's rows into one output (attention pooling: its first row's)."""
+        return y
 
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """The mean loss per row (per example, per word) before any task weighting."""

@@ -10,7 +10,7 @@ import numpy as np
 
 from ..registry import HEADS
 from .base import BatchView, TrainingRows, sigmoid, softmax
-from .mlp import MLPHead
+from .mlp import MLPHead, attention_pool
 
 if TYPE_CHECKING:
     import torch
@@ -45,7 +45,8 @@ def pool_mean_max(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
 @HEADS.register("sentence_classification")
 class SentenceClassificationHead(MLPHead):
     """An MLP on the sentence embedding, or (`pool_layers: [2, 4, 6]`) on the mean and max over the
-    text's tokens of chosen hidden layers, which carry more than the last layer's mean."""
+    text's tokens of chosen hidden layers, which carry more than the last layer's mean; or
+    (`pool: attention`) on a learned mix of those layers, its tokens weighted by learned attention."""
 
     metrics = ("accuracy", "macro_f1", "macro_recall")
     default_metric = "accuracy"
@@ -56,17 +57,30 @@ class SentenceClassificationHead(MLPHead):
             return "word_shape: word-shape features are for token heads"
         if cfg.lstm:
             return "lstm: a sequence layer over words is for token heads"
+        if cfg.pool == "attention" and not cfg.pool_layers:
+            return "pool: attention pools pool_layers' tokens; give pool_layers (e.g. [2, 4, 6])"
         return None
 
     def hidden_layers(self) -> list[int]:
         return self.resolve_layers(self.cfg.pool_layers, "pool_layers")
 
+    def attention_pooling(self) -> bool:
+        return self.cfg.pool == "attention"
+
+    def mixed_layers(self) -> int:
+        return len(self.cfg.pool_layers) if self.attention_pooling() else 1
+
     def layer_dim(self) -> int:
-        return 2 * len(self.cfg.pool_layers) * self.input_dim if self.cfg.pool_layers else self.input_dim
+        if self.attention_pooling() or not self.cfg.pool_layers:
+            return self.input_dim
+        return 2 * len(self.cfg.pool_layers) * self.input_dim
 
     def inputs_numpy(self, features: dict, mask: np.ndarray) -> np.ndarray:
         if not self.cfg.pool_layers:
             return features["sentence_embedding"]
+        if self.attention_pooling():  # [B, T, D]: the layers mixed, then the tokens pooled
+            mixed = self.mix_numpy([features["hidden_states"][i] for i in self.hidden_layers()])
+            return attention_pool(mixed, mask, self.params["attention"])
         # pooled once per batch, whichever heads read a layer (the shipped cls and sent both read 2, 4, 6)
         pooled = features.setdefault("mean_max", {})
         for i in self.hidden_layers():
@@ -110,6 +124,12 @@ class SentenceClassificationHead(MLPHead):
         import torch
 
         rows = slice(row0, row0 + len(idx))
+        y = torch.from_numpy(ex.labels[np.asarray(idx, dtype=np.int64)])
+        if self.attention_pooling():  # one row per real token, each layer's vector side by side
+            real = torch.from_numpy(batch.attention_mask[rows] > 0)
+            counts = real.sum(1).tolist()
+            x = torch.cat([out["hidden_states"][i][rows][real] for i in self.hidden_layers()], 1)
+            return TrainingRows(x, y.repeat_interleave(torch.tensor(counts), dim=0), counts)
         if self.cfg.pool_layers:
             m = torch.from_numpy(batch.attention_mask[rows]).to(out["hidden_states"][0].dtype)[:, :, None]
             parts = []
@@ -119,7 +139,15 @@ class SentenceClassificationHead(MLPHead):
             x = torch.cat(parts, 1)
         else:
             x = out["sentence_embedding"][rows]
-        return TrainingRows(x, torch.from_numpy(ex.labels[np.asarray(idx, dtype=np.int64)]), [1] * len(idx))
+        return TrainingRows(x, y, [1] * len(idx))
+
+    def targets(self, y: torch.Tensor, counts: list[int]) -> torch.Tensor:
+        if not self.attention_pooling():
+            return y
+        import torch
+
+        starts = np.cumsum(counts) - np.asarray(counts)  # every text has a token ([CLS] at least)
+        return y[torch.from_numpy(starts.astype(np.int64))]
 
     def loss(self, output: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F

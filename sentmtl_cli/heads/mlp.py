@@ -5,12 +5,15 @@ setting through both and compares.
 
     [softmax layer mix over L layers of D] ++ [k extra features]
         -> (optional) a bidirectional LSTM over each example's rows (a token head's words, in order)
+        -> (optional) attention pooling: each example's rows (a sentence head's tokens) weighted by
+           softmax(row . query) over the example, summed: one row per example
         -> [Linear -> activation -> dropout]* -> Linear
 
 Parameters: "mix" [L] (only when L > 1), "lstm.*" (torch.nn.LSTM's names, only with a sequence layer),
-"layers.{i}.weight"/"layers.{i}.bias", "out.weight"/"out.bias".
+"attention" [D] (the query, only with attention pooling), "layers.{i}.weight"/"layers.{i}.bias",
+"out.weight"/"out.bias".
 Training rows are flat, [n, L*D + k]: the L layers' vectors, then the k extra features; with a
-sequence layer, `counts` says how many consecutive rows belong to each example.
+sequence layer or attention pooling, `counts` says how many consecutive rows belong to each example.
 """
 
 from __future__ import annotations
@@ -127,6 +130,30 @@ def activation(name: str, x: np.ndarray) -> np.ndarray:
     return y
 
 
+def attention_pool(x: np.ndarray, mask: np.ndarray, query: np.ndarray) -> np.ndarray:
+    """[B, T, D] token vectors, their [B, T] mask and a [D] query -> [B, D]: each text's real tokens
+    weighted by the softmax of their dot product with the query. A text with no token gives zeros."""
+    real = mask > 0
+    s = np.where(real, x @ query, -np.inf)
+    top = s.max(1, keepdims=True)
+    e = np.where(real, np.exp(s - np.where(np.isfinite(top), top, 0.0)), 0.0).astype(x.dtype)
+    w = e / np.maximum(e.sum(1, keepdims=True), np.finfo(x.dtype).tiny)
+    return np.matmul(w[:, None, :], x)[:, 0]
+
+
+def pad_rows(x: np.ndarray, counts: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Each example's consecutive rows of x [n, D] side by side: [B, T, D] and the [B, T] mask."""
+    n = np.asarray(counts, dtype=np.int64)
+    t_max = max(int(n.max()) if len(n) else 0, 1)
+    seq = np.repeat(np.arange(len(n)), n)
+    pos = np.arange(len(x)) - np.repeat(np.cumsum(n) - n, n)
+    padded = np.zeros((len(n), t_max, x.shape[1]), dtype=x.dtype)
+    mask = np.zeros((len(n), t_max), dtype=np.int64)
+    padded[seq, pos] = x
+    mask[seq, pos] = 1
+    return padded, mask
+
+
 class MLPHead(Head):
     """A head whose function is the MLP above; subclasses say what it reads and how it decodes."""
 
@@ -145,6 +172,10 @@ class MLPHead(Head):
     def sequence_size(self) -> int:
         """The bidirectional LSTM's size per direction over each example's rows (0: none)."""
         return 0
+
+    def attention_pooling(self) -> bool:
+        """Whether each example's rows are pooled into one by attention (a sentence head's tokens)."""
+        return False
 
     def n_outputs(self) -> int:
         return len(self.outputs)
@@ -166,6 +197,8 @@ class MLPHead(Head):
         if self.sequence_size():
             shapes.update(lstm_shapes(d, self.sequence_size()))
             d = 2 * self.sequence_size()
+        if self.attention_pooling():
+            shapes["attention"] = (d,)
         for i, h in enumerate(self.cfg.hidden):
             shapes[f"layers.{i}.weight"] = (h, d)
             shapes[f"layers.{i}.bias"] = (h,)
@@ -187,7 +220,9 @@ class MLPHead(Head):
     def forward_numpy(self, x, extra: np.ndarray | None = None, counts: Sequence[int] | None = None) -> np.ndarray:
         """[N, D] rows, or L layers of them ([N, L, D] or a list of L [N, D]), the k extra
         features [N, k] when the head has them, and (with a sequence layer) how many consecutive
-        rows each example has -> logits [N, outputs]."""
+        rows each example has -> logits [N, outputs]. With attention pooling, `counts` given: the
+        rows are each example's tokens, pooled here -> [len(counts), outputs]; without counts, the
+        rows are already pooled (inference pools the padded batch, `attention_pool`)."""
         if not (isinstance(x, np.ndarray) and x.ndim == 2):
             x = self.mix_numpy(x)
         if self.extra_features():
@@ -196,6 +231,8 @@ class MLPHead(Head):
         if self.sequence_size():
             assert counts is not None and sum(counts) == len(x), "a sequence layer needs each example's row count"
             x = self.bilstm().run(x, counts)
+        if self.attention_pooling() and counts is not None:
+            x = attention_pool(*pad_rows(x, counts), self.params["attention"])
         for i in range(len(self.cfg.hidden)):
             x = activation(
                 self.cfg.activation, x @ self.params[f"layers.{i}.weight"].T + self.params[f"layers.{i}.bias"]
@@ -228,6 +265,7 @@ def _torch_mlp_class():
             self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(dims[:-1], dims[1:]))
             self.out = nn.Linear(dims[-1], head.n_outputs())
             self.mix = nn.Parameter(torch.zeros(head.mixed_layers())) if head.mixed_layers() > 1 else None
+            self.attention = nn.Parameter(torch.zeros(dims[0])) if head.attention_pooling() else None
             if head.params:
                 load_numpy(self, head.params)
 
@@ -240,6 +278,9 @@ def _torch_mlp_class():
                 (torch.softmax(self.mix, 0)[None, :, None] * layers).sum(1) if self.mix is not None else layers[:, 0]
             )
             x = torch.cat([mixed, x[:, L * D :]], 1) if self.k else mixed
+            if self.attention is not None:
+                assert counts is not None and sum(counts) == len(x), "attention pooling needs each example's row count"
+                x = self.attend(x, counts)
             x = self.drop(x)
             if self.lstm is not None:
                 assert counts is not None and sum(counts) == len(x), "a sequence layer needs each example's row count"
@@ -247,6 +288,20 @@ def _torch_mlp_class():
             for layer in self.layers:
                 x = self.drop(self.act(layer(x)))
             return self.out(x)
+
+        def attend(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
+            """attention_pool on each example's consecutive rows: [n, D] -> [len(counts), D]."""
+            assert self.attention is not None
+            n = np.asarray(counts, dtype=np.int64)
+            t_max = max(int(n.max()) if len(n) else 0, 1)
+            slot = torch.from_numpy(
+                np.repeat(np.arange(len(n)) * t_max, n) + np.arange(len(x)) - np.repeat(np.cumsum(n) - n, n)
+            )
+            padded = x.new_zeros((len(n) * t_max, x.shape[1])).index_copy(0, slot, x).view(len(n), t_max, -1)
+            real = torch.zeros(len(n) * t_max, dtype=torch.bool).index_fill(0, slot, True).view(len(n), t_max)
+            s = (padded @ self.attention).masked_fill(~real, float("-inf"))
+            w = torch.softmax(s, 1).nan_to_num(0.0)  # a row of -inf only (no token): weights 0
+            return (w[:, :, None] * padded).sum(1)
 
         def sequence(self, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
             """The LSTM over each example's rows, padded side by side and packed, so padding is never

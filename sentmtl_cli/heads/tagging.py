@@ -64,6 +64,8 @@ class TokenClassificationHead(MLPHead):
             return "multi_label: a token head gives one tag per word"
         if cfg.pool_layers:
             return "pool_layers: a token head reads `layers:`; pool_layers is for sentence heads"
+        if cfg.pool != "mean_max":
+            return "pool: pooling over tokens is for sentence heads"
         return None
 
     @property

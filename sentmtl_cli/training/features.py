@@ -88,6 +88,8 @@ class FeatureCache:
                     head.hidden_layers(),
                     head.cfg.word_shape,
                     head.cfg.pool_layers,
+                    # only when not the default, so that caches made before `pool` existed still hold
+                    *([head.cfg.pool] if head.cfg.pool != "mean_max" else []),
                 ]
             ).encode()
         )

@@ -227,7 +227,8 @@ class Trainer:
             x = rows[t].x
             if self.trains_backbone and s.cfg.grad_scale != 1.0:
                 x = GradScale.apply(x, s.cfg.grad_scale)
-            losses[t] = s.head.loss(s.head.module_forward(s.module, x, rows[t].counts), rows[t].y)
+            r = rows[t]
+            losses[t] = s.head.loss(s.head.module_forward(s.module, x, r.counts), s.head.targets(r.y, r.counts))
         total = self.weighting.combine(losses)
         if extra is not None:
             total = total + extra
@@ -283,7 +284,7 @@ class Trainer:
                         batch, out = self.features.forward([s.val.texts[i] for i in idx], grad=False)
                         rows = s.head.training_rows(s.val, idx, batch, out, 0)
                     outputs.append(s.head.module_forward(s.module, rows.x, rows.counts).numpy())
-                    ys.append(rows.y.numpy())
+                    ys.append(s.head.targets(rows.y, rows.counts).numpy())
                     counts += rows.counts
             output, y = np.concatenate(outputs), np.concatenate(ys)
             if not (s.cfg.eval_only or s.cfg.frozen):  # temperature scaling on this validation set
