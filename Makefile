@@ -15,7 +15,7 @@ $(BIN)/sentmtl: pyproject.toml
 	$(BIN)/pip install --quiet --upgrade pip
 	# torch first, pinned, so nothing later resolves a CUDA build
 	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev,ray]'
 	touch $@
 
 # the fast path: the shipped backbone exported to ONNX (fp32 and int8); made again when the
@@ -60,6 +60,7 @@ experiments: setup
 # sentmtl against sentence-transformers, same model and inputs, ratios from one run
 bench: setup
 	$(BIN)/python bench/bench.py
+	$(BIN)/python bench/batch_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -259,6 +259,20 @@ def quality() -> dict | None:
     return out
 
 
+def machine() -> str:
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_results(name: str, intro: str, columns: list[str], rows: list[tuple], data: dict) -> None:
+    """Print the table and write bench/NAME.md (the docs quote it) and bench/NAME.json."""
+    md = [intro, "", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    md += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    text = "\n".join(md) + "\n"
+    print(text)
+    (ROOT / "bench" / f"{name}.md").write_text(text, encoding="utf-8")
+    (ROOT / "bench" / f"{name}.json").write_text(json.dumps(data, indent=1))
+
+
 def verdict(ok: bool) -> str:
     return "met" if ok else "NOT met"
 
@@ -349,23 +363,14 @@ def main() -> None:
     else:
         rows.append(("STS-B dev Spearman", "skipped", "../shared/data/stsb is absent", ""))
 
-    machine = (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
-    )
-    md = [
-        f"Measured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine}; fp32 matmul peak measured at {peak:.0f} GFLOP/s). "
+    write_results(
+        "results",
+        f"Measured by `make bench` on {time.strftime('%Y-%m-%d')} ({machine()}; fp32 matmul peak measured at {peak:.0f} GFLOP/s). "
         f"Throughput ratios: median of {ROUNDS} rounds, each engine measured in every round on the same {len(texts)} "
         f"sentences, batch {BATCH}; one-shot times: median of {COLD_RUNS} cold runs.",
-        "",
-        "| measure | sentmtl | ratio against the peer, same run | target |",
-        "|---|---|---|---|",
-    ]
-    md += [f"| {a} | {b_} | {c} | {d} |" for a, b_, c, d in rows]
-    text = "\n".join(md) + "\n"
-    print(text)
-    (ROOT / "bench" / "results.md").write_text(text, encoding="utf-8")
-    (ROOT / "bench" / "results.json").write_text(
-        json.dumps({"bulk": b, "one_shot": o, "quality": q, "peak_gflops": peak}, indent=1)
+        ["measure", "sentmtl", "ratio against the peer, same run", "target"],
+        rows,
+        {"bulk": b, "one_shot": o, "quality": q, "peak_gflops": peak},
     )
 
 

@@ -54,6 +54,7 @@ class MultiTaskModel:
                 head.load(hcfg.weights)
             else:
                 head.init_params(cfg.seed)
+            head.threads = threads
             self.heads[task] = head
         self.threads = threads
         self._backbone = None

@@ -1,5 +1,5 @@
-"""The shape of the package, checked statically: data flows one way (cli -> training/eval/export ->
-model -> heads -> backbone/data -> config -> text/files -> errors), no module imports a module above
+"""The shape of the package, checked statically: data flows one way (cli -> training/ray ->
+eval/export/batch -> model -> heads -> backbone/data -> config -> text/files -> errors), no module imports a module above
 it or reaches for another module's private name, there is no import cycle (function-local imports
 included), and no module is named after a standard-library one."""
 
@@ -31,6 +31,8 @@ LAYERS = {
     "sentmtl_cli.model": 5,
     "sentmtl_cli.eval": 6,
     "sentmtl_cli.export": 6,
+    "sentmtl_cli.batch": 6,
+    "sentmtl_cli.ray": 7,  # public: Predictor for users' own Ray Data pipelines
     "sentmtl_cli.training": 7,
     "sentmtl_cli.cli": 8,
     "sentmtl_cli.__main__": 8,

@@ -14,7 +14,7 @@ import typer
 
 from ..defaults import VERSION as __version__
 from ..errors import SentmtlError
-from . import export, infer, options, train
+from . import batch, export, infer, options, train
 
 app = typer.Typer(
     name="sentmtl",
@@ -50,6 +50,7 @@ for command in (
     train.evaluate,
     export.export,
     train.experiment,
+    batch.batch,
 ):
     app.command()(command)
 

@@ -112,6 +112,7 @@ class Head:
         # probabilities are softmax(logits / temperature): fitted on validation data after training
         # (temperature scaling), so that a score of 0.9 is right about 90% of the time there
         self.temperature = 1.0
+        self.threads: int | None = None  # threads for a head's own runtime (the model's --threads)
         self.hidden_layers()  # a layer number past the backbone fails here, when the model is built
 
     @classmethod
@@ -267,6 +268,15 @@ class Head:
     def report_rows(self, rep: dict) -> dict[str, dict]:
         """Per-label rows of an `evaluate` report (precision, recall, f1, support), if any."""
         return {}
+
+    # ---- columns (sentmtl batch writes parquet: typed columns, not JSON strings) ---------------------
+    def arrow_fields(self) -> list:
+        """The pyarrow fields this task adds to a `sentmtl batch` row, named `<task>_...`."""
+        raise NotImplementedError
+
+    def arrow_columns(self, results: list[dict]) -> list:
+        """One pyarrow array per field of arrow_fields(), from this task's `predict` results."""
+        raise NotImplementedError
 
     # ---- weights I/O -----------------------------------------------------------------------
     def header(self) -> dict[str, str]:

@@ -207,3 +207,32 @@ class SentenceClassificationHead(MLPHead):
 
     def report_rows(self, rep: dict) -> dict[str, dict]:
         return rep["per_label"]
+
+    def arrow_fields(self) -> list:
+        import pyarrow as pa
+
+        t = self.task
+        fields = [
+            pa.field(f"{t}_label", pa.string()),
+            pa.field(f"{t}_score", pa.float32()),
+            pa.field(f"{t}_scores", pa.struct([pa.field(lab, pa.float32()) for lab in self.cfg.labels])),
+        ]
+        if self.cfg.multi_label:
+            fields.append(pa.field(f"{t}_labels", pa.list_(pa.string())))
+        return fields
+
+    def arrow_columns(self, results: list[dict]) -> list:
+        import pyarrow as pa
+
+        labels = list(self.cfg.labels)
+        scores = [
+            pa.array(np.array([r["scores"][lab] for r in results], dtype=np.float32), pa.float32()) for lab in labels
+        ]
+        cols = [
+            pa.array([r["label"] for r in results], pa.string()),
+            pa.array(np.array([r["score"] for r in results], dtype=np.float32), pa.float32()),
+            pa.StructArray.from_arrays(scores, fields=list(self.arrow_fields()[2].type)),
+        ]
+        if self.cfg.multi_label:
+            cols.append(pa.array([r["labels"] for r in results], pa.list_(pa.string())))
+        return cols

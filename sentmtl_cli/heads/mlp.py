@@ -51,7 +51,7 @@ class BiLSTM:
     [n, 2*size] (forward states, then backward). Each sequence has its own length, so padding is
     never read and an example's states do not depend on the others beside it."""
 
-    def __init__(self, params: dict[str, np.ndarray], size: int):
+    def __init__(self, params: dict[str, np.ndarray], size: int, threads: int | None = None):
         import onnxruntime as ort
         from onnx import TensorProto, helper
 
@@ -88,7 +88,7 @@ class BiLSTM:
         opts = ort.SessionOptions()
         # the input projection is most of the work and splits well over a few cores; threads that
         # do not spin once done leave the cores to the backbone's next batch
-        opts.intra_op_num_threads = min(4, os.cpu_count() or 1)
+        opts.intra_op_num_threads = threads or min(4, os.cpu_count() or 1)
         opts.inter_op_num_threads = 1
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.session = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
@@ -186,7 +186,7 @@ class MLPHead(Head):
         arrays = [self.params[k] for k in sorted(self.params) if k.startswith("lstm.")]
         held = getattr(self, "_bilstm_arrays", None)
         if held is None or len(held) != len(arrays) or any(a is not b for a, b in zip(held, arrays)):
-            self._bilstm, self._bilstm_arrays = BiLSTM(self.params, self.sequence_size()), arrays
+            self._bilstm, self._bilstm_arrays = BiLSTM(self.params, self.sequence_size(), self.threads), arrays
         return self._bilstm
 
     def shapes(self) -> dict[str, tuple[int, ...]]:

@@ -240,3 +240,22 @@ class TokenClassificationHead(MLPHead):
 
     def report_rows(self, rep: dict) -> dict[str, dict]:
         return rep["per_type"]
+
+    def arrow_fields(self) -> list:
+        import pyarrow as pa
+
+        entity = pa.struct(
+            [
+                pa.field("text", pa.string()),
+                pa.field("label", pa.string()),
+                pa.field("start", pa.int32()),
+                pa.field("end", pa.int32()),
+                pa.field("score", pa.float32()),
+            ]
+        )
+        return [pa.field(f"{self.task}_entities", pa.list_(entity))]
+
+    def arrow_columns(self, results: list[dict]) -> list:
+        import pyarrow as pa
+
+        return [pa.array([r["entities"] for r in results], self.arrow_fields()[0].type)]

@@ -1,0 +1,155 @@
+"""`sentmtl batch`: plan the units, check OUTPUT against the job, run the units not yet done (here,
+one after another, or on a Ray Data actor pool), then write the manifest."""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..defaults import BATCH_SIZE
+from ..errors import SentmtlError
+
+SHARD_ROWS = 10_000
+
+
+@dataclass
+class BatchJob:
+    input: Path
+    output: Path
+    tasks: list[str] | str | None = None
+    config: str | Path | None = None
+    engine: str = "local"
+    address: str | None = None
+    workers: int = 2
+    text_column: str = "text"
+    id_column: str | None = None
+    batch_size: int = BATCH_SIZE
+    on_error: str = "fail"
+    force: bool = False
+    shard_rows: int = SHARD_ROWS
+    backend: str | None = None
+    threads: int | None = None
+
+
+def run_batch(job: BatchJob, progress=None, worker_class=None) -> dict:
+    """Run the job; its manifest (plus `elapsed_s`, `rows_per_s`, `skipped_units`). `progress(total)`
+    makes the local engine's progress bar; `worker_class` replaces the Ray worker (tests only)."""
+    from ..model import load
+    from . import output as out
+    from .inputs import plan, read_unit
+    from .worker import resolve_batch_tasks
+
+    if job.on_error not in ("fail", "skip"):
+        raise SentmtlError(f"--on-error must be fail or skip, not {job.on_error!r}")
+    if job.engine not in ("local", "ray"):
+        raise SentmtlError(f"--engine must be local or ray, not {job.engine!r}")
+    if job.batch_size < 1 or job.workers < 1 or job.shard_rows < 1:
+        raise SentmtlError("--batch-size, --workers and --shard-rows must be at least 1")
+    ray = _import_ray() if job.engine == "ray" else None
+    t0 = time.perf_counter()
+    threads = 1 if job.engine == "ray" else job.threads
+    model = load(job.config, threads=threads, backend=job.backend)
+    tasks = resolve_batch_tasks(model, job.tasks)
+    files, units = plan(Path(job.input), job.shard_rows, job.text_column, job.id_column)
+    record = out.job_record(
+        files, units, tasks, out.model_fingerprint(model), job.text_column, job.id_column, job.shard_rows
+    )
+    if not job.force:
+        done_before = out.complete(Path(job.output), record)
+        if done_before is not None:
+            return {
+                **done_before,
+                "already_complete": True,
+                "elapsed_s": 0.0,
+                "rows_per_s": 0.0,
+                "skipped_units": len(units),
+            }
+    done = out.prepare(Path(job.output), record, job.force)
+    todo = [u for u in units if u.index not in done]
+    rows_todo = sum(u.rows for u in todo)
+    if job.engine == "local":
+        with progress(rows_todo) if progress else _Null() as p:
+            for u in todo:
+                rows = read_unit(u, job.text_column, job.id_column)
+                table, errors = out.unit_table(
+                    model, tasks, u, rows, job.on_error, job.batch_size, job.id_column, progress=p
+                )
+                if p is not None and rows.problems:
+                    p(len(rows.problems))
+                out.write_unit(Path(job.output), u, table, errors)
+        extra = {"engine": "local", "workers": 1, "nodes": 1}
+    else:
+        nodes = _run_on_ray(ray, job, tasks, todo, worker_class) if todo else set()
+        extra = {"engine": "ray", "workers": job.workers, "nodes": len(nodes)}
+    elapsed = time.perf_counter() - t0
+    manifest = out.finish(Path(job.output), record, units, extra)
+    return {
+        **manifest,
+        "elapsed_s": elapsed,
+        "rows_per_s": rows_todo / elapsed if elapsed > 0 else 0.0,
+        "skipped_units": len(units) - len(todo),
+    }
+
+
+class _Null:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _import_ray():
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise SentmtlError("--engine ray needs Ray: pip install 'sentmtl[ray]'") from None
+    return ray
+
+
+def _run_on_ray(ray, job: BatchJob, tasks: list[str], todo, worker_class=None) -> set[str]:
+    """The units on a Ray Data actor pool of `workers` actors, one CPU and one thread each. Ray
+    restarts an actor that dies and retries its unit (the default for actor pools); a unit written
+    twice is the same shard written twice, whole each time."""
+    from .worker import ShardWriter
+
+    started = not ray.is_initialized()
+    if started:
+        ray.init(
+            address=job.address,
+            num_cpus=None if job.address else job.workers,
+            include_dashboard=False,
+            logging_level="ERROR",
+            log_to_driver=False,
+        )
+    try:
+        items = [{"unit": json.dumps(u.to_dict())} for u in todo]
+        ds = ray.data.from_items(items, override_num_blocks=len(items))
+        ds = ds.map_batches(
+            worker_class or ShardWriter,
+            fn_constructor_kwargs={
+                "config": str(job.config) if job.config is not None else None,
+                "tasks": tasks,
+                "output": str(Path(job.output).resolve()),
+                "text_column": job.text_column,
+                "id_column": job.id_column,
+                "on_error": job.on_error,
+                "batch_size": job.batch_size,
+                "backend": job.backend,
+            },
+            batch_size=1,
+            num_cpus=1,
+            compute=ray.data.ActorPoolStrategy(size=job.workers),
+        )
+        nodes = set()
+        for row in ds.iter_rows():
+            if row["error"]:
+                raise SentmtlError(str(row["error"]))
+            nodes.add(row["node"])
+        return nodes
+    finally:
+        if started:
+            ray.shutdown()

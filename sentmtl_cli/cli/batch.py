@@ -1,0 +1,73 @@
+"""`sentmtl batch`: a corpus through embed and every head into typed parquet shards, on this
+machine or a Ray cluster, resumable (sentmtl_cli/batch/)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .options import Backend, BackendOpt, BatchOpt, ConfigOpt, ThreadsOpt, handles_errors
+
+
+@handles_errors
+def batch(
+    input: Path = typer.Argument(
+        ..., help="A .txt (a text a line), .jsonl, .csv or .parquet file, or a folder of them.", show_default=False
+    ),
+    output: Path = typer.Argument(..., help="A folder: parquet shards, then _SUCCESS.", show_default=False),
+    tasks: Optional[str] = typer.Option(
+        None, "--tasks", "-t", help="Comma-separated: embed and head names (default: embed and every head)."
+    ),
+    config: Optional[Path] = ConfigOpt,
+    engine: str = typer.Option("local", "--engine", help="local | ray."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster to join (auto, ray://host:10001); default: a local Ray."
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="Ray actors (one CPU each)."),
+    text_column: str = typer.Option("text", "--text-column", help="The text's column (.jsonl, .csv, .parquet)."),
+    id_column: Optional[str] = typer.Option(
+        None, "--id-column", help="A column of ids to keep (as strings); default: the row's position."
+    ),
+    batch_size: int = BatchOpt,
+    on_error: str = typer.Option(
+        "fail", "--on-error", help="fail | skip: a bad row stops the run, or is listed in OUTPUT/_errors.jsonl."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace an OUTPUT that holds another batch."),
+    shard_rows: int = typer.Option(10_000, "--shard-rows", min=1, help="Input rows per output shard."),
+    threads: Optional[int] = ThreadsOpt,
+    backend: Optional[Backend] = BackendOpt,
+):
+    """Run embed and the task heads over a corpus into parquet shards (resumable; local or Ray)."""
+    from ..batch.run import BatchJob, run_batch
+    from . import render
+
+    job = BatchJob(
+        input=input,
+        output=output,
+        tasks=tasks,
+        config=config,
+        engine=engine,
+        address=address,
+        workers=workers,
+        text_column=text_column,
+        id_column=id_column,
+        batch_size=batch_size,
+        on_error=on_error,
+        force=force,
+        shard_rows=shard_rows,
+        backend=backend.value if backend else None,
+        threads=threads,
+    )
+    m = run_batch(job, progress=lambda total: render.Progress(total, "rows"))
+    if m.get("already_complete"):
+        typer.echo(f"{output} already holds this batch, complete: {m['rows']:,} rows (--force to redo it)", err=True)
+        return
+    size = m["bytes"] / 1e6
+    resumed = f", {m['skipped_units']} shards already done" if m["skipped_units"] else ""
+    typer.echo(
+        f"{m['rows']:,} rows -> {output} ({m['shards']} shards, {size:,.1f} MB) in {m['elapsed_s']:.1f} s, "
+        f"{m['rows_per_s']:,.0f} rows/s; {m['errors']} errors{resumed}",
+        err=True,
+    )
