@@ -18,17 +18,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from conftest import invoke
-
-TEXTS = [
-    "Angela Merkel visited Paris on Tuesday.",
-    "The weather is nice today.",
-    "Shares of Tesla fell 5% after Elon Musk spoke in Berlin.",
-    "I really did not enjoy that film, what a waste of time.",
-    "Microsoft opened a new office in Nairobi, Kenya.",
-    "Thanks for the great service, see you soon!",
-    "Il pleut sur la ville de Lyon.",
-    "The match ended 2-1 after extra time.",
-]
+from toydata import TEXTS
 
 
 def read_output(folder: Path) -> list[dict]:

@@ -12,9 +12,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from test_batch import TEXTS, check_matches_api, read_output
+from test_batch import check_matches_api, read_output
 
 from conftest import invoke
+from toydata import TEXTS
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (make setup installs it: pip install 'sentmtl[ray]')")
 from sentmtl_cli.ray import ShardWriter  # noqa: E402 (after the skip)

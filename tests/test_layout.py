@@ -33,6 +33,7 @@ LAYERS = {
     "sentmtl_cli.export": 6,
     "sentmtl_cli.batch": 6,
     "sentmtl_cli.ray": 7,  # public: Predictor for users' own Ray Data pipelines
+    "sentmtl_cli.serve": 8,  # beside the CLI: another front end on the Python API
     "sentmtl_cli.training": 7,
     "sentmtl_cli.cli": 8,
     "sentmtl_cli.__main__": 8,

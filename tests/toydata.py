@@ -112,3 +112,16 @@ def write_recipe(tmp: Path, extra: str = "", tasks: str | None = None, max_len: 
     p = tmp / "train.yaml"
     p.write_text(text, encoding="utf-8")
     return p
+
+
+# ordinary sentences with people, places, firms, moods and a non-English one: the batch and serve tests
+TEXTS = [
+    "Angela Merkel visited Paris on Tuesday.",
+    "The weather is nice today.",
+    "Shares of Tesla fell 5% after Elon Musk spoke in Berlin.",
+    "I really did not enjoy that film, what a waste of time.",
+    "Microsoft opened a new office in Nairobi, Kenya.",
+    "Thanks for the great service, see you soon!",
+    "Il pleut sur la ville de Lyon.",
+    "The match ended 2-1 after extra time.",
+]

@@ -14,7 +14,7 @@ import typer
 
 from ..defaults import VERSION as __version__
 from ..errors import SentmtlError
-from . import batch, export, infer, options, train
+from . import batch, export, infer, options, serve, train
 
 app = typer.Typer(
     name="sentmtl",
@@ -51,6 +51,7 @@ for command in (
     export.export,
     train.experiment,
     batch.batch,
+    serve.serve,
 ):
     app.command()(command)
 

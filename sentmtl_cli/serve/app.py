@@ -1,0 +1,338 @@
+"""The HTTP API: `create_app()` builds the FastAPI app `sentmtl serve` runs.
+
+Routes: POST /v1/embeddings (OpenAI's embeddings schema), POST /predict and POST /similarity (the
+CLI's JSON), GET /health, /info, /metrics (Prometheus), and GET / (a page to try the model). The
+model loads in a thread when the app starts, so /health says 503 until it is ready; every request
+goes through the micro-batcher (batcher.py). Errors are JSON, `{"error": {"message", "type",
+"param"}}` as OpenAI's clients expect: 422 for a bad field (named), 413 over the size limits, 429
+with Retry-After when the queue is full, 401 without the API key, never a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import hmac
+import threading
+import time
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from importlib import resources
+from typing import Any, Literal
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel, ConfigDict
+
+from ..errors import SentmtlError
+from .batcher import MicroBatcher, QueueFull
+
+
+@dataclass
+class Settings:
+    config: str | None = None
+    backend: str | None = None
+    threads: int | None = None
+    max_batch_tokens: int = 8192
+    max_queue: int = 256
+    max_texts_per_request: int = 256
+    max_chars_per_text: int = 20_000
+    api_key: str | None = None
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error", headers=None):
+    return JSONResponse(
+        {"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status, headers=headers
+    )
+
+
+class EmbeddingsRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # OpenAI clients may send `user` and the like
+    input: str | list[str]
+    model: str | None = None
+    encoding_format: Literal["float", "base64"] = "float"
+    dimensions: int | None = None
+
+
+class PredictRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str]
+    tasks: list[str] | None = None
+
+
+class SimilarityRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    texts: list[str]
+    metric: Literal["cosine", "dot", "euclidean"] = "cosine"
+
+
+class _State:
+    def __init__(self):
+        self.model = None
+        self.batcher: MicroBatcher | None = None
+        self.load_error: str | None = None
+
+
+def create_app(settings: Settings | None = None, model=None) -> FastAPI:
+    """The app; `model` (already loaded) skips loading, as the in-process tests do."""
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+    settings = settings or Settings()
+    state = _State()
+    registry = CollectorRegistry()  # one per app: tests build several
+    requests_total = Counter(
+        "sentmtl_requests_total", "Requests by route and status.", ["route", "status"], registry=registry
+    )
+    latency = Histogram(
+        "sentmtl_request_seconds",
+        "Request latency by route.",
+        ["route"],
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        registry=registry,
+    )
+    batch_texts = Histogram(
+        "sentmtl_batch_texts",
+        "Texts per backbone batch run.",
+        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+        registry=registry,
+    )
+    batch_requests = Histogram(
+        "sentmtl_batch_requests",
+        "Requests merged into one batch run.",
+        buckets=(1, 2, 4, 8, 16, 32, 64),
+        registry=registry,
+    )
+    queue_depth = Gauge("sentmtl_queue_depth", "Requests waiting for the model.", registry=registry)
+    queue_depth.set_function(lambda: state.batcher.depth() if state.batcher else 0)
+
+    def on_batch(n_texts: int, n_jobs: int) -> None:
+        batch_texts.observe(n_texts)
+        batch_requests.observe(n_jobs)
+
+    def ready(m) -> None:
+        state.model = m
+        state.batcher = MicroBatcher(m, settings.max_batch_tokens, settings.max_queue, on_batch=on_batch)
+
+    def load_in_background() -> None:
+        from ..model import load
+
+        try:
+            m = load(settings.config, threads=settings.threads, backend=settings.backend)
+            m.embed(["warm up"])  # the backbone's session is built now, not on the first request
+            ready(m)
+        except SentmtlError as e:
+            state.load_error = str(e)
+        except Exception as e:  # noqa: BLE001 (reported by /health, never a traceback)
+            state.load_error = f"{type(e).__name__}: {e}"
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if model is not None:
+            ready(model)
+        else:
+            threading.Thread(target=load_in_background, name="sentmtl-load", daemon=True).start()
+        yield
+        if state.batcher is not None:
+            state.batcher.close()  # after uvicorn has drained the connections: in-flight work is done
+
+    app = FastAPI(
+        title="sentmtl",
+        summary="Embeddings, similarity, topic, sentiment and entities from one small model.",
+        lifespan=lifespan,
+    )
+    app.state.sentmtl = state
+    app.state.settings = settings
+
+    # ---- errors: JSON in OpenAI's shape, a named field, never a traceback ------------------------
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError):
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
+        if first.get("type") == "json_invalid":
+            return _error(422, "the request body is not valid JSON", None)
+        # the field and its list indices ("texts[0]"); pydantic's union-member tags ("str") are not fields
+        loc = [x for x in first.get("loc", ()) if x != "body"]
+        param = (str(loc[0]) + "".join(f"[{x}]" for x in loc[1:] if isinstance(x, int))) if loc else None
+        msg = first.get("msg", "invalid")
+        if len(loc) > 1 and isinstance(loc[1], str):  # a union: say what it accepts
+            msg = "give a string or a list of strings"
+        return _error(422, f"{param or 'body'}: {msg}", param)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(request: Request, exc: ApiError):
+        headers = {"Retry-After": "1"} if exc.status == 429 else None
+        return _error(exc.status, exc.message, exc.param, exc.kind, headers)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception):
+        return _error(500, f"internal error: {type(exc).__name__}: {exc}", None, "server_error")
+
+    # ---- middleware: metrics outside, then the API key ----------------------------------------------
+    @app.middleware("http")
+    async def _auth(request: Request, call_next):
+        key = settings.api_key
+        if key and request.url.path != "/health":
+            given = request.headers.get("authorization", "")
+            want = f"Bearer {key}"
+            if not hmac.compare_digest(given.encode("utf-8", "replace"), want.encode("utf-8")):
+                return _error(
+                    401, "a valid API key is needed: Authorization: Bearer KEY", None, "authentication_error",
+                    {"WWW-Authenticate": "Bearer"},
+                )  # fmt: skip
+        return await call_next(request)
+
+    @app.middleware("http")
+    async def _measure(request: Request, call_next):
+        t = time.perf_counter()
+        limit = settings.max_texts_per_request * (settings.max_chars_per_text * 4 + 16) + 65536
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > limit:
+            response: Response = _error(413, f"the request body is over {limit:,} bytes", None)
+        else:
+            response = await call_next(request)
+        route = request.scope.get("route")
+        name = getattr(route, "path", "other")
+        requests_total.labels(name, str(response.status_code)).inc()
+        latency.labels(name).observe(time.perf_counter() - t)
+        return response
+
+    # ---- helpers ------------------------------------------------------------------------------------------
+    def loaded():
+        if state.model is None or state.batcher is None:
+            if state.load_error:
+                raise ApiError(503, f"the model failed to load: {state.load_error}", None, "server_error")
+            raise ApiError(503, "the model is loading; retry in a moment", None, "server_error")
+        return state.model, state.batcher
+
+    def check_texts(texts: list[str], param: str) -> None:
+        if not texts:
+            raise ApiError(422, f"{param}: give at least one text", param)
+        if len(texts) > settings.max_texts_per_request:
+            raise ApiError(
+                413,
+                f"{param}: {len(texts)} texts is over the limit of {settings.max_texts_per_request} a request",
+                param,
+            )
+        for i, t in enumerate(texts):
+            where = f"{param}[{i}]"
+            if not t.strip():
+                raise ApiError(422, f"{where}: the text is empty or whitespace only", where)
+            if len(t) > settings.max_chars_per_text:
+                raise ApiError(
+                    413, f"{where}: {len(t):,} characters is over the limit of {settings.max_chars_per_text:,}", where
+                )
+            if not t.isascii():
+                try:
+                    t.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise ApiError(422, f"{where}: not valid Unicode (a lone surrogate)", where) from None
+
+    async def run(texts: list[str], tasks: list[str], want_embeddings: bool):
+        m, batcher = loaded()
+        tokens = [len(ids) for ids, *_ in m.tokenizer.encode_raw(texts)]
+        try:
+            fut = batcher.submit(texts, tasks, want_embeddings, sum(tokens))
+        except QueueFull as e:
+            raise ApiError(429, f"the server is busy ({e}); retry shortly", None, "rate_limit_error") from None
+        try:
+            answer = await fut
+        except SentmtlError as e:
+            raise ApiError(422, str(e), None) from None
+        except Exception as e:  # this batch failed; the server goes on
+            raise ApiError(500, f"internal error: {type(e).__name__}: {e}", None, "server_error") from None
+        return answer, tokens
+
+    # ---- routes -----------------------------------------------------------------------------------------------
+    @app.post("/v1/embeddings")
+    async def embeddings(req: EmbeddingsRequest) -> dict[str, Any]:
+        """OpenAI's embeddings API: `input` one text or a list; `encoding_format` float or base64."""
+        m, _ = loaded()
+        texts = [req.input] if isinstance(req.input, str) else req.input
+        check_texts(texts, "input")
+        if req.dimensions is not None and req.dimensions != m.dim:
+            raise ApiError(422, f"dimensions: this model gives {m.dim} dimensions, not {req.dimensions}", "dimensions")
+        answer, tokens = await run(texts, [], True)
+        emb = np.asarray(answer.embeddings, dtype="<f4")
+        data = [
+            {
+                "object": "embedding",
+                "index": i,
+                "embedding": base64.b64encode(e.tobytes()).decode("ascii")
+                if req.encoding_format == "base64"
+                else e.tolist(),
+            }
+            for i, e in enumerate(emb)
+        ]
+        n = int(sum(tokens))
+        return {"object": "list", "data": data, "model": m.cfg.name, "usage": {"prompt_tokens": n, "total_tokens": n}}
+
+    @app.post("/predict")
+    async def predict(req: PredictRequest) -> dict[str, Any]:
+        """Each text's results, exactly one JSONL line of `sentmtl predict`."""
+        m, _ = loaded()
+        check_texts(req.texts, "texts")
+        try:
+            tasks = m.resolve_tasks(req.tasks)
+        except SentmtlError as e:
+            raise ApiError(422, f"tasks: {e}", "tasks") from None
+        answer, _ = await run(req.texts, tasks, False)
+        return {"results": answer.results}
+
+    @app.post("/similarity")
+    async def similarity(req: SimilarityRequest) -> dict[str, Any]:
+        """The same JSON as `sentmtl similarity --format json`."""
+        from ..cli.render import similarity_json
+        from ..model import pairwise
+
+        if len(req.texts) < 2:
+            raise ApiError(422, "texts: give at least two texts to compare", "texts")
+        check_texts(req.texts, "texts")
+        answer, _ = await run(req.texts, [], True)
+        emb = np.asarray(answer.embeddings)
+        return similarity_json(req.metric, req.texts, pairwise(emb, emb, req.metric))
+
+    @app.get("/health")
+    async def health():
+        if state.model is None or state.batcher is None:
+            return JSONResponse({"status": "failed" if state.load_error else "loading"}, status_code=503)
+        return {"status": "ok"}
+
+    @app.get("/info")
+    async def info() -> dict[str, Any]:
+        m, _ = loaded()
+        doc = m.describe()
+        doc["server"] = {
+            "max_batch_tokens": settings.max_batch_tokens,
+            "max_queue": settings.max_queue,
+            "max_texts_per_request": settings.max_texts_per_request,
+            "max_chars_per_text": settings.max_chars_per_text,
+            "api_key": bool(settings.api_key),
+        }
+        return doc
+
+    @app.get("/metrics")
+    async def metrics():
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
+
+    page = resources.files("sentmtl_cli.serve").joinpath("static")
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def index():
+        return HTMLResponse(page.joinpath("index.html").read_text(encoding="utf-8"))
+
+    @app.get("/static/{name}", include_in_schema=False)
+    async def static(name: str):
+        types = {".js": "text/javascript", ".css": "text/css"}
+        kind = next((t for ext, t in types.items() if name.endswith(ext)), None)
+        f = page.joinpath(name)
+        if kind is None or "/" in name or not f.is_file():
+            raise ApiError(404, f"no such file: {name}", None, "not_found")
+        return Response(f.read_text(encoding="utf-8"), media_type=kind)
+
+    return app
