@@ -1,7 +1,7 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DOCS := README.md docs/DISCUSSION.md docs/CLI.md
+DOCS := README.md docs/DISCUSSION.md docs/CLI.md docs/SCALE.md
 EXPERIMENTS := configs/experiments/q1_freeze.yaml configs/experiments/q1_trap.yaml \
                configs/experiments/q2_shared.yaml configs/experiments/q3_imbalance.yaml \
                configs/experiments/q4_heads.yaml
@@ -61,6 +61,7 @@ experiments: setup
 bench: setup
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/batch_bench.py
+	$(BIN)/python bench/serve_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -105,3 +105,26 @@ def shipped_scores() -> None:
         f"| entity F1, another domain (no target) | {social['data']} | | {100 * social['entity_f1']:.1f} "
         f"(P {100 * social['precision']:.1f}, R {100 * social['recall']:.1f}) | {social['ece']:.3f} | |"
     )
+
+
+def scale_figures(texts: float = 1e8) -> None:
+    """What `texts` short texts cost, from the per-core rates `make bench` measured (bench/batch.json)."""
+    import math
+
+    data = __import__("json").loads((ROOT / "bench" / "batch.json").read_text(encoding="utf-8"))
+    rate, rss = data["rows_per_s"], data.get("peak_rss_mb", {})
+    cog.outl("| engine, per core | rows/s per core | core-hours for 10^8 texts | workers to finish in 1 hour |")
+    cog.outl("|---|---|---|---|")
+    for name, key in (
+        ("fp32 (onnx), embed", "batch local, embed, 1 thread"),
+        ("int8 (onnx-int8), embed", "batch local, embed, int8, 1 thread"),
+    ):
+        r = rate[key]
+        hours = texts / r / 3600
+        cog.outl(f"| {name} | {r:,.0f} | {hours:,.0f} | {math.ceil(hours):,} |")
+    if "batch local, embed, 1 thread" in rss:
+        cog.outl("")
+        cog.outl(
+            f"Peak memory of one 1-thread `sentmtl batch` process (the model loaded once, as in one Ray actor, "
+            f"whose Ray worker adds its own runtime on top): {rss['batch local, embed, 1 thread']:.0f} MB."
+        )

@@ -103,6 +103,11 @@ class OnnxBackbone:
             raise SentmtlError(why)
         return cls(path, threads, num_layers, cfg.backbone)
 
+    # onnxruntime's threads spin for a while after each run, waiting for the next: right for bulk work
+    # (runs back to back), wasteful for a server, where that spinning takes the cores its event loop
+    # and the next requests need (sentmtl serve turns it off)
+    spinning = True
+
     def __init__(self, path: Path, threads: int | None, num_layers: int, cfg):
         self.path = path
         import onnxruntime as ort
@@ -112,6 +117,8 @@ class OnnxBackbone:
         opts.inter_op_num_threads = 1
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         opts.log_severity_level = 3
+        if not self.spinning:
+            opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         except Exception as e:

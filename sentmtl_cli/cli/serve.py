@@ -47,6 +47,9 @@ def serve(
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # accepted connections inherit it: a response's header and body segments go out at once,
+        # not 40 ms apart (Nagle waiting on the client's delayed ACK, on every keep-alive request)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.bind((host, port))
     except OSError as e:
         raise SentmtlError(f"cannot listen on {host}:{port}: {e.strerror}") from None

@@ -121,8 +121,10 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         state.batcher = MicroBatcher(m, settings.max_batch_tokens, settings.max_queue, on_batch=on_batch)
 
     def load_in_background() -> None:
+        from ..backbone.onnx_backbone import OnnxBackbone
         from ..model import load
 
+        OnnxBackbone.spinning = False  # see there: a server's cores are shared with its event loop
         try:
             m = load(settings.config, threads=settings.threads, backend=settings.backend)
             m.embed(["warm up"])  # the backbone's session is built now, not on the first request
@@ -173,27 +175,29 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
     async def _unexpected(request: Request, exc: Exception):
         return _error(500, f"internal error: {type(exc).__name__}: {exc}", None, "server_error")
 
-    # ---- middleware: metrics outside, then the API key ----------------------------------------------
+    # ---- middleware ---------------------------------------------------------------------------------------
     @app.middleware("http")
-    async def _auth(request: Request, call_next):
-        key = settings.api_key
-        if key and request.url.path != "/health":
-            given = request.headers.get("authorization", "")
-            want = f"Bearer {key}"
-            if not hmac.compare_digest(given.encode("utf-8", "replace"), want.encode("utf-8")):
-                return _error(
-                    401, "a valid API key is needed: Authorization: Bearer KEY", None, "authentication_error",
-                    {"WWW-Authenticate": "Bearer"},
-                )  # fmt: skip
-        return await call_next(request)
-
-    @app.middleware("http")
-    async def _measure(request: Request, call_next):
+    async def _guard_and_measure(request: Request, call_next):
+        """One middleware (each stacked layer costs time on every request): the API key, the body
+        size limit, then the request's metrics, 401s and 413s included."""
         t = time.perf_counter()
+        key = settings.api_key
         limit = settings.max_texts_per_request * (settings.max_chars_per_text * 4 + 16) + 65536
         size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > limit:
-            response: Response = _error(413, f"the request body is over {limit:,} bytes", None)
+        response: Response
+        if (
+            key
+            and request.url.path != "/health"
+            and not hmac.compare_digest(
+                request.headers.get("authorization", "").encode("utf-8", "replace"), f"Bearer {key}".encode()
+            )
+        ):
+            response = _error(
+                401, "a valid API key is needed: Authorization: Bearer KEY", None, "authentication_error",
+                {"WWW-Authenticate": "Bearer"},
+            )  # fmt: skip
+        elif size is not None and size.isdigit() and int(size) > limit:
+            response = _error(413, f"the request body is over {limit:,} bytes", None)
         else:
             response = await call_next(request)
         route = request.scope.get("route")
@@ -250,7 +254,7 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
 
     # ---- routes -----------------------------------------------------------------------------------------------
     @app.post("/v1/embeddings")
-    async def embeddings(req: EmbeddingsRequest) -> dict[str, Any]:
+    async def embeddings(req: EmbeddingsRequest) -> JSONResponse:
         """OpenAI's embeddings API: `input` one text or a list; `encoding_format` float or base64."""
         m, _ = loaded()
         texts = [req.input] if isinstance(req.input, str) else req.input
@@ -270,10 +274,14 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
             for i, e in enumerate(emb)
         ]
         n = int(sum(tokens))
-        return {"object": "list", "data": data, "model": m.cfg.name, "usage": {"prompt_tokens": n, "total_tokens": n}}
+        # JSONResponse directly: FastAPI's response-model pass over thousands of floats costs more
+        # than the forward pass of a small request
+        return JSONResponse(
+            {"object": "list", "data": data, "model": m.cfg.name, "usage": {"prompt_tokens": n, "total_tokens": n}}
+        )
 
     @app.post("/predict")
-    async def predict(req: PredictRequest) -> dict[str, Any]:
+    async def predict(req: PredictRequest) -> JSONResponse:
         """Each text's results, exactly one JSONL line of `sentmtl predict`."""
         m, _ = loaded()
         check_texts(req.texts, "texts")
@@ -282,10 +290,10 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         except SentmtlError as e:
             raise ApiError(422, f"tasks: {e}", "tasks") from None
         answer, _ = await run(req.texts, tasks, False)
-        return {"results": answer.results}
+        return JSONResponse({"results": answer.results})
 
     @app.post("/similarity")
-    async def similarity(req: SimilarityRequest) -> dict[str, Any]:
+    async def similarity(req: SimilarityRequest) -> JSONResponse:
         """The same JSON as `sentmtl similarity --format json`."""
         from ..cli.render import similarity_json
         from ..model import pairwise
@@ -295,7 +303,7 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         check_texts(req.texts, "texts")
         answer, _ = await run(req.texts, [], True)
         emb = np.asarray(answer.embeddings)
-        return similarity_json(req.metric, req.texts, pairwise(emb, emb, req.metric))
+        return JSONResponse(similarity_json(req.metric, req.texts, pairwise(emb, emb, req.metric)))
 
     @app.get("/health")
     async def health():
