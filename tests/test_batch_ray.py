@@ -17,6 +17,7 @@ from test_batch import check_matches_api, read_output
 from conftest import invoke
 from toydata import TEXTS
 
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no network: Ray's usage reporter stays off
 ray = pytest.importorskip("ray", reason="Ray is not installed (make setup installs it: pip install 'sentmtl[ray]')")
 from sentmtl_cli.ray import ShardWriter  # noqa: E402 (after the skip)
 

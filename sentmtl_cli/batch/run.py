@@ -102,6 +102,10 @@ class _Null:
 
 
 def _import_ray():
+    import os
+
+    # sentmtl never uses the network: Ray's usage-statistics reporter stays off (a user's own setting wins)
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     try:
         import ray
         import ray.data  # noqa: F401
