@@ -387,3 +387,17 @@ def test_temperature_is_saved_in_the_header_and_checked(tmp_path):
     save_file(tensors, str(tmp_path / "old.safetensors"), metadata=meta)
     other.load(tmp_path / "old.safetensors")
     assert other.temperature == 1.0
+
+
+def test_attention_rows_are_cached_in_float16_and_train_as_float32():
+    """An attention head's cached rows are every token's vectors: kept in float16, turned back into
+    float32 by module_forward; the logits stay within float16 rounding of the float32 ones."""
+    head = _head("sentence_classification", pool_layers=[1, 3], pool="attention", hidden=[16])
+    assert head.cache_dtype() == "float16" and _head("sentence_classification").cache_dtype() == "float32"
+    module = head.torch_module().eval()
+    rows = torch.from_numpy(np.random.default_rng(5).normal(0, 1, (9, 2 * D)).astype(np.float32))
+    with torch.no_grad():
+        full = head.module_forward(module, rows, [4, 5])
+        half = head.module_forward(module, rows.half(), [4, 5])
+    assert half.dtype == torch.float32
+    np.testing.assert_allclose(half.numpy(), full.numpy(), atol=2e-2)

@@ -185,6 +185,11 @@ class Head:
         """The module's output for training rows x, of which each example has counts[i] in order."""
         return module(x)
 
+    def cache_dtype(self) -> str:
+        """The dtype a frozen backbone's cached training rows are kept in: float32, or float16 for a
+        head whose rows are every token (attention pooling), whose cache would not fit in memory."""
+        return "float32"
+
     # ---- inference -----------------------------------------------------------------------------------
     def predict_batch(self, view: BatchView, top_k: int = 1, word_tags: bool = False) -> list[dict]:
         """One result dict per text of the batch: what `predict` prints under this task's name."""

@@ -67,6 +67,10 @@ class SentenceClassificationHead(MLPHead):
     def attention_pooling(self) -> bool:
         return self.cfg.pool == "attention"
 
+    def cache_dtype(self) -> str:
+        # every token's vectors of every pooled layer: float32 would be about 10 GB for the shipped recipe
+        return "float16" if self.attention_pooling() else "float32"
+
     def mixed_layers(self) -> int:
         return len(self.cfg.pool_layers) if self.attention_pooling() else 1
 

@@ -243,7 +243,9 @@ class MLPHead(Head):
         return TorchMLP(self)
 
     def module_forward(self, module: torch.nn.Module, x: torch.Tensor, counts: list[int]) -> torch.Tensor:
-        return module(x, counts)
+        import torch
+
+        return module(x.float() if x.dtype != torch.float32 else x, counts)  # cached rows may be float16
 
 
 def _torch_mlp_class():

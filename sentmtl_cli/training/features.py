@@ -89,7 +89,7 @@ class FeatureCache:
                     head.cfg.word_shape,
                     head.cfg.pool_layers,
                     # only when not the default, so that caches made before `pool` existed still hold
-                    *([head.cfg.pool] if head.cfg.pool != "mean_max" else []),
+                    *([head.cfg.pool, head.cache_dtype()] if head.cfg.pool != "mean_max" else []),
                 ]
             ).encode()
         )
@@ -106,8 +106,9 @@ class FeatureCache:
             batch, out = feats.forward([ex.texts[i] for i in idx], grad=False)
             rows = head.training_rows(ex, np.array(idx), batch, out, 0)
             pos = 0
+            x = rows.x.detach().to(getattr(torch, head.cache_dtype()))  # per batch: no full-size float32 copy
             for i, c in zip(idx, rows.counts):
-                parts[i] = (rows.x[pos : pos + c], rows.y[pos : pos + c])
+                parts[i] = (x[pos : pos + c], rows.y[pos : pos + c])
                 pos += c
             if progress:
                 progress(len(idx))
@@ -118,7 +119,7 @@ class FeatureCache:
             ys.append(y)
             self.ranges.append((pos, pos + len(y)))
             pos += len(y)
-        self.x = torch.cat(xs).detach().clone()
+        self.x = torch.cat(xs)  # a new tensor: the batches' outputs are not kept
         self.y = torch.cat(ys)
 
     def get(self, idx) -> TrainingRows:
