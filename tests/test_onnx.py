@@ -86,7 +86,8 @@ def test_int8_keeps_labels(exported):
         same = [x[task]["label"] == y[task]["label"] for x, y in zip(fp, q)]
         margins = [np.subtract(*sorted(x[task]["scores"].values(), reverse=True)[:2]) for x in fp]
         decided = [s for s, m in zip(same, margins) if m >= DECIDED]
-        assert len(decided) >= 0.8 * len(same)  # the fixture is mostly decided texts: the test measures something
+        # fp32 leaves 2 topic and 6 sentiment labels of the 74 undecided: at most 8 may be set aside
+        assert len(same) - len(decided) <= 8, (task, len(same) - len(decided))
         assert np.mean(decided) >= INT8_AGREEMENT[task], (task, np.mean(decided))
         assert np.mean(same) >= INT8_FLOOR, (task, np.mean(same))
     ents_fp = {(i, e["label"], e["start"], e["end"]) for i, r in enumerate(fp) for e in r["ner"]["entities"]}
