@@ -28,6 +28,29 @@ from .text.inputs import check_texts
 from .text.tokenizer import Tokenizer, warn_truncated
 
 METRICS = tuple(m.value for m in Metric)  # similarity metrics
+# a batch is cut where padding would pass this share of its real tokens (see length_batches): a
+# forward pass over padding costs as much as over text, and a server's batches mix lengths
+MAX_PADDING = 0.2
+
+
+def length_batches(
+    lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING, min_batch: int = 8
+) -> list[tuple[int, int]]:
+    """(start, stop) of each batch over token counts sorted ascending: at most batch_size texts,
+    cut early (once it holds min_batch) where the next text would make padding more than
+    max_padding of the batch's real tokens. A corpus sorted whole gives full batches; a few dozen
+    mixed texts (a server's merged requests) are not all padded to the longest one."""
+    out: list[tuple[int, int]] = []
+    start, real = 0, 0
+    for i, n in enumerate(lengths):
+        size = i - start
+        if size and (size >= batch_size or (size >= min_batch and (size + 1) * n > (1 + max_padding) * (real + n))):
+            out.append((start, i))
+            start, real = i, 0
+        real += n
+    if start < len(lengths):
+        out.append((start, len(lengths)))
+    return out
 
 
 class MultiTaskModel:
@@ -119,11 +142,13 @@ class MultiTaskModel:
         progress: Callable[[int], None] | None = None,
         offset: int = 0,
         word_tags: bool = False,
+        encoded: list | None = None,
     ) -> tuple[np.ndarray | None, list[dict]]:
         """Embeddings [N, dim] and one result dict per text, in input order.
 
         Texts are sorted by length so a batch holds similar lengths (little padding), then put
-        back. `offset` is the index of texts[0] in the whole input, for warnings."""
+        back. `offset` is the index of texts[0] in the whole input, for warnings. `encoded`: the
+        texts' `tokenizer.encode_raw` output, when the caller has it already (the server does)."""
         texts = check_texts(texts)
         if batch_size < 1:
             raise SentmtlError("--batch-size must be at least 1")
@@ -132,18 +157,20 @@ class MultiTaskModel:
         # The heads' small matrix products run in numpy; BLAS threads left spinning after them
         # would compete with the backbone's own threads, so numpy gets one thread here.
         with threadpool_limits(limits=1, user_api="blas"):
-            return self._run(texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags)
+            return self._run(texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded)
 
-    def _run(self, texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags):
+    def _run(self, texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded):
         heads = [self.heads[t] for t in tasks]
         layers = {i for h in heads for i in h.hidden_layers()}
         # tokenize once, then batch texts of similar token counts: little padding to compute
-        raw = self.tokenizer.encode_raw(texts)
+        raw = self.tokenizer.encode_raw(texts) if encoded is None else encoded
+        if len(raw) != len(texts):
+            raise SentmtlError(f"{len(raw)} encodings for {len(texts)} texts")
         order = sorted(range(len(texts)), key=lambda i: len(raw[i][0]))
         emb = np.zeros((len(texts), self.dim), dtype=np.float32) if want_embeddings else None
         results: list[dict] = [{"text": t} for t in texts]
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
+        for start, stop in length_batches([len(raw[i][0]) for i in order], batch_size):
+            idx = order[start:stop]
             batch = self.tokenizer.pad([raw[i] for i in idx])
             warn_truncated(batch, [offset + i for i in idx], self.tokenizer.max_seq_length)
             feats = self.backbone.encode(batch, layers)

@@ -238,3 +238,23 @@ def test_bio_paths_equal_viterbi_per_sequence():
         invalid_argmax += n > 0 and seg.argmax(-1).tolist() != path.tolist()
         start += n
     assert invalid_argmax > 0  # the fallback path was exercised
+
+
+@given(st.lists(st.integers(1, 200), max_size=300), st.integers(1, 80))
+def test_length_batches_cover_every_text_once_within_the_batch_size(lengths, batch_size):
+    from sentmtl_cli.model import length_batches
+
+    lengths = sorted(lengths)
+    spans = length_batches(lengths, batch_size)
+    assert [i for a, b in spans for i in range(a, b)] == list(range(len(lengths)))  # in order, each once
+    assert all(0 < b - a <= batch_size for a, b in spans)
+
+
+def test_length_batches_cut_where_padding_would_dominate():
+    from sentmtl_cli.model import length_batches
+
+    assert length_batches([10] * 100, 64) == [(0, 64), (64, 100)]  # equal lengths: full batches
+    # 20 texts of 10 tokens then 20 of 40: padding the short ones to 40 would quadruple their cost
+    assert length_batches([10] * 20 + [40] * 20, 64) == [(0, 20), (20, 40)]
+    # fewer than min_batch texts are never cut: a tiny batch costs more in calls than in padding
+    assert length_batches([5, 50, 60], 64) == [(0, 3)]

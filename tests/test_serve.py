@@ -184,9 +184,11 @@ def test_bad_requests_get_a_named_422_or_413_never_a_traceback(client):
 
 
 def test_a_full_queue_answers_429_with_retry_after(model):
-    """A model that blocks until released: one request runs, one waits (max_queue=1), the third is
-    refused at once with 429 and Retry-After; released, the first two complete."""
-    gate, running = threading.Event(), threading.Event()
+    """A model that blocks until released, behind two workers: two requests run (a worker each),
+    one waits (max_queue=1), the fourth is refused at once with 429 and Retry-After; released, the
+    first three complete."""
+    gate = threading.Event()
+    running: list[int] = []
 
     class Slow:
         def __init__(self, m):
@@ -196,27 +198,30 @@ def test_a_full_queue_answers_429_with_retry_after(model):
             return getattr(self.m, name)
 
         def run(self, *a, **k):
-            running.set()
+            running.append(1)
             gate.wait(30)
             return self.m.run(*a, **k)
 
-    app = create_app(Settings(max_queue=1), model=Slow(model))
+    app = create_app(Settings(max_queue=1, threads=2), model=Slow(model))
     with TestClient(app) as c:
         results: list = []
         threads = [
             threading.Thread(target=lambda: results.append(c.post("/predict", json={"texts": ["a"]}).status_code))
-            for _ in range(2)
+            for _ in range(3)
         ]
         threads[0].start()
-        _wait_until(running.is_set)  # the first request is in the model, off the queue
+        _wait_until(lambda: len(running) == 1)  # one worker is in the model...
         threads[1].start()
+        _wait_until(lambda: len(running) == 2)  # ...and the other: the queue is empty
+        assert app.state.sentmtl.batcher.depth() == 0
+        threads[2].start()
         _wait_until(lambda: app.state.sentmtl.batcher.depth() == 1)
         r = c.post("/predict", json={"texts": ["b"]})
         assert r.status_code == 429 and r.headers["Retry-After"] == "1" and "busy" in r.json()["error"]["message"]
         gate.set()
         for t in threads:
             t.join(30)
-        assert results == [200, 200]
+        assert results == [200, 200, 200]
         assert 'route="/predict",status="429"' in c.get("/metrics").text
 
 
@@ -378,3 +383,64 @@ def test_a_real_server_finishes_in_flight_requests_on_sigterm_and_exits_0(model)
         assert done and done[0][0] == 200 and len(done[0][1]["results"]) == len(TEXTS) * 8
         assert "serving on http://127.0.0.1:" in err and "stopped" in err
     assert os.environ.get("SENTMTL_API_KEY") is None
+
+
+def test_a_big_request_is_cut_into_pieces_that_run_on_every_worker(model):
+    """A 96-text request, pieces of at most 16 texts, two workers: both run pieces, and the answer
+    is the texts' own embeddings and results, in the request's order."""
+    from sentmtl_cli.serve.batcher import MicroBatcher
+
+    seen: list[tuple[str, int]] = []
+    both = threading.Barrier(2, timeout=20)
+
+    class Recording:
+        dim = model.dim
+
+        def run(self, texts, tasks, **k):
+            seen.append((threading.current_thread().name, len(texts)))
+            if len(seen) <= 2:
+                both.wait()  # the first two pieces run at once, on different workers
+            return model.run(texts, tasks, **k)
+
+    texts = [f"{t} ({i})" for i, t in enumerate(TEXTS * 8)][:96]
+    batcher = MicroBatcher(Recording(), max_batch_tokens=8192, max_queue=4, batch_size=16, workers=2)
+
+    async def go():
+        return await batcher.submit(texts, ["cls", "ner"], True, model.tokenizer.encode_raw(texts))
+
+    try:
+        answer = asyncio.run(go())
+    finally:
+        batcher.close()
+    assert len({name for name, _ in seen}) == 2 and max(n for _, n in seen) <= 48
+    want_emb, want = model.run(texts, ["cls", "ner"])
+    assert np.allclose(answer.embeddings, want_emb, atol=1e-5)
+    for got, w in zip(answer.results, want):
+        same_prediction(got, w)
+
+
+def test_a_failed_piece_fails_its_request_once_and_the_workers_go_on(model):
+    from sentmtl_cli.serve.batcher import MicroBatcher
+
+    class Flaky:
+        dim = model.dim
+
+        def run(self, texts, tasks, **k):
+            if any("explode" in t for t in texts):
+                raise RuntimeError("the backbone fell over")
+            return model.run(texts, tasks, **k)
+
+    batcher = MicroBatcher(Flaky(), max_batch_tokens=64, max_queue=4, batch_size=4, workers=2)
+    bad = ["explode"] + [f"text number {i}" for i in range(20)]
+
+    async def go():
+        first = batcher.submit(bad, [], True, model.tokenizer.encode_raw(bad))
+        with pytest.raises(RuntimeError, match="fell over"):
+            await first
+        return await batcher.submit(["fine"], [], True, model.tokenizer.encode_raw(["fine"]))
+
+    try:
+        answer = asyncio.run(go())
+    finally:
+        batcher.close()
+    assert answer.embeddings.shape == (1, model.dim) and batcher.depth() == 0

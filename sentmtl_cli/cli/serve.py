@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import SentmtlError
-from .options import Backend, BackendOpt, ConfigOpt, ThreadsOpt, handles_errors
+from .options import Backend, BackendOpt, ConfigOpt, handles_errors
 
 
 @handles_errors
@@ -17,7 +17,9 @@ def serve(
     host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on (0.0.0.0 exposes it to the network)."),
     port: int = typer.Option(8000, "--port", min=0, max=65535, help="Port (0: any free port, printed)."),
     backend: Optional[Backend] = BackendOpt,
-    threads: Optional[int] = ThreadsOpt,
+    threads: Optional[int] = typer.Option(
+        None, "--threads", min=1, help="Model workers, a core each, side by side (default: all cores)."
+    ),
     max_batch_tokens: int = typer.Option(8192, "--max-batch-tokens", min=1, help="Tokens per merged backbone batch."),
     max_queue: int = typer.Option(256, "--max-queue", min=1, help="Requests waiting before 429."),
     max_texts_per_request: int = typer.Option(

@@ -1,25 +1,36 @@
-"""Dynamic micro-batching: requests that arrive together share backbone batches.
+"""Dynamic micro-batching: requests that arrive together share backbone batches, on every core.
 
-Handlers submit jobs (texts, the tasks they want, whether they want embeddings) and await a future.
-One worker thread takes queued jobs in arrival order while their tokens fit `max_batch_tokens`
-(always at least one job), runs them as one call of the model (one forward pass for the embedding
-and every head any of them asked for), and hands each job back its own rows. A job's answer is its
-own texts' results: heads and pooling work text by text, so what it was batched with changes at most
-the last float bits (tests/test_serve.py checks labels, spans and scores against the CLI's).
+Handlers submit jobs (texts, the tasks they want, whether they want embeddings, the texts'
+`tokenizer.encode_raw`, done once in the handler) and await a future. A job is cut into pieces of texts of similar length (a small request is
+one piece). `workers` threads, each running the model on one core, take queued pieces in arrival
+order and run them as one call of the model: one forward pass for the embedding and every head any
+of them asked for. A job's future is resolved when its last piece is done, with its own rows only.
 
-The queue is bounded: a full queue refuses new jobs at once (the handler answers 429), so a burst
-never grows memory or latency without bound. An exception inside a batch fails that batch's jobs
-only; the worker goes on with the next.
+Why several one-core workers rather than one worker whose forward pass spans the cores: a server's
+batches are small and mixed, and a multi-threaded pass over a small batch spends much of its time
+handing work between threads; one-core passes side by side do not. And so that every worker has
+work, a worker takes no more than its share of what is queued (the queue split over the idle
+workers), up to `max_batch_tokens`: a burst is spread over the cores, and a big request (cut into
+pieces) too.
+
+A job's answer is its own texts' results: heads and pooling work text by text, so what it was
+batched with changes at most the last float bits (tests/test_serve.py checks labels, spans and
+scores against the CLI's). The queue is bounded: a full queue refuses new jobs at once (the handler
+answers 429), so a burst never grows memory or latency without bound. An exception inside a batch
+fails that batch's jobs only; the workers go on.
 """
 
 from __future__ import annotations
 
 import asyncio
+import math
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+
+import numpy as np
 
 
 class QueueFull(Exception):
@@ -27,20 +38,32 @@ class QueueFull(Exception):
 
 
 @dataclass
+class Answer:
+    embeddings: np.ndarray | None  # [n, dim] for the job's texts, in its order
+    results: list[dict]
+
+
+@dataclass(eq=False)
 class Job:
     texts: list[str]
     tasks: list[str]
     want_embeddings: bool
-    tokens: int
+    encoded: list
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    pieces_left: int = 0  # pieces not yet run
+    queued_pieces: int = 0  # pieces still in the queue
+    failed: bool = False
+    embeddings: np.ndarray | None = None
+    results: list = field(default_factory=list)
     queued_at: float = field(default_factory=time.perf_counter)
 
 
-@dataclass
-class Answer:
-    embeddings: object  # numpy [n, dim] or None
-    results: list[dict]
+@dataclass(eq=False)
+class Piece:
+    job: Job
+    rows: list[int]  # the job's text indices
+    tokens: int
 
 
 class MicroBatcher:
@@ -51,72 +74,144 @@ class MicroBatcher:
         max_queue: int,
         on_batch: Callable[[int, int], None] | None = None,
         batch_size: int = 64,
+        workers: int = 1,
     ):
         self.model = model
         self.max_batch_tokens, self.max_queue, self.batch_size = max_batch_tokens, max_queue, batch_size
         self.on_batch = on_batch  # (texts, jobs) of each batch run: for the metrics
-        self._queue: deque[Job] = deque()
+        self._queue: deque[Piece] = deque()
+        self._queued_tokens = 0
+        self._waiting_jobs = 0  # jobs with a piece still queued: what max_queue bounds
+        self._idle = 0
         self._cond = threading.Condition()
         self._stopping = False
-        self._thread = threading.Thread(target=self._work, name="sentmtl-batcher", daemon=True)
-        self._thread.start()
+        self._ready = False
+        self._threads = [
+            threading.Thread(target=self._work, name=f"sentmtl-batcher-{k}", daemon=True)
+            for k in range(max(1, workers))
+        ]
+        for t in self._threads:
+            t.start()
+        with self._cond:  # ready when every worker waits for work, so the first burst is shared out
+            self._cond.wait_for(lambda: self._idle == len(self._threads), timeout=30)
+            self._ready = True
 
     def depth(self) -> int:
-        return len(self._queue)
+        """Requests waiting for a worker."""
+        return self._waiting_jobs
 
-    def submit(self, texts: list[str], tasks: list[str], want_embeddings: bool, tokens: int) -> asyncio.Future:
+    def submit(self, texts: list[str], tasks: list[str], want_embeddings: bool, encoded: list) -> asyncio.Future:
         """Queue a job; its future gets an Answer (or the batch's exception). QueueFull when full."""
         loop = asyncio.get_running_loop()
-        job = Job(texts, tasks, want_embeddings, tokens, loop.create_future(), loop)
+        job = Job(texts, tasks, want_embeddings, encoded, loop.create_future(), loop, results=[None] * len(texts))
+        if want_embeddings:  # filled by the pieces, maybe by several workers at once
+            job.embeddings = np.empty((len(texts), self.model.dim), dtype=np.float32)
+        pieces = self._cut(job, [len(e[0]) for e in encoded])
+        job.pieces_left = job.queued_pieces = len(pieces)
         with self._cond:
             if self._stopping:
                 raise QueueFull("the server is shutting down")
-            if len(self._queue) >= self.max_queue:
+            if self._waiting_jobs >= self.max_queue:
                 raise QueueFull(f"the queue holds {self.max_queue} requests")
-            self._queue.append(job)
-            self._cond.notify()
+            self._queue.extend(pieces)
+            self._queued_tokens += sum(p.tokens for p in pieces)
+            self._waiting_jobs += 1
+            self._cond.notify(len(pieces))
         return job.future
 
+    def _cut(self, job: Job, tokens: list[int]) -> list[Piece]:
+        """The job's texts by length, in runs of at most batch_size texts and a worker's share of
+        the token budget (at least one text each)."""
+        limit = max(1, self.max_batch_tokens // len(self._threads))
+        order = sorted(range(len(tokens)), key=tokens.__getitem__)
+        pieces: list[Piece] = []
+        rows: list[int] = []
+        total = 0
+        for i in order:
+            if rows and (len(rows) >= self.batch_size or total + tokens[i] > limit):
+                pieces.append(Piece(job, rows, total))
+                rows, total = [], 0
+            rows.append(i)
+            total += tokens[i]
+        pieces.append(Piece(job, rows, total))
+        return pieces
+
     def close(self, timeout: float = 60.0) -> None:
-        """Finish the jobs already queued, then stop the worker."""
+        """Finish the jobs already queued, then stop the workers."""
         with self._cond:
             self._stopping = True
             self._cond.notify_all()
-        self._thread.join(timeout)
+        end = time.monotonic() + timeout
+        for t in self._threads:
+            t.join(max(0.0, end - time.monotonic()))
 
-    def _take(self) -> list[Job] | None:
+    def _take(self) -> list[Piece] | None:
         with self._cond:
-            while not self._queue:
-                if self._stopping:
-                    return None
-                self._cond.wait()
-            jobs = [self._queue.popleft()]
-            total = jobs[0].tokens
-            while self._queue and total + self._queue[0].tokens <= self.max_batch_tokens:
-                total += self._queue[0].tokens
-                jobs.append(self._queue.popleft())
-            return jobs
+            self._idle += 1
+            try:
+                if not self._ready:
+                    self._cond.notify_all()  # __init__ waits for every worker to be here
+                while not self._queue:
+                    if self._stopping:
+                        return None
+                    self._cond.wait()
+                # this worker's share: what is queued, split over the workers now free to take it
+                share = math.ceil(self._queued_tokens / self._idle)
+                budget = min(self.max_batch_tokens, share)
+                pieces = [self._pop()]
+                total = pieces[0].tokens
+                while self._queue and total + self._queue[0].tokens <= budget:
+                    total += self._queue[0].tokens
+                    pieces.append(self._pop())
+                return pieces
+            finally:
+                self._idle -= 1
+
+    def _pop(self) -> Piece:
+        piece = self._queue.popleft()
+        self._queued_tokens -= piece.tokens
+        piece.job.queued_pieces -= 1
+        if piece.job.queued_pieces == 0:
+            self._waiting_jobs -= 1
+        return piece
 
     def _work(self) -> None:
-        while (jobs := self._take()) is not None:
-            texts = [t for j in jobs for t in j.texts]
-            tasks = list(dict.fromkeys(t for j in jobs for t in j.tasks))
-            want = any(j.want_embeddings for j in jobs)
+        while (pieces := self._take()) is not None:
+            pieces = [p for p in pieces if not p.job.failed]  # a failed job's other pieces: no need
+            if not pieces:
+                continue
+            texts = [p.job.texts[i] for p in pieces for i in p.rows]
+            encoded = [p.job.encoded[i] for p in pieces for i in p.rows]
+            tasks = list(dict.fromkeys(t for p in pieces for t in p.job.tasks))
+            want = any(p.job.want_embeddings for p in pieces)
             try:
-                emb, results = self.model.run(texts, tasks, batch_size=self.batch_size, want_embeddings=want)
+                emb, results = self.model.run(
+                    texts, tasks, batch_size=self.batch_size, want_embeddings=want, encoded=encoded
+                )
             except BaseException as e:  # noqa: BLE001 (any failure fails this batch's jobs, not the server)
-                for j in jobs:
-                    j.loop.call_soon_threadsafe(_fail, j.future, e)
+                with self._cond:
+                    for job in dict.fromkeys(p.job for p in pieces):
+                        if not job.failed:
+                            job.failed = True
+                            job.loop.call_soon_threadsafe(_fail, job.future, e)
                 continue
             if self.on_batch:
-                self.on_batch(len(texts), len(jobs))
+                self.on_batch(len(texts), len({id(p.job) for p in pieces}))
             start = 0
-            for j in jobs:
-                rows = slice(start, start + len(j.texts))
-                start += len(j.texts)
-                mine = [{"text": r["text"], **{t: r[t] for t in j.tasks}} for r in results[rows]]
-                answer = Answer(emb[rows] if (emb is not None and j.want_embeddings) else None, mine)
-                j.loop.call_soon_threadsafe(_resolve, j.future, answer)
+            done: list[Job] = []
+            for p in pieces:
+                job, n = p.job, len(p.rows)
+                for i, r in zip(p.rows, results[start : start + n]):
+                    job.results[i] = {"text": r["text"], **{t: r[t] for t in job.tasks}}
+                if job.embeddings is not None and emb is not None:
+                    job.embeddings[p.rows] = emb[start : start + n]
+                start += n
+                with self._cond:
+                    job.pieces_left -= 1
+                    if job.pieces_left == 0 and not job.failed:
+                        done.append(job)
+            for job in done:
+                job.loop.call_soon_threadsafe(_resolve, job.future, Answer(job.embeddings, job.results))
 
 
 def _resolve(fut: asyncio.Future, value) -> None:
