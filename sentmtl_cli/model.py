@@ -30,11 +30,11 @@ from .text.tokenizer import Tokenizer, warn_truncated
 METRICS = tuple(m.value for m in Metric)  # similarity metrics
 # a batch is cut where padding would pass this share of its real tokens (see length_batches): a
 # forward pass over padding costs as much as over text, and a server's batches mix lengths
-MAX_PADDING = 0.2
+MAX_PADDING = 0.1
 
 
 def length_batches(
-    lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING, min_batch: int = 8
+    lengths: list[int], batch_size: int, max_padding: float = MAX_PADDING, min_batch: int = 2
 ) -> list[tuple[int, int]]:
     """(start, stop) of each batch over token counts sorted ascending: at most batch_size texts,
     cut early (once it holds min_batch) where the next text would make padding more than

@@ -27,8 +27,11 @@ class CountingBackbone:
 def test_one_backbone_forward_serves_every_head(model, monkeypatch):
     spy = CountingBackbone(model.backbone)
     monkeypatch.setattr(model, "backbone", spy)
+    # texts of about one length: one batch (texts far apart in length are batched apart, length_batches)
     emb, res = model.run(
-        [TEXT, "Great game last night!", "Berlin is in Germany."], ["cls", "sent", "ner"], batch_size=32
+        ["Apple shares jumped.", "Great game last night!", "Berlin is in Germany."],
+        ["cls", "sent", "ner"],
+        batch_size=32,
     )
     assert spy.calls == 1
     assert emb.shape == (3, 384)
@@ -257,4 +260,5 @@ def test_length_batches_cut_where_padding_would_dominate():
     # 20 texts of 10 tokens then 20 of 40: padding the short ones to 40 would quadruple their cost
     assert length_batches([10] * 20 + [40] * 20, 64) == [(0, 20), (20, 40)]
     # fewer than min_batch texts are never cut: a tiny batch costs more in calls than in padding
-    assert length_batches([5, 50, 60], 64) == [(0, 3)]
+    assert length_batches([5, 50, 60], 64, min_batch=8) == [(0, 3)]
+    assert length_batches([5, 50, 60], 64) == [(0, 2), (2, 3)]
