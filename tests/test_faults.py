@@ -177,6 +177,26 @@ def test_sigterm_at_any_moment_exits_143_cleanly(tmp_path):
             (old / "model.yaml").write_text("# written by sentmtl train\nname: old\n")
 
 
+def test_sigterm_once_the_command_has_returned_is_ignored():
+    """Deterministic form of the race below: the signal arrives after a command returned, while
+    click is still on its way out (where a raised Terminated became a traceback and status 1).
+    The command's own status stands and nothing is printed."""
+    code = (
+        "import os, signal, sys\n"
+        "from sentmtl_cli.cli import options\n"
+        "signal.signal(signal.SIGTERM, options.on_sigterm)\n"
+        "@options.handles_errors\n"
+        "def command():\n"
+        "    return 'done'\n"
+        "assert command() == 'done'\n"
+        "os.kill(os.getpid(), signal.SIGTERM)\n"  # delivered before the next bytecode runs
+        "print('after', flush=True)\n"
+        "options.finished()\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert (p.returncode, p.stdout, p.stderr) == (0, "after\n", "")
+
+
 def test_sigterm_during_shutdown_after_the_work_is_done(tmp_path):
     """A SIGTERM that lands after the command has finished, while the interpreter shuts down
     (torch's exit hooks run for a few hundred ms), must not raise into those hooks (a traceback) nor

@@ -72,6 +72,8 @@ def handles_errors(fn):
             if _TERMINATING:
                 exit_terminated()
             _report(e)
+        finally:
+            command_over()
 
     return wrapper
 
@@ -133,6 +135,7 @@ class Terminated(KeyboardInterrupt):
 
 
 _TERMINATING = False
+_OVER = False  # the command has returned or reported its error: nothing is left to clean up
 
 
 def terminating() -> bool:
@@ -143,10 +146,18 @@ def on_sigterm(signum, frame):
     """The first SIGTERM raises Terminated where the process is; later ones are ignored, so a
     second signal cannot interrupt the cleanup the first one started."""
     global _TERMINATING
-    if _TERMINATING:
+    if _TERMINATING or _OVER:
         return
     _TERMINATING = True
     raise Terminated()
+
+
+def command_over() -> None:
+    """The command's work is done (or its error reported): a SIGTERM from here on is ignored, not
+    raised into click's exit path or the interpreter's shutdown, where it would end the process
+    with a traceback and status 1 after the work had succeeded; the command's own status stands."""
+    global _OVER
+    _OVER = True
 
 
 def finished() -> None:
