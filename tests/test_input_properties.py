@@ -7,7 +7,7 @@ exactly) or fail with one `error:` line and exit status 2. Never a traceback."""
 import json
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import sentmtl_cli
@@ -102,6 +102,7 @@ def test_predict_arguments(runner, batch):
 
 @FAST
 @given(st.lists(texts, min_size=0, max_size=4), st.booleans(), st.booleans(), st.booleans())
+@example(lines=["0 \r", ""], crlf=True, bom=False, corrupt=False)  # "0 \r\r\n": only the CRLF's CR goes
 def test_files_with_crlf_bom_and_bad_bytes(runner, tmp_path_factory, lines, crlf, bom, corrupt):
     path = tmp_path_factory.mktemp("in") / "t.txt"
     nl = "\r\n" if crlf else "\n"

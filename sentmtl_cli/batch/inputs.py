@@ -212,7 +212,7 @@ def read_unit(unit: Unit, text_column: str, id_column: str | None) -> Rows:
             lines = (raw for raw in f if unit.fmt == "jsonl" or raw.strip())
             for raw in _take(lines, unit.rows):
                 line = raw.decode("utf-8-sig" if unit.offset == 0 and not texts else "utf-8", "surrogateescape")
-                line = line.rstrip("\r\n")
+                line = line.removesuffix("\n").removesuffix("\r")  # a CRLF's CR only: a lone CR is text
                 if unit.fmt == "txt":
                     add(line, None)
                     continue

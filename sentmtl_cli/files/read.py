@@ -41,7 +41,7 @@ def read_lines(path: str) -> list[tuple[int, str]]:
         text = decode_utf8(sys.stdin.buffer.read(), "stdin")
     else:
         text = read_text(Path(path))
-    lines = [ln.rstrip("\r") for ln in text.split("\n")]
+    lines = [ln.removesuffix("\r") for ln in text.split("\n")]  # a CRLF's CR; a lone CR is text
     return [(n, ln) for n, ln in enumerate(lines, 1) if ln.strip()]
 
 
@@ -92,7 +92,7 @@ class TextSource:
         try:
             for n, raw in enumerate(f, 1):
                 try:
-                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8").rstrip("\r\n")
+                    line = raw.decode("utf-8-sig" if n == 1 else "utf-8").removesuffix("\n").removesuffix("\r")
                 except UnicodeDecodeError as e:
                     raise SentmtlError(f"{self.name} is not UTF-8 text (line {n}, byte {e.start + 1})") from None
                 if line.strip():
