@@ -143,12 +143,14 @@ class MultiTaskModel:
         offset: int = 0,
         word_tags: bool = False,
         encoded: list | None = None,
+        warn: bool = True,
     ) -> tuple[np.ndarray | None, list[dict]]:
         """Embeddings [N, dim] and one result dict per text, in input order.
 
         Texts are sorted by length so a batch holds similar lengths (little padding), then put
         back. `offset` is the index of texts[0] in the whole input, for warnings. `encoded`: the
-        texts' `tokenizer.encode_raw` output, when the caller has it already (the server does)."""
+        texts' `tokenizer.encode_raw` output, when the caller has it already (the server does).
+        `warn`: a stderr line per text cut at max_seq_length (the server counts them instead)."""
         texts = check_texts(texts)
         if batch_size < 1:
             raise SentmtlError("--batch-size must be at least 1")
@@ -157,9 +159,11 @@ class MultiTaskModel:
         # The heads' small matrix products run in numpy; BLAS threads left spinning after them
         # would compete with the backbone's own threads, so numpy gets one thread here.
         with threadpool_limits(limits=1, user_api="blas"):
-            return self._run(texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded)
+            return self._run(
+                texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded, warn
+            )
 
-    def _run(self, texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded):
+    def _run(self, texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded, warn):
         heads = [self.heads[t] for t in tasks]
         layers = {i for h in heads for i in h.hidden_layers()}
         # tokenize once, then batch texts of similar token counts: little padding to compute
@@ -172,7 +176,8 @@ class MultiTaskModel:
         for start, stop in length_batches([len(raw[i][0]) for i in order], batch_size):
             idx = order[start:stop]
             batch = self.tokenizer.pad([raw[i] for i in idx])
-            warn_truncated(batch, [offset + i for i in idx], self.tokenizer.max_seq_length)
+            if warn:
+                warn_truncated(batch, [offset + i for i in idx], self.tokenizer.max_seq_length)
             feats = self.backbone.encode(batch, layers)
             if emb is not None:
                 emb[idx] = feats["sentence_embedding"]

@@ -253,10 +253,14 @@ def test_a_failing_batch_fails_its_requests_only(model):
         assert c.post("/predict", json={"texts": ["fine"]}).status_code == 200  # still serving
 
 
-def test_the_api_key_guards_every_route_but_health(model):
+def test_the_api_key_guards_every_route_but_health_and_the_page(model):
+    """The page and its files hold no data, and a page load cannot send a bearer header: they are
+    public, and the page asks for the key (test_serve_page.py). Everything else needs it."""
     with TestClient(create_app(Settings(api_key="s3cret"), model=model)) as c:
         assert c.get("/health").status_code == 200
-        for method, path in [("post", "/v1/embeddings"), ("get", "/info"), ("get", "/metrics"), ("get", "/")]:
+        assert c.get("/").status_code == 200 and c.get("/static/app.js").status_code == 200
+        routes = [("post", "/v1/embeddings"), ("post", "/predict"), ("post", "/similarity")]
+        for method, path in routes + [("get", "/info"), ("get", "/metrics"), ("get", "/openapi.json")]:
             r = getattr(c, method)(path, **({"json": {"input": "x"}} if method == "post" else {}))
             assert r.status_code == 401 and r.headers["WWW-Authenticate"] == "Bearer", path
             r = getattr(c, method)(

@@ -68,3 +68,29 @@ def test_the_page_highlights_entities_and_draws_the_sentiment_bars(tmp_path: Pat
             assert shot.stat().st_size > 10_000
         finally:
             browser.close()
+
+
+def test_with_an_api_key_the_page_asks_for_it_and_keeps_it_in_the_tab(tmp_path: Path):
+    """A page load sends no bearer header: the page is served, the API answers 401, the page asks
+    for the key, and with it (kept in sessionStorage, not a cookie) every call works."""
+    exe = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (make setup installs it)")
+    with running_server("--api-key", "s3cret-key") as base, sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=exe, args=CHROMIUM_ARGS, headless=True)
+        try:
+            page = browser.new_page()
+            page.goto(base + "/")
+            page.wait_for_selector("#key-form:not([hidden])", timeout=30_000)
+            page.fill("#api-key", "wrong")
+            page.click("#use-key")
+            page.wait_for_function("document.getElementById('key-why').textContent.includes('refused')")
+            page.fill("#api-key", "s3cret-key")
+            page.click("#use-key")
+            page.wait_for_function("document.getElementById('model').textContent.includes('heads:')", timeout=30_000)
+            assert page.is_hidden("#key-form")
+            assert page.evaluate("sessionStorage.getItem('sentmtl-api-key')") == "s3cret-key"
+            assert page.evaluate("document.cookie") == ""
+            page.click("#analyse")
+            page.wait_for_selector("mark.entity", timeout=30_000)
+        finally:
+            browser.close()

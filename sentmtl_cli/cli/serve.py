@@ -26,17 +26,37 @@ def serve(
         256, "--max-texts-per-request", min=1, help="Texts a request may send (413 above)."
     ),
     api_key: Optional[str] = typer.Option(
-        None, "--api-key", envvar="SENTMTL_API_KEY", help="Require Authorization: Bearer KEY (all routes but /health)."
+        None,
+        "--api-key",
+        envvar="SENTMTL_API_KEY",
+        help="Require Authorization: Bearer KEY on the API (not /health, nor the page, which asks for it).",
+    ),
+    allowed_hosts: Optional[str] = typer.Option(
+        None,
+        "--allowed-hosts",
+        help="Comma-separated Host names to answer ('*': any). Default: loopback names when bound to "
+        "loopback (no DNS rebinding), any otherwise.",
+    ),
+    grace_period: float = typer.Option(
+        20.0,
+        "--grace-period",
+        min=0,
+        help="Seconds after SIGTERM for queued requests to finish; the rest are answered 503 with Retry-After.",
     ),
 ):
     """Serve the model over HTTP: OpenAI-style /v1/embeddings, /predict, /similarity, and a page at /."""
-    import signal
+    import os
     import socket
 
-    import uvicorn
-
     from ..serve.app import Settings, create_app
+    from ..serve.server import run
 
+    if api_key is not None and not api_key.strip() or (api_key is None and "SENTMTL_API_KEY" in os.environ):
+        # click reads an empty SENTMTL_API_KEY as unset: either way, an empty key would turn auth off
+        raise SentmtlError("the API key is empty (--api-key or SENTMTL_API_KEY): give a key, or neither")
+    hosts = [h.strip() for h in allowed_hosts.split(",") if h.strip()] if allowed_hosts is not None else None
+    if hosts is None and _loopback(host):
+        hosts = ["localhost", "127.0.0.1", "::1", host]
     settings = Settings(
         config=str(config) if config else None,
         backend=backend.value if backend else None,
@@ -45,6 +65,8 @@ def serve(
         max_queue=max_queue,
         max_texts_per_request=max_texts_per_request,
         api_key=api_key,
+        allowed_hosts=hosts,
+        grace_period=grace_period,
     )
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
@@ -57,12 +79,17 @@ def serve(
         raise SentmtlError(f"cannot listen on {host}:{port}: {e.strerror}") from None
     bound = sock.getsockname()[1]
     app = create_app(settings)
-    server = uvicorn.Server(
-        uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=30, access_log=False, lifespan="on")
-    )
     typer.echo(f"serving on http://{host}:{bound} (the model loads now; GET /health says when it is ready)", err=True)
-    # uvicorn handles SIGTERM itself (stop accepting, finish in-flight requests), then raises it again
-    # once done: by then the work is over, so exit 0 rather than the signal's status
-    signal.signal(signal.SIGTERM, lambda *_: None)
-    server.run(sockets=[sock])
+    run(app, sock, grace_period)
     typer.echo("stopped", err=True)
+
+
+def _loopback(host: str) -> bool:
+    import ipaddress
+
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

@@ -10,9 +10,10 @@ with Retry-After when the queue is full, 401 without the API key, never a traceb
 
 from __future__ import annotations
 
+import asyncio
 import base64
-import hmac
 import os
+import sys
 import threading
 import time
 from contextlib import asynccontextmanager
@@ -25,9 +26,22 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SentmtlError
-from .batcher import MicroBatcher, QueueFull
+from .batcher import MicroBatcher, QueueFull, ShuttingDown
+from .guard import (
+    BODY,
+    GONE,
+    ApiError,
+    Guard,
+    Policy,
+    error_response,
+    openapi_body,
+    parse,
+    shutting_down,
+    validation_message,
+)
 
 
 @dataclass
@@ -40,6 +54,8 @@ class Settings:
     max_texts_per_request: int = 256
     max_chars_per_text: int = 20_000
     api_key: str | None = None
+    allowed_hosts: list[str] | None = None  # Host names accepted (None: any; the CLI sets loopback's)
+    grace_period: float = 20.0  # seconds after SIGTERM for queued work to finish (server.py)
 
 
 class FastJSON(JSONResponse):
@@ -51,18 +67,6 @@ class FastJSON(JSONResponse):
         import orjson
 
         return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY)
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
-        super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
-
-
-def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error", headers=None):
-    return JSONResponse(
-        {"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status, headers=headers
-    )
 
 
 class EmbeddingsRequest(BaseModel):
@@ -85,38 +89,12 @@ class SimilarityRequest(BaseModel):
     metric: Literal["cosine", "dot", "euclidean"] = "cosine"
 
 
-class _GuardAndMeasure:
-    """One plain ASGI middleware (Starlette's @app.middleware wraps each request in a task and
-    streams, which costs more event-loop time than the rest of a small request): requests refused
-    before they reach a route (401, 413), and every request's metrics, errors included."""
-
-    def __init__(self, app, refuse, record):
-        self.app, self.refuse, self.record = app, refuse, record
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        t = time.perf_counter()
-        status = 500  # unless a response starts
-
-        async def send_and_note(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            refused = self.refuse(scope)
-            await (refused or self.app)(scope, receive, send_and_note)
-        finally:
-            self.record(scope, status, time.perf_counter() - t)
-
-
 class _State:
     def __init__(self):
         self.model = None
         self.batcher: MicroBatcher | None = None
         self.load_error: str | None = None
+        self.draining = False
 
 
 def create_app(settings: Settings | None = None, model=None) -> FastAPI:
@@ -150,6 +128,14 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
     )
     queue_depth = Gauge("sentmtl_queue_depth", "Requests waiting for the model.", registry=registry)
     queue_depth.set_function(lambda: state.batcher.depth() if state.batcher else 0)
+    abandoned = Counter(
+        "sentmtl_abandoned_requests_total",
+        "Requests whose client went away before the answer; their work left the queue.",
+        registry=registry,
+    )
+    truncated = Counter(
+        "sentmtl_truncated_texts_total", "Texts longer than max_seq_length, cut to it.", registry=registry
+    )
 
     def on_batch(n_texts: int, n_jobs: int) -> None:
         batch_texts.observe(n_texts)
@@ -190,7 +176,8 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
             threading.Thread(target=load_in_background, name="sentmtl-load", daemon=True).start()
         yield
         if state.batcher is not None:
-            state.batcher.close()  # after uvicorn has drained the connections: in-flight work is done
+            # after the drain (server.py): what was queued is answered, or was aborted
+            state.batcher.close(timeout=5.0 if state.draining else 60.0)
 
     app = FastAPI(
         title="sentmtl",
@@ -203,50 +190,55 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
     # ---- errors: JSON in OpenAI's shape, a named field, never a traceback ------------------------
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid request"}
-        if first.get("type") == "json_invalid":
-            return _error(422, "the request body is not valid JSON", None)
-        # the field and its list indices ("texts[0]"); pydantic's union-member tags ("str") are not fields
-        loc = [x for x in first.get("loc", ()) if x != "body"]
-        param = (str(loc[0]) + "".join(f"[{x}]" for x in loc[1:] if isinstance(x, int))) if loc else None
-        msg = first.get("msg", "invalid")
-        if len(loc) > 1 and isinstance(loc[1], str):  # a union: say what it accepts
-            msg = "give a string or a list of strings"
-        return _error(422, f"{param or 'body'}: {msg}", param)
+        message, param = validation_message(list(exc.errors()))
+        return error_response(422, message, param)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http(request: Request, exc: StarletteHTTPException):  # FastAPI's own: 404, 405
+        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
+        message = {404: f"no such route: {request.url.path}", 405: f"{request.method} is not allowed here"}
+        return error_response(
+            exc.status_code, message.get(exc.status_code, str(exc.detail)), None, kind, getattr(exc, "headers", None)
+        )
 
     @app.exception_handler(ApiError)
     async def _api_error(request: Request, exc: ApiError):
         headers = {"Retry-After": "1"} if exc.status == 429 else None
-        return _error(exc.status, exc.message, exc.param, exc.kind, headers)
+        if exc.status == 503 and state.draining:
+            return shutting_down(exc.message)
+        return error_response(exc.status, exc.message, exc.param, exc.kind, headers)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception):
-        return _error(500, f"internal error: {type(exc).__name__}: {exc}", None, "server_error")
+        return error_response(500, f"internal error: {type(exc).__name__}: {exc}", None, "server_error")
 
     # ---- middleware ---------------------------------------------------------------------------------------
     limit = settings.max_texts_per_request * (settings.max_chars_per_text * 4 + 16) + 65536
-    bearer = f"Bearer {settings.api_key}".encode() if settings.api_key else None
-
-    def refuse(scope) -> Response | None:
-        """The API key, then the body size limit: a response that refuses the request, or None."""
-        headers = dict(scope["headers"])
-        if bearer is not None and scope["path"] != "/health":
-            if not hmac.compare_digest(headers.get(b"authorization", b""), bearer):
-                return _error(
-                    401, "a valid API key is needed: Authorization: Bearer KEY", None, "authentication_error",
-                    {"WWW-Authenticate": "Bearer"},
-                )  # fmt: skip
-        size = headers.get(b"content-length", b"")
-        if size.isdigit() and int(size) > limit:
-            return _error(413, f"the request body is over {limit:,} bytes", None)
-        return None
 
     def record(scope, status: int, seconds: float) -> None:
         name = getattr(scope.get("route"), "path", "other")  # set by the router once it matched
         requests_total.labels(name, str(status)).inc()
         latency.labels(name).observe(seconds)
 
-    app.add_middleware(_GuardAndMeasure, refuse=refuse, record=record)
+    policy = Policy(limit, settings.api_key, settings.allowed_hosts, lambda: state.draining)
+    app.add_middleware(Guard, policy=policy, record=record)
+
+    async def drain(grace: float) -> None:
+        """SIGTERM (server.py): new requests get 503, queued work has `grace` seconds to finish,
+        then what is left is answered 503 with Retry-After."""
+        state.draining = True
+        batcher = state.batcher
+        if batcher is None:
+            return
+        batcher.stop_accepting()
+        end = time.monotonic() + grace
+        while batcher.live() and time.monotonic() < end:
+            await asyncio.sleep(0.05)
+        left = batcher.abort(f"the server is shutting down: not finished within the {grace:g} s grace period")
+        if left:
+            print(f"shutdown: {left} request(s) not finished within {grace:g} s answered 503", file=sys.stderr)
+
+    app.state.drain = drain
 
     # ---- helpers ------------------------------------------------------------------------------------------
     def loaded():
@@ -279,16 +271,52 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
                 except UnicodeEncodeError:
                     raise ApiError(422, f"{where}: not valid Unicode (a lone surrogate)", where) from None
 
-    async def run(texts: list[str], tasks: list[str], want_embeddings: bool):
+    async def body(request: Request, kind, field: str | None, texts_of=lambda r: r.texts):
+        """The request's body parsed as `kind` and its texts checked, off the event loop."""
+
+        def work():
+            req = parse(request.scope[BODY], kind)
+            if field is not None:
+                texts = texts_of(req)
+                check_texts([texts] if isinstance(texts, str) else texts, field)
+            return req
+
+        return await asyncio.to_thread(work)
+
+    async def run(request: Request, texts: list[str], tasks: list[str], want_embeddings: bool):
         m, batcher = loaded()
-        encoded = m.tokenizer.encode_raw(texts)
+        encoded = await asyncio.to_thread(m.tokenizer.encode_raw, texts)  # off the loop: long texts take seconds
         tokens = [len(ids) for ids, *_ in encoded]
+        cut = sum(1 for *_, dropped in encoded if dropped)
+        if cut:  # counted, and one line per request at most (not one per text)
+            truncated.inc(cut)
+            print(
+                f"warning: {request.url.path}: {cut} of {len(texts)} text(s) longer than "
+                f"max_seq_length={m.tokenizer.max_seq_length} tokens were cut to it",
+                file=sys.stderr,
+            )
         try:
             fut = batcher.submit(texts, tasks, want_embeddings, encoded)
         except QueueFull as e:
             raise ApiError(429, f"the server is busy ({e}); retry shortly", None, "rate_limit_error") from None
+        except ShuttingDown as e:
+            raise ApiError(503, str(e), None, "server_error") from None
+        gone = request.scope.get(GONE)
+        if gone is not None:
+            watch = asyncio.ensure_future(gone.wait())
+            try:
+                await asyncio.wait([fut, watch], return_when=asyncio.FIRST_COMPLETED)
+            finally:  # a cancelled handler cancels the job too (the batcher drops it)
+                watch.cancel()
+                if not fut.done():
+                    fut.cancel()
+            if fut.cancelled():
+                abandoned.inc()
+                raise ApiError(499, "the client closed the connection before the answer", None, "client_closed")
         try:
             answer = await fut
+        except ShuttingDown as e:
+            raise ApiError(503, str(e), None, "server_error") from None
         except SentmtlError as e:
             raise ApiError(422, str(e), None) from None
         except Exception as e:  # this batch failed; the server goes on
@@ -296,15 +324,15 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         return answer, tokens
 
     # ---- routes -----------------------------------------------------------------------------------------------
-    @app.post("/v1/embeddings")
-    async def embeddings(req: EmbeddingsRequest) -> FastJSON:
+    @app.post("/v1/embeddings", openapi_extra=openapi_body(EmbeddingsRequest))
+    async def embeddings(request: Request) -> FastJSON:
         """OpenAI's embeddings API: `input` one text or a list; `encoding_format` float or base64."""
         m, _ = loaded()
+        req = await body(request, EmbeddingsRequest, "input", lambda r: r.input)
         texts = [req.input] if isinstance(req.input, str) else req.input
-        check_texts(texts, "input")
         if req.dimensions is not None and req.dimensions != m.dim:
             raise ApiError(422, f"dimensions: this model gives {m.dim} dimensions, not {req.dimensions}", "dimensions")
-        answer, tokens = await run(texts, [], True)
+        answer, tokens = await run(request, texts, [], True)
         emb = np.asarray(answer.embeddings, dtype="<f4")
         data = [
             {
@@ -321,28 +349,29 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
             {"object": "list", "data": data, "model": m.cfg.name, "usage": {"prompt_tokens": n, "total_tokens": n}}
         )
 
-    @app.post("/predict")
-    async def predict(req: PredictRequest) -> FastJSON:
+    @app.post("/predict", openapi_extra=openapi_body(PredictRequest))
+    async def predict(request: Request) -> FastJSON:
         """Each text's results, exactly one JSONL line of `sentmtl predict`."""
         m, _ = loaded()
-        check_texts(req.texts, "texts")
+        req = await body(request, PredictRequest, "texts")
         try:
             tasks = m.resolve_tasks(req.tasks)
         except SentmtlError as e:
             raise ApiError(422, f"tasks: {e}", "tasks") from None
-        answer, _ = await run(req.texts, tasks, False)
+        answer, _ = await run(request, req.texts, tasks, False)
         return FastJSON({"results": answer.results})
 
-    @app.post("/similarity")
-    async def similarity(req: SimilarityRequest) -> FastJSON:
+    @app.post("/similarity", openapi_extra=openapi_body(SimilarityRequest))
+    async def similarity(request: Request) -> FastJSON:
         """The same JSON as `sentmtl similarity --format json`."""
         from ..cli.render import similarity_json
         from ..model import pairwise
 
+        req = await body(request, SimilarityRequest, None)
         if len(req.texts) < 2:
             raise ApiError(422, "texts: give at least two texts to compare", "texts")
-        check_texts(req.texts, "texts")
-        answer, _ = await run(req.texts, [], True)
+        await asyncio.to_thread(check_texts, req.texts, "texts")
+        answer, _ = await run(request, req.texts, [], True)
         emb = np.asarray(answer.embeddings)
         return FastJSON(similarity_json(req.metric, req.texts, pairwise(emb, emb, req.metric)))
 

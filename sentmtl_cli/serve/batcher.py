@@ -18,6 +18,11 @@ batched with changes at most the last float bits (tests/test_serve.py checks lab
 scores against the CLI's). The queue is bounded: a full queue refuses new jobs at once (the handler
 answers 429), so a burst never grows memory or latency without bound. An exception inside a batch
 fails that batch's jobs only; the workers go on.
+
+Abandoned work is dropped: a job whose future is cancelled (its client went away, or its handler
+was cancelled) leaves the queue at once, and a worker that took its pieces already runs them no
+further than the batch in progress. On shutdown, `stop_accepting` refuses new jobs (ShuttingDown)
+while the queued ones finish, and `abort` fails whatever is left when the grace period is over.
 """
 
 from __future__ import annotations
@@ -37,6 +42,10 @@ class QueueFull(Exception):
     """The queue holds max_queue jobs already."""
 
 
+class ShuttingDown(Exception):
+    """The server is stopping: the job was not accepted, or not finished within the grace period."""
+
+
 @dataclass
 class Answer:
     embeddings: np.ndarray | None  # [n, dim] for the job's texts, in its order
@@ -53,7 +62,7 @@ class Job:
     loop: asyncio.AbstractEventLoop
     pieces_left: int = 0  # pieces not yet run
     queued_pieces: int = 0  # pieces still in the queue
-    failed: bool = False
+    failed: bool = False  # failed, dropped or aborted: its other pieces are not run
     embeddings: np.ndarray | None = None
     results: list = field(default_factory=list)
     queued_at: float = field(default_factory=time.perf_counter)
@@ -84,6 +93,9 @@ class MicroBatcher:
         self._waiting_jobs = 0  # jobs with a piece still queued: what max_queue bounds
         self._idle = 0
         self._cond = threading.Condition()
+        self._live: set[Job] = set()  # submitted, not yet answered
+        self.dropped = 0  # jobs whose future was cancelled before their answer
+        self._accepting = True
         self._stopping = False
         self._ready = False
         self._threads = [
@@ -100,6 +112,10 @@ class MicroBatcher:
         """Requests waiting for a worker."""
         return self._waiting_jobs
 
+    def live(self) -> int:
+        """Requests submitted and not yet answered (queued or running)."""
+        return len(self._live)
+
     def submit(self, texts: list[str], tasks: list[str], want_embeddings: bool, encoded: list) -> asyncio.Future:
         """Queue a job; its future gets an Answer (or the batch's exception). QueueFull when full."""
         loop = asyncio.get_running_loop()
@@ -109,15 +125,51 @@ class MicroBatcher:
         pieces = self._cut(job, [len(e[0]) for e in encoded])
         job.pieces_left = job.queued_pieces = len(pieces)
         with self._cond:
-            if self._stopping:
-                raise QueueFull("the server is shutting down")
+            if self._stopping or not self._accepting:
+                raise ShuttingDown("the server is shutting down")
             if self._waiting_jobs >= self.max_queue:
                 raise QueueFull(f"the queue holds {self.max_queue} requests")
             self._queue.extend(pieces)
             self._queued_tokens += sum(p.tokens for p in pieces)
             self._waiting_jobs += 1
+            self._live.add(job)
             self._cond.notify(len(pieces))
+        job.future.add_done_callback(lambda f: self._settled(job, f))
         return job.future
+
+    def _settled(self, job: Job, fut: asyncio.Future) -> None:
+        """On the loop, once the job's future is done: answered, failed, or cancelled (dropped)."""
+        with self._cond:
+            self._live.discard(job)
+            if not fut.cancelled() or job.failed:
+                return
+            job.failed = True
+            self.dropped += 1
+            if job.queued_pieces:
+                kept = deque(p for p in self._queue if p.job is not job)
+                self._queued_tokens -= sum(p.tokens for p in self._queue if p.job is job)
+                self._queue = kept
+                job.queued_pieces = 0
+                self._waiting_jobs -= 1
+
+    def stop_accepting(self) -> None:
+        """New jobs are refused (ShuttingDown); the queued and running ones go on."""
+        with self._cond:
+            self._accepting = False
+
+    def abort(self, reason: str) -> int:
+        """Fail every job not yet answered with ShuttingDown(reason); how many there were."""
+        with self._cond:
+            self._accepting = False
+            jobs = [j for j in self._live if not j.failed]
+            for job in jobs:
+                job.failed = True
+            self._queue.clear()
+            self._queued_tokens = 0
+            self._waiting_jobs = 0
+        for job in jobs:
+            job.loop.call_soon_threadsafe(_fail, job.future, ShuttingDown(reason))
+        return len(jobs)
 
     def _cut(self, job: Job, tokens: list[int]) -> list[Piece]:
         """The job's texts by length, in runs of at most batch_size texts and a worker's share of
@@ -167,7 +219,7 @@ class MicroBatcher:
             finally:
                 self._idle -= 1
 
-    def _pop(self) -> Piece:
+    def _pop(self) -> Piece:  # under self._cond
         piece = self._queue.popleft()
         self._queued_tokens -= piece.tokens
         piece.job.queued_pieces -= 1
@@ -177,7 +229,7 @@ class MicroBatcher:
 
     def _work(self) -> None:
         while (pieces := self._take()) is not None:
-            pieces = [p for p in pieces if not p.job.failed]  # a failed job's other pieces: no need
+            pieces = [p for p in pieces if not p.job.failed]  # a failed or dropped job's pieces: no need
             if not pieces:
                 continue
             texts = [p.job.texts[i] for p in pieces for i in p.rows]
@@ -186,7 +238,7 @@ class MicroBatcher:
             want = any(p.job.want_embeddings for p in pieces)
             try:
                 emb, results = self.model.run(
-                    texts, tasks, batch_size=self.batch_size, want_embeddings=want, encoded=encoded
+                    texts, tasks, batch_size=self.batch_size, want_embeddings=want, encoded=encoded, warn=False
                 )
             except BaseException as e:  # noqa: BLE001 (any failure fails this batch's jobs, not the server)
                 with self._cond:
@@ -201,6 +253,9 @@ class MicroBatcher:
             done: list[Job] = []
             for p in pieces:
                 job, n = p.job, len(p.rows)
+                if job.failed:  # dropped or aborted while this batch ran
+                    start += n
+                    continue
                 for i, r in zip(p.rows, results[start : start + n]):
                     job.results[i] = {"text": r["text"], **{t: r[t] for t in job.tasks}}
                 if job.embeddings is not None and emb is not None:

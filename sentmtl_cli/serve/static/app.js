@@ -1,14 +1,43 @@
 // The try-it page: calls the same API as any client (/predict, /similarity, /info). No libraries.
 "use strict";
 
+// A server started with --api-key wants "Authorization: Bearer KEY" on every API call. A page load
+// cannot send it, so the page is public and asks for the key when the API answers 401; the key
+// stays in this tab only (sessionStorage), never in a cookie or the URL.
+const KEY = "sentmtl-api-key";
+
+class NeedsKey extends Error {}
+
 async function api(path, body) {
-  const r = await fetch(path, body === undefined ? {} : {
-    method: "POST", headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
-  });
+  const headers = body === undefined ? {} : { "Content-Type": "application/json" };
+  const key = sessionStorage.getItem(KEY);
+  if (key) headers["Authorization"] = "Bearer " + key;
+  const r = await fetch(path, body === undefined ? { headers } : { method: "POST", headers, body: JSON.stringify(body) });
   const doc = await r.json();
+  if (r.status === 401) {
+    sessionStorage.removeItem(KEY);
+    askForKey(key ? "That key was refused; try again." : "This server needs an API key.");
+    throw new NeedsKey((doc.error && doc.error.message) || "an API key is needed");
+  }
   if (!r.ok) throw new Error((doc.error && doc.error.message) || r.statusText);
   return doc;
 }
+
+function askForKey(why) {
+  document.getElementById("key-why").textContent = why;
+  document.getElementById("key-form").hidden = false;
+  document.getElementById("api-key").focus();
+}
+
+document.getElementById("key-form").addEventListener("submit", (ev) => {
+  ev.preventDefault();
+  const input = document.getElementById("api-key");
+  if (!input.value) return;
+  sessionStorage.setItem(KEY, input.value);
+  input.value = "";
+  document.getElementById("key-form").hidden = true;
+  loadInfo();
+});
 
 function el(tag, cls, text) {
   const e = document.createElement(tag);
@@ -58,7 +87,7 @@ async function loadInfo() {
     document.getElementById("model").textContent =
       info.name + " · " + info.backbone.source + " · " + info.backbone.dimension + " dimensions · heads: " + names.join(", ");
   } catch (e) {
-    document.getElementById("model").textContent = "model not ready: " + e.message;
+    document.getElementById("model").textContent = (e instanceof NeedsKey ? "" : "model not ready: ") + e.message;
   }
 }
 
