@@ -158,3 +158,20 @@ def test_a_simulated_two_node_cluster_joined_by_address(tmp_path, model):
         if ray.is_initialized():
             ray.shutdown()
         cluster.shutdown()
+
+
+def test_a_bad_row_on_ray_is_one_line_with_no_ray_logs(local_ray, tmp_path):
+    """Ray Data's plan and progress lines, its warnings and the C++ core's log stay quiet unless
+    --verbose: the user sees the one error line, naming the file and row (a row nested 5,000 deep
+    here, which once raised a RecursionError inside the worker)."""
+    src = tmp_path / "in.jsonl"
+    src.write_text('{"text": "fine"}\n{"text": ' + "[" * 5000 + "]" * 5000 + "}\n", encoding="utf-8")
+    r = sentmtl(["batch", str(src), str(tmp_path / "out"), "--workers", "1"], _address())
+    assert r.returncode == 2, r.stderr[-3000:]
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "row 2" in lines[0], r.stderr[-3000:]
+    assert "nested too deeply" in lines[0]
+    r = sentmtl(["batch", str(src), str(tmp_path / "out2"), "--workers", "1", "--on-error", "skip"], _address())
+    assert r.returncode == 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
+    r = sentmtl(["batch", str(src), str(tmp_path / "out3"), "--workers", "1", "--verbose"], _address())
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) > 1  # asked for: Ray's own lines

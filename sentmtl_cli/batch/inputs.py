@@ -10,7 +10,9 @@ overlaps (.parquet). In a .txt file a blank line is not a row, as in `sentmtl em
 from __future__ import annotations
 
 import csv
+import hashlib
 import json
+import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -27,6 +29,7 @@ class InputFile:
     rows: int
     size: int
     mtime_ns: int
+    digest: str = ""  # of the file's bytes
     offsets: list[int] = field(default_factory=list)  # byte offset of each unit's first row (not parquet)
     header: list[str] = field(default_factory=list)  # csv: the column names
 
@@ -113,37 +116,81 @@ def scan(path: Path, shard_rows: int, text_column: str, id_column: str | None) -
     fmt = FORMATS[path.suffix.lower()]
     st = path.stat()
     out = InputFile(str(path.resolve()), fmt, 0, st.st_size, st.st_mtime_ns)
+    digest = hashlib.blake2b(digest_size=16)
     if fmt == "parquet":
         pf = _parquet(path)
         names = pf.schema_arrow.names
         for col in [text_column] + ([id_column] if id_column else []):
             if col not in names:
                 raise SentmtlError(f"{path}: no column {col!r} (it has {', '.join(names)})")
+        _check_text_type(path, text_column, pf.schema_arrow.field(text_column).type)
+        if id_column:
+            _check_id_type(path, id_column, pf.schema_arrow.field(id_column).type)
         out.rows = pf.metadata.num_rows
+        with _open(path) as f:
+            while block := f.read(1 << 20):
+                digest.update(block)
+        out.digest = digest.hexdigest()
         return out
     with _open(path) as f:
         if fmt == "csv":
-            records = _csv_records(f)
-            header = next(records, None)
+            records = _csv_records(f, digest=digest)
+            header = _csv_next(records, path)
             if header is None:
+                out.digest = digest.hexdigest()
                 return out
             out.header = header[1]
             for col in [text_column] + ([id_column] if id_column else []):
                 if col not in out.header:
                     raise SentmtlError(f"{path}: no column {col!r} in its header (it has {', '.join(out.header)})")
-            for offset, _ in records:
+            while (rec := _csv_next(records, path)) is not None:
                 if out.rows % shard_rows == 0:
-                    out.offsets.append(offset)
+                    out.offsets.append(rec[0])
                 out.rows += 1
+            out.digest = digest.hexdigest()
             return out
         offset = 0
         for raw in f:
+            digest.update(raw)
             if fmt == "jsonl" or raw.strip():  # a blank .txt line is not a row
                 if out.rows % shard_rows == 0:
                     out.offsets.append(offset)
                 out.rows += 1
             offset += len(raw)
+    out.digest = digest.hexdigest()
     return out
+
+
+def _csv_next(records, path: Path):
+    """The next CSV record, or None at the end; a record the csv module cannot read is one line."""
+    try:
+        return next(records, None)
+    except csv.Error as e:
+        raise SentmtlError(f"{path}: not a readable CSV file ({e})") from None
+
+
+def _check_text_type(path, column: str, kind) -> None:
+    import pyarrow as pa
+
+    if _is_text(kind) or (pa.types.is_dictionary(kind) and _is_text(kind.value_type)):
+        return
+    raise SentmtlError(f"{path}: column {column!r} is {kind}, not text")
+
+
+def _is_text(kind) -> bool:
+    import pyarrow as pa
+
+    return bool(pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind))
+
+
+def _check_id_type(path, column: str, kind) -> None:
+    """An id column is kept as strings: numbers, text, dates, times and decimals read as such."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_nested(kind) or pa.types.is_null(kind):
+        raise SentmtlError(f"{path}: column {column!r} is {kind}: an id column must hold numbers, text, dates or times")
 
 
 def _parquet(path: Path):
@@ -156,15 +203,20 @@ def _parquet(path: Path):
         raise SentmtlError(f"{path}: not a readable parquet file ({str(e).splitlines()[0]})") from None
 
 
-def _csv_records(f, start: int = 0) -> Iterator[tuple[int, list[str]]]:
+def _csv_records(f, start: int = 0, digest=None) -> Iterator[tuple[int, list[str]]]:
     """(byte offset, fields) of each CSV record from `start`; a record may span lines (quotes).
-    Undecodable bytes become lone surrogates, which the row check reports."""
+    Undecodable bytes become lone surrogates, which the row check reports. `digest` is fed the
+    bytes read."""
+    # a field may be a whole document: the csv module's 128 KiB default would refuse it
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
     f.seek(start)
     pos = [start]
 
     def lines():
         for raw in f:
             pos[0] += len(raw)
+            if digest is not None:
+                digest.update(raw)
             yield raw.decode("utf-8", "surrogateescape")
 
     reader = csv.reader(lines())
@@ -198,7 +250,12 @@ def read_unit(unit: Unit, text_column: str, id_column: str | None) -> Rows:
         if unit.fmt == "csv":
             col = unit.header.index(text_column)
             idc = unit.header.index(id_column) if id_column else -1
-            for _, rec in _take(_csv_records(f, unit.offset), unit.rows):
+            records = _csv_records(f, unit.offset)
+            for _ in range(unit.rows):
+                got = _csv_next(records, path)
+                if got is None:
+                    break
+                rec = got[1]
                 if len(rec) != len(unit.header):
                     add(
                         None,
@@ -220,6 +277,12 @@ def read_unit(unit: Unit, text_column: str, id_column: str | None) -> Rows:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     add(None, None, f"not a JSON object ({e.msg})")
+                    continue
+                except RecursionError:
+                    add(None, None, "not a JSON object (nested too deeply)")
+                    continue
+                except ValueError as e:  # a number past Python's digit limit
+                    add(None, None, f"not a JSON object ({str(e).split(';')[0]})")
                     continue
                 if not isinstance(obj, dict):
                     add(None, None, "not a JSON object")
@@ -277,11 +340,9 @@ def _read_parquet(unit: Unit, text_column: str, id_column: str | None) -> Rows:
         first += n
     cols = [text_column] + ([id_column] if id_column else [])
     table = pf.read_row_groups(groups, columns=cols).slice(skip, unit.rows)
-    text_type = table.schema.field(text_column).type
-    if not (pa.types.is_string(text_type) or pa.types.is_large_string(text_type)):
-        raise SentmtlError(f"{unit.file}: column {text_column!r} is {text_type}, not text")
-    texts = table.column(text_column).to_pylist()
-    raw_ids = table.column(id_column).to_pylist() if id_column else [None] * len(texts)
+    _check_text_type(unit.file, text_column, table.schema.field(text_column).type)
+    texts = _plain(table.column(text_column)).cast(pa.string()).to_pylist()
+    raw_ids = parquet_ids(unit.file, table.column(id_column), id_column) if id_column else [None] * len(texts)
     ids, out, problems = [], [], {}
     for k, (t, i) in enumerate(zip(texts, raw_ids)):
         ids.append(_id_value(i, id_column) if id_column else unit.first_id + k)
@@ -292,6 +353,56 @@ def _read_parquet(unit: Unit, text_column: str, id_column: str | None) -> Rows:
     if len(out) != unit.rows:
         raise SentmtlError(f"{unit.file} changed while being read (expected {unit.rows} rows from row {unit.start})")
     return Rows(ids, out, problems)
+
+
+def _plain(column):
+    """A dictionary-encoded column (pandas' category) as its values."""
+    import pyarrow as pa
+
+    column = column.combine_chunks() if isinstance(column, pa.ChunkedArray) else column
+    return column.dictionary_decode() if pa.types.is_dictionary(column.type) else column
+
+
+def parquet_ids(file, column, id_column: str) -> list:
+    """An id column's values: ints, floats, bools and strings as they are (see _id_value), dates,
+    times, timestamps, decimals and UTF-8 binary as their text."""
+    import pyarrow as pa
+
+    _check_id_type(file, id_column, column.type)
+    column = _plain(column)
+    kind = column.type
+    if pa.types.is_integer(kind) or pa.types.is_floating(kind) or pa.types.is_boolean(kind) or _is_text(kind):
+        return column.cast(pa.string()).to_pylist() if pa.types.is_string_view(kind) else column.to_pylist()
+    try:
+        return column.cast(pa.string()).to_pylist()
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+        raise SentmtlError(f"{file}: column {id_column!r} ({kind}) cannot be read as text ids ({e})") from None
+
+
+def duplicate_ids(units: list[Unit], text_column: str, id_column: str) -> dict[str, list[str]]:
+    """Each --id-column value found on more than one row, with where those rows are. Values that
+    differ in the input but not as output ids (the number 1 and the string "1") count as one."""
+    seen: dict[str, str] = {}
+    repeated: dict[str, list[str]] = {}
+    columns: dict[str, list] = {}  # a parquet file's id column, read once
+    for unit in units:
+        for k, value in enumerate(_unit_ids(unit, text_column, id_column, columns)):
+            if value is None:
+                continue  # a row without an id is a bad row, reported as such
+            if value in seen:
+                repeated.setdefault(value, [seen[value]]).append(describe_unit(unit, k))
+            else:
+                seen[value] = describe_unit(unit, k)
+    return repeated
+
+
+def _unit_ids(unit: Unit, text_column: str, id_column: str, columns: dict[str, list]) -> list:
+    if unit.fmt == "parquet":
+        if unit.file not in columns:
+            column = _parquet(Path(unit.file)).read(columns=[id_column]).column(id_column)
+            columns[unit.file] = [_id_value(v, id_column) for v in parquet_ids(unit.file, column, id_column)]
+        return columns[unit.file][unit.start : unit.start + unit.rows]
+    return read_unit(unit, text_column, id_column).ids
 
 
 def describe_unit(unit: Unit, k: int) -> str:

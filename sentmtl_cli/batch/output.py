@@ -140,7 +140,9 @@ def model_fingerprint(model) -> dict:
 def job_record(files: list[InputFile], units: list[Unit], tasks, model_fp: dict, text_column, id_column, shard_rows):
     return {
         "format": JOB_FORMAT,
-        "inputs": [{"path": f.path, "rows": f.rows, "size": f.size, "mtime_ns": f.mtime_ns} for f in files],
+        "inputs": [
+            {"path": f.path, "rows": f.rows, "size": f.size, "mtime_ns": f.mtime_ns, "digest": f.digest} for f in files
+        ],
         "units": len(units),
         "rows": sum(u.rows for u in units),
         "tasks": tasks,

@@ -119,6 +119,9 @@ class ShardWriter:
                 message = ""
             except SentmtlError as e:  # reported by the driver as one line, not a remote traceback
                 table, errors, message = None, [], str(e)
+            except Exception as e:  # noqa: BLE001 (the same: one line naming the unit)
+                table, errors = None, []
+                message = f"internal error in unit {unit.index} ({unit.file}): {type(e).__name__}: {e}"
             done["unit"].append(unit.index)
             done["rows"].append(unit.rows)
             done["errors"].append(len(errors))

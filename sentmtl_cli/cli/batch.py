@@ -34,6 +34,10 @@ def batch(
     on_error: str = typer.Option(
         "fail", "--on-error", help="fail | skip: a bad row stops the run, or is listed in OUTPUT/_errors.jsonl."
     ),
+    duplicate_ids: str = typer.Option(
+        "fail", "--duplicate-ids", help="fail | warn: when --id-column repeats a value (the rows are named)."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own logs and progress (quiet by default)."),
     force: bool = typer.Option(False, "--force", help="Replace an OUTPUT that holds another batch."),
     shard_rows: int = typer.Option(10_000, "--shard-rows", min=1, help="Input rows per output shard."),
     threads: Optional[int] = ThreadsOpt,
@@ -55,6 +59,8 @@ def batch(
         id_column=id_column,
         batch_size=batch_size,
         on_error=on_error,
+        duplicate_ids=duplicate_ids,
+        verbose=verbose,
         force=force,
         shard_rows=shard_rows,
         backend=backend.value if backend else None,
