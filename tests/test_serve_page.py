@@ -39,7 +39,7 @@ def test_the_page_highlights_entities_and_draws_the_sentiment_bars(tmp_path: Pat
         try:
             page = browser.new_page(viewport={"width": 1000, "height": 900})
             page.goto(base + "/")
-            page.wait_for_function("document.getElementById('model').textContent.includes('heads:')", timeout=30_000)
+            page.wait_for_selector("#model:has-text('heads:')", timeout=30_000)  # no eval: the page's CSP forbids it
             page.fill("#text", "Angela Merkel flew to Paris and loved every minute of it.")
             page.click("#analyse")
             page.wait_for_selector("mark.entity", timeout=30_000)
@@ -83,10 +83,10 @@ def test_with_an_api_key_the_page_asks_for_it_and_keeps_it_in_the_tab(tmp_path: 
             page.wait_for_selector("#key-form:not([hidden])", timeout=30_000)
             page.fill("#api-key", "wrong")
             page.click("#use-key")
-            page.wait_for_function("document.getElementById('key-why').textContent.includes('refused')")
+            page.wait_for_selector("#key-why:has-text('refused')", timeout=30_000)
             page.fill("#api-key", "s3cret-key")
             page.click("#use-key")
-            page.wait_for_function("document.getElementById('model').textContent.includes('heads:')", timeout=30_000)
+            page.wait_for_selector("#model:has-text('heads:')", timeout=30_000)  # no eval: the page's CSP forbids it
             assert page.is_hidden("#key-form")
             assert page.evaluate("sessionStorage.getItem('sentmtl-api-key')") == "s3cret-key"
             assert page.evaluate("document.cookie") == ""

@@ -377,6 +377,8 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
 
     @app.get("/health")
     async def health():
+        if state.draining:  # a load balancer stops sending work here
+            return JSONResponse({"status": "draining"}, status_code=503)
         if state.model is None or state.batcher is None:
             return JSONResponse({"status": "failed" if state.load_error else "loading"}, status_code=503)
         return {"status": "ok"}
