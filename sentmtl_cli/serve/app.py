@@ -224,15 +224,15 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
     app.add_middleware(Guard, policy=policy, record=record)
 
     async def drain(grace: float) -> None:
-        """SIGTERM (server.py): new requests get 503, queued work has `grace` seconds to finish,
-        then what is left is answered 503 with Retry-After."""
-        state.draining = True
+        """SIGTERM (server.py): new requests get 503, the ones received have `grace` seconds to
+        finish, then what is left is answered 503 with Retry-After."""
+        state.draining = True  # the middleware refuses requests that arrive from now on
         batcher = state.batcher
         if batcher is None:
             return
-        batcher.stop_accepting()
+        # requests already received (some still being parsed or tokenized) go on to the model
         end = time.monotonic() + grace
-        while batcher.live() and time.monotonic() < end:
+        while (policy.active or batcher.live()) and time.monotonic() < end:
             await asyncio.sleep(0.05)
         left = batcher.abort(f"the server is shutting down: not finished within the {grace:g} s grace period")
         if left:

@@ -21,8 +21,8 @@ fails that batch's jobs only; the workers go on.
 
 Abandoned work is dropped: a job whose future is cancelled (its client went away, or its handler
 was cancelled) leaves the queue at once, and a worker that took its pieces already runs them no
-further than the batch in progress. On shutdown, `stop_accepting` refuses new jobs (ShuttingDown)
-while the queued ones finish, and `abort` fails whatever is left when the grace period is over.
+further than the batch in progress. On shutdown, `abort` fails whatever is left when the grace
+period is over, and refuses new jobs from then on (ShuttingDown).
 """
 
 from __future__ import annotations
@@ -151,11 +151,6 @@ class MicroBatcher:
                 self._queue = kept
                 job.queued_pieces = 0
                 self._waiting_jobs -= 1
-
-    def stop_accepting(self) -> None:
-        """New jobs are refused (ShuttingDown); the queued and running ones go on."""
-        with self._cond:
-            self._accepting = False
 
     def abort(self, reason: str) -> int:
         """Fail every job not yet answered with ShuttingDown(reason); how many there were."""

@@ -104,6 +104,7 @@ class Policy:
     api_key: str | None = None
     allowed_hosts: list[str] | None = None  # None or "*": any Host
     draining: Callable[[], bool] = field(default=lambda: False)
+    active: int = 0  # requests past the checks and not yet answered (the drain waits for them)
 
 
 class Guard:
@@ -131,6 +132,7 @@ class Guard:
             await send(message)
 
         watcher = None
+        counted = False
         try:
             refused = self.refuse(scope)
             if refused is None:
@@ -143,6 +145,8 @@ class Guard:
             if refused is not None:
                 return await refused(scope, receive, send_and_note)
             scope[BODY] = body
+            self.policy.active += 1
+            counted = True
             gone = scope[GONE] = asyncio.Event()
             watcher = asyncio.ensure_future(_watch(receive, gone))
 
@@ -152,6 +156,8 @@ class Guard:
 
             await self.app(scope, replay, send_and_note)
         finally:
+            if counted:
+                self.policy.active -= 1
             if watcher is not None:
                 watcher.cancel()
             self.record(scope, status, time.perf_counter() - t)

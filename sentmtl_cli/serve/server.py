@@ -1,9 +1,9 @@
 """The process around the app: uvicorn on a socket the CLI bound, and what SIGTERM does.
 
 On SIGTERM (or the first Ctrl+C): stop accepting connections, answer new requests on open ones 503
-(with Retry-After and Connection: close), give the queued and running work `grace_period` seconds
-to finish, answer what is left 503 in the JSON error shape, then let uvicorn close the connections
-and exit 0. A second signal exits at once. uvicorn's own graceful timeout (which would cancel the
+(with Retry-After and Connection: close), give the requests already received `grace_period`
+seconds to finish, answer what is left 503 in the JSON error shape, then let uvicorn close the
+connections and exit 0. A second signal exits at once. uvicorn's own graceful timeout (which would cancel the
 handlers, answering 500 text/plain) is only a backstop past the grace period.
 """
 
