@@ -217,6 +217,8 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
 
     def record(scope, status: int, seconds: float) -> None:
         name = getattr(scope.get("route"), "path", "other")  # set by the router once it matched
+        if status == 499:  # the client left before its answer (guard.py, or the wait in run())
+            abandoned.inc()
         requests_total.labels(name, str(status)).inc()
         latency.labels(name).observe(seconds)
 
@@ -275,6 +277,7 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         """The request's body parsed as `kind` and its texts checked, off the event loop."""
 
         def work():
+            left(request)  # the thread pool may have had a queue: no work for a client that left
             req = parse(request.scope[BODY], kind)
             if field is not None:
                 texts = texts_of(req)
@@ -283,9 +286,19 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
 
         return await asyncio.to_thread(work)
 
+    def left(request: Request) -> None:
+        gone = request.scope.get(GONE)
+        if gone is not None and gone.is_set():
+            raise ApiError(499, "the client closed the connection before the answer", None, "client_closed")
+
+    def tokenize(request: Request, m, texts: list[str]):
+        left(request)
+        return m.tokenizer.encode_raw(texts)
+
     async def run(request: Request, texts: list[str], tasks: list[str], want_embeddings: bool):
         m, batcher = loaded()
-        encoded = await asyncio.to_thread(m.tokenizer.encode_raw, texts)  # off the loop: long texts take seconds
+        encoded = await asyncio.to_thread(tokenize, request, m, texts)  # off the loop: long texts take seconds
+        left(request)
         tokens = [len(ids) for ids, *_ in encoded]
         cut = sum(1 for *_, dropped in encoded if dropped)
         if cut:  # counted, and one line per request at most (not one per text)
@@ -311,7 +324,6 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
                 if not fut.done():
                     fut.cancel()
             if fut.cancelled():
-                abandoned.inc()
                 raise ApiError(499, "the client closed the connection before the answer", None, "client_closed")
         try:
             answer = await fut
