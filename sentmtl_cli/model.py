@@ -78,6 +78,7 @@ class MultiTaskModel:
             else:
                 head.init_params(cfg.seed)
             head.threads = threads
+            head.attach(self.embed_for_heads)
             self.heads[task] = head
         self.threads = threads
         self._backbone = None
@@ -190,6 +191,33 @@ class MultiTaskModel:
                 progress(len(idx))
         return emb, results
 
+    def embed_for_heads(self, texts: list[str]) -> np.ndarray:
+        """Embeddings of a head's own texts (a zero-shot head's prompts), with no warnings."""
+        emb, _ = self.run(texts, [], warn=False)
+        assert emb is not None
+        return emb
+
+    def build_head(self, task: str, hcfg) -> Head:
+        """A head for this backbone made on the fly, checked as a config's would be, not added to
+        the model: untrained unless its type needs no training (zero_shot)."""
+        problem = HEADS.get(hcfg.type).check_config(hcfg)
+        if problem:
+            raise SentmtlError(f"{task}: {problem}")
+        head = HEADS.get(hcfg.type)(task, hcfg, self.dim, self.num_layers)
+        head.init_params(self.cfg.seed)
+        head.threads = self.threads
+        head.attach(self.embed_for_heads)
+        return head
+
+    def add_head(self, task: str, hcfg) -> Head:
+        """build_head, then the head is one of the model's tasks (`predict --labels`)."""
+        if task in self.heads:
+            raise SentmtlError(f"the config already has a task named {task!r}")
+        head = self.build_head(task, hcfg)
+        self.heads[task] = head
+        self.cfg.heads[task] = hcfg
+        return head
+
     # ---- the public API -----------------------------------------------------------------------
     def embed(
         self, texts: Iterable[str] | str, batch_size: int = BATCH_SIZE, progress=None, offset: int = 0
@@ -298,7 +326,7 @@ class MultiTaskModel:
             doc["backbone"]["weights"] = "backbone.safetensors"
         for task, head in self.heads.items():
             hd = {k: v for k, v in doc["heads"][task].items() if v is not None}
-            if head.trained:
+            if head.saves_weights():
                 head.save(folder / "heads" / f"{task}.safetensors")
                 hd["weights"] = f"heads/{task}.safetensors"
             else:

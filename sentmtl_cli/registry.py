@@ -76,6 +76,7 @@ HEADS: Registry[Any] = Registry(
     {
         "sentence_classification": "sentmtl_cli.heads.classification:SentenceClassificationHead",
         "token_classification": "sentmtl_cli.heads.tagging:TokenClassificationHead",
+        "zero_shot": "sentmtl_cli.heads.zero_shot:ZeroShotHead",
     },
 )
 BACKENDS: Registry[Any] = Registry(

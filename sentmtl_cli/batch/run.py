@@ -29,6 +29,7 @@ class BatchJob:
     on_error: str = "fail"
     duplicate_ids: str = "fail"  # fail | warn, when --id-column repeats a value
     verbose: bool = False  # Ray's own logs and progress bars
+    extra_heads: dict | None = None  # task -> HeadConfig as a dict: heads made on the fly (--labels)
     force: bool = False
     shard_rows: int = SHARD_ROWS
     backend: str | None = None
@@ -41,7 +42,7 @@ def run_batch(job: BatchJob, progress=None, worker_class=None) -> dict:
     from ..model import load
     from . import output as out
     from .inputs import plan, read_unit
-    from .worker import resolve_batch_tasks
+    from .worker import add_extra_heads, resolve_batch_tasks
 
     if job.on_error not in ("fail", "skip"):
         raise SentmtlError(f"--on-error must be fail or skip, not {job.on_error!r}")
@@ -55,6 +56,7 @@ def run_batch(job: BatchJob, progress=None, worker_class=None) -> dict:
     t0 = time.perf_counter()
     threads = 1 if job.engine == "ray" else job.threads
     model = load(job.config, threads=threads, backend=job.backend)
+    add_extra_heads(model, job.extra_heads)
     tasks = resolve_batch_tasks(model, job.tasks)
     files, units = plan(Path(job.input), job.shard_rows, job.text_column, job.id_column)
     _refuse_input_inside_output(files, Path(job.output))
@@ -223,6 +225,7 @@ def _run_on_ray(ray, job: BatchJob, tasks: list[str], todo, worker_class=None) -
                 "on_error": job.on_error,
                 "batch_size": job.batch_size,
                 "backend": job.backend,
+                "extra_heads": job.extra_heads,
             },
             batch_size=1,
             num_cpus=1,

@@ -18,6 +18,14 @@ def load_model(config, threads: int, backend: str | None):
     return load(config, threads=threads, backend=backend)
 
 
+def add_extra_heads(model, extra_heads: dict | None) -> None:
+    """Heads made on the fly (`batch --labels`: a zero-shot head), the same on every worker."""
+    from ..config.model import HeadConfig
+
+    for task, spec in (extra_heads or {}).items():
+        model.add_head(task, HeadConfig.model_validate(spec))
+
+
 def resolve_batch_tasks(model, tasks) -> list[str]:
     """`embed` and head names (a list, or one comma-separated string); None: embed and every head."""
     from .output import EMBED
@@ -92,8 +100,11 @@ class ShardWriter:
     reads that unit's rows itself (so ids are positions in the input), runs every task, and writes
     the unit's shard whole (see batch/output.py). A retried unit writes the same shard again."""
 
-    def __init__(self, config, tasks, output, text_column, id_column, on_error, batch_size, backend, threads=1):
+    def __init__(
+        self, config, tasks, output, text_column, id_column, on_error, batch_size, backend, threads=1, extra_heads=None
+    ):
         self.model = load_model(config, threads, backend)
+        add_extra_heads(self.model, extra_heads)
         self.tasks = resolve_batch_tasks(self.model, tasks)
         self.output = Path(output)
         self.text_column, self.id_column = text_column, id_column

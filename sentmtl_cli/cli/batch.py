@@ -8,7 +8,20 @@ from typing import Optional
 
 import typer
 
-from .options import Backend, BackendOpt, BatchOpt, ConfigOpt, ThreadsOpt, handles_errors
+from .options import (
+    Backend,
+    BackendOpt,
+    BatchOpt,
+    ConfigOpt,
+    LabelsFileOpt,
+    LabelsOpt,
+    MultiLabelOpt,
+    TemplateOpt,
+    ThreadsOpt,
+    ThresholdOpt,
+    handles_errors,
+    zero_shot_head,
+)
 
 
 @handles_errors
@@ -40,12 +53,20 @@ def batch(
     verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own logs and progress (quiet by default)."),
     force: bool = typer.Option(False, "--force", help="Replace an OUTPUT that holds another batch."),
     shard_rows: int = typer.Option(10_000, "--shard-rows", min=1, help="Input rows per output shard."),
+    labels: Optional[str] = LabelsOpt,
+    labels_file: Optional[str] = LabelsFileOpt,
+    template: Optional[list[str]] = TemplateOpt,
+    multi_label: bool = MultiLabelOpt,
+    threshold: float = ThresholdOpt,
     threads: Optional[int] = ThreadsOpt,
     backend: Optional[Backend] = BackendOpt,
 ):
     """Run embed and the task heads over a corpus into parquet shards (resumable; local or Ray)."""
     from ..batch.run import BatchJob, run_batch
+    from ..heads.zero_shot import ZERO_SHOT_TASK
     from . import render
+
+    zero_shot = zero_shot_head(labels, labels_file, template, multi_label, threshold)
 
     job = BatchJob(
         input=input,
@@ -65,6 +86,7 @@ def batch(
         shard_rows=shard_rows,
         backend=backend.value if backend else None,
         threads=threads,
+        extra_heads={ZERO_SHOT_TASK: zero_shot.model_dump(mode="json")} if zero_shot is not None else None,
     )
     m = run_batch(job, progress=lambda total: render.Progress(total, "rows"))
     if m.get("already_complete"):

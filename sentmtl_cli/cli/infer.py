@@ -17,14 +17,20 @@ from .options import (
     EmbedFmt,
     FileOpt,
     Fmt,
+    LabelsFileOpt,
+    LabelsOpt,
     Metric,
+    MultiLabelOpt,
     OutputOpt,
     ReportFmt,
+    TemplateOpt,
     TextsArg,
     ThreadsOpt,
+    ThresholdOpt,
     default_format,
     fmt_option,
     handles_errors,
+    zero_shot_head,
 )
 
 CHUNK = 4096  # texts read, embedded and written at a time: memory stays flat on any input size
@@ -134,6 +140,11 @@ def predict(
         None, "--tasks", "-t", help="Comma-separated tasks (default: every task in the config)."
     ),
     top_k: int = typer.Option(1, "--top-k", min=1, help="Labels to show per sentence task."),
+    labels: Optional[str] = LabelsOpt,
+    labels_file: Optional[str] = LabelsFileOpt,
+    template: Optional[list[str]] = TemplateOpt,
+    multi_label: bool = MultiLabelOpt,
+    threshold: float = ThresholdOpt,
     config: Optional[Path] = ConfigOpt,
     fmt: Optional[Fmt] = fmt_option(Fmt),
     output: Optional[str] = OutputOpt,
@@ -141,13 +152,23 @@ def predict(
     threads: Optional[int] = ThreadsOpt,
     backend: Optional[Backend] = BackendOpt,
 ):
-    """Run task heads (classification, sentiment, entities) from one shared forward pass."""
+    """Run task heads (classification, sentiment, entities) from one shared forward pass; --labels
+    adds labels of your own (zero-shot), in the same pass."""
     from ..files.read import TextSource
     from ..files.sink import Sink
+    from ..heads.zero_shot import ZERO_SHOT_TASK
     from . import render
 
+    zero_shot = zero_shot_head(labels, labels_file, template, multi_label, threshold)
     m = load_model(config, threads, backend)
-    task_list = m.resolve_tasks(tasks.split(",") if tasks is not None else None)
+    if zero_shot is not None:
+        if ZERO_SHOT_TASK in m.heads:
+            raise SentmtlError(f"the config has a task named {ZERO_SHOT_TASK!r} already: --labels would replace it")
+        m.add_head(ZERO_SHOT_TASK, zero_shot)
+        # --labels alone: its task only; with --tasks: those, then zero_shot, in one pass
+        task_list = (m.resolve_tasks(tasks.split(",")) if tasks is not None else []) + [ZERO_SHOT_TASK]
+    else:
+        task_list = m.resolve_tasks(tasks.split(",") if tasks is not None else None)
     source = TextSource(texts, file)
     total = source.count()
     f = default_format(fmt, output)

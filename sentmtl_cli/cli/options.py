@@ -34,6 +34,49 @@ OutputOpt = typer.Option(
 )
 
 
+LabelsOpt = typer.Option(
+    None,
+    "--labels",
+    help="Zero-shot: comma-separated labels of your own (a label may be 'name: description'); adds the task zero_shot.",
+)
+LabelsFileOpt = typer.Option(
+    None, "--labels-file", help="Zero-shot labels from a file, one a line ('name' or 'name: description')."
+)
+TemplateOpt = typer.Option(
+    None,
+    "--template",
+    help="Zero-shot prompt, the label's place as {} (repeat for several; default: {} and 'This text is about {}.').",
+)
+MultiLabelOpt = typer.Option(False, "--multi-label", help="Zero-shot: every label whose score reaches --threshold.")
+ThresholdOpt = typer.Option(0.5, "--threshold", min=0.0, max=1.0, help="Zero-shot --multi-label's threshold.")
+
+
+def zero_shot_head(labels, labels_file, templates, multi_label: bool, threshold: float):
+    """The zero_shot HeadConfig that --labels or --labels-file ask for, or None."""
+    if labels is None and labels_file is None:
+        if templates or multi_label:
+            raise SentmtlError("--template and --multi-label go with --labels or --labels-file")
+        return None
+    from ..heads.zero_shot import parse_labels, zero_shot_config
+
+    if labels is not None and labels_file is not None:
+        raise SentmtlError("give --labels or --labels-file, not both")
+    if labels is not None:
+        specs, where = labels.split(","), "--labels"
+    else:
+        try:
+            with open(labels_file, encoding="utf-8-sig") as f:
+                lines = f.read().splitlines()
+        except (OSError, UnicodeDecodeError) as e:
+            raise SentmtlError(
+                f"--labels-file {labels_file}: cannot read it ({getattr(e, 'strerror', None) or e})"
+            ) from None
+        specs = [x for x in lines if x.strip() and not x.lstrip().startswith("#")]
+        where = f"--labels-file {labels_file}"
+    names, descriptions = parse_labels(specs, where)
+    return zero_shot_config(names, descriptions, list(templates or []), multi_label, threshold)
+
+
 def fmt_option(choices: type[Enum]) -> Any:
     """--format with its choices listed in the help."""
     return typer.Option(

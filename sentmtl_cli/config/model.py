@@ -85,6 +85,11 @@ class HeadConfig(_Strict):
     # sentence heads: how pool_layers become one vector: the mean and max of each layer, or a learned
     # softmax mix of the layers followed by attention over the tokens (one learned query)
     pool: Literal["mean_max", "attention"] = "mean_max"
+    # zero_shot heads: a description per label (read with its name in the prompts), the prompt
+    # templates ("{}" is the label; empty: the head type's own), and multi_label's threshold
+    descriptions: dict[str, str] = Field(default_factory=dict)
+    templates: list[str] = Field(default_factory=list)
+    threshold: float = Field(0.5, gt=0.0, lt=1.0)
     weights: Path | None = None
 
     @field_validator("labels")
@@ -95,6 +100,21 @@ class HeadConfig(_Strict):
         if any(not s.strip() for s in v):
             raise ValueError("labels must be non-empty strings")
         return v
+
+    @field_validator("templates")
+    @classmethod
+    def _templates_have_a_slot(cls, v: list[str]) -> list[str]:
+        for t in v:
+            if t.count("{}") != 1 or "{" in t.replace("{}", "", 1) or "}" in t.replace("{}", "", 1):
+                raise ValueError(f"template {t!r} must hold the label's place as {{}} exactly once")
+        return v
+
+    @model_validator(mode="after")
+    def _descriptions_name_labels(self) -> HeadConfig:
+        unknown = [k for k in self.descriptions if k not in self.labels]
+        if unknown:
+            raise ValueError(f"descriptions name labels the head does not have: {', '.join(unknown)}")
+        return self
 
     @field_validator("hidden")
     @classmethod

@@ -120,6 +120,21 @@ class Head:
         """What is wrong with a config for this head type ("key: why"), or None."""
         return None
 
+    @staticmethod
+    def zero_shot_keys(cfg: HeadConfig) -> str | None:
+        """The zero_shot keys, refused by the head types that learn from examples."""
+        if cfg.descriptions or cfg.templates:
+            return "descriptions: label descriptions and prompt templates are for zero_shot heads"
+        return None
+
+    def attach(self, embed) -> None:
+        """Called once the model is built, with its embed(texts); a head made from texts (the
+        zero-shot head's label vectors) keeps it. Nothing for the others."""
+
+    def saves_weights(self) -> bool:
+        """Whether a saved model folder holds this head's weights file."""
+        return self.trained
+
     # ---- structure ---------------------------------------------------------------------------------
     @property
     def outputs(self) -> list[str]:

@@ -53,6 +53,8 @@ class SentenceClassificationHead(MLPHead):
 
     @classmethod
     def check_config(cls, cfg):
+        if problem := cls.zero_shot_keys(cfg):
+            return problem
         if cfg.word_shape:
             return "word_shape: word-shape features are for token heads"
         if cfg.lstm:

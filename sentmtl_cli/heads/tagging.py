@@ -54,6 +54,8 @@ class TokenClassificationHead(MLPHead):
 
     @classmethod
     def check_config(cls, cfg: HeadConfig) -> str | None:
+        if problem := cls.zero_shot_keys(cfg):
+            return problem
         bio = [lab for lab in cfg.labels if lab == "O" or lab[:2] in ("B-", "I-", "E-", "S-", "L-", "U-")]
         if bio:
             return (

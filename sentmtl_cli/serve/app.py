@@ -29,6 +29,7 @@ from pydantic import BaseModel, ConfigDict
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SentmtlError
+from ..heads.zero_shot import ZERO_SHOT_TASK
 from .batcher import MicroBatcher, QueueFull, ShuttingDown
 from .guard import (
     BODY,
@@ -81,6 +82,9 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[str]
     tasks: list[str] | None = None
+    labels: list[str] | None = None  # zero-shot labels of the request's own ("name" or "name: description")
+    multi_label: bool = False
+    threshold: float = 0.5
 
 
 class SimilarityRequest(BaseModel):
@@ -335,6 +339,25 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
             raise ApiError(500, f"internal error: {type(e).__name__}: {e}", None, "server_error") from None
         return answer, tokens
 
+    zero_shot_heads: dict[tuple, Any] = {}  # the last label sets asked for, their vectors made once
+
+    def zero_shot_head(m, specs: list[str], multi_label: bool, threshold: float):
+        """A request's zero-shot head (in a thread: a new label set runs its prompts through the model)."""
+        from ..heads.zero_shot import parse_labels, zero_shot_config
+
+        if len(specs) > 1024:
+            raise SentmtlError("labels: 1,024 labels a request at most")
+        key = (tuple(specs), multi_label, threshold)
+        head = zero_shot_heads.get(key)
+        if head is None:
+            names, descriptions = parse_labels(specs, "labels")
+            head = m.build_head(ZERO_SHOT_TASK, zero_shot_config(names, descriptions, None, multi_label, threshold))
+            head.predict_embeddings(np.zeros((1, m.dim), dtype=np.float32))  # its label vectors made now
+            if len(zero_shot_heads) >= 64:
+                zero_shot_heads.pop(next(iter(zero_shot_heads)))
+            zero_shot_heads[key] = head
+        return head
+
     # ---- routes -----------------------------------------------------------------------------------------------
     @app.post("/v1/embeddings", openapi_extra=openapi_body(EmbeddingsRequest))
     async def embeddings(request: Request) -> FastJSON:
@@ -366,11 +389,18 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         """Each text's results, exactly one JSONL line of `sentmtl predict`."""
         m, _ = loaded()
         req = await body(request, PredictRequest, "texts")
+        zero_shot = None
         try:
-            tasks = m.resolve_tasks(req.tasks)
+            if req.labels is not None:
+                zero_shot = await asyncio.to_thread(zero_shot_head, m, req.labels, req.multi_label, req.threshold)
+            tasks = m.resolve_tasks(req.tasks) if req.tasks is not None or zero_shot is None else []
         except SentmtlError as e:
-            raise ApiError(422, f"tasks: {e}", "tasks") from None
-        answer, _ = await run(request, req.texts, tasks, False)
+            param = "labels" if str(e).startswith("labels") else "tasks"
+            raise ApiError(422, f"{param}: {str(e).removeprefix('labels: ')}", param) from None
+        answer, _ = await run(request, req.texts, tasks, zero_shot is not None)
+        if zero_shot is not None:  # scored on the same pass's embeddings
+            for r, z in zip(answer.results, zero_shot.predict_embeddings(answer.embeddings)):
+                r[ZERO_SHOT_TASK] = z
         return FastJSON({"results": answer.results})
 
     @app.post("/similarity", openapi_extra=openapi_body(SimilarityRequest))
