@@ -191,6 +191,29 @@ class MultiTaskModel:
                 progress(len(idx))
         return emb, results
 
+    def head_inputs(self, texts: list[str], head, batch_size: int = BATCH_SIZE, progress=None) -> np.ndarray:
+        """The rows [N, features] a sentence head reads for each text, by the inference path
+        itself (the same backend, batching and pooling): what `sentmtl fit` trains on."""
+        texts = check_texts(texts)
+        raw = self.tokenizer.encode_raw(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(raw[i][0]))
+        layers = set(head.hidden_layers())
+        out: np.ndarray | None = None
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=1, user_api="blas"):
+            for start, stop in length_batches([len(raw[i][0]) for i in order], batch_size):
+                idx = order[start:stop]
+                batch = self.tokenizer.pad([raw[i] for i in idx])
+                x = head.inputs_numpy(self.backbone.encode(batch, layers), batch.attention_mask)
+                if out is None:
+                    out = np.zeros((len(texts), x.shape[1]), dtype=np.float32)
+                out[idx] = x
+                if progress:
+                    progress(len(idx))
+        assert out is not None
+        return out
+
     def embed_for_heads(self, texts: list[str]) -> np.ndarray:
         """Embeddings of a head's own texts (a zero-shot head's prompts), with no warnings."""
         emb, _ = self.run(texts, [], warn=False)

@@ -23,8 +23,12 @@ EXPORT_FORMAT = (
 FP32, INT8 = "model.onnx", "model.int8.onnx"
 
 
-def export_dir(cfg: ModelConfig) -> Path:
-    """Where a config's ONNX export lives: beside the config, `<name>.onnx/`."""
+def export_dir(cfg: ModelConfig, reading: bool = False) -> Path:
+    """Where a config's ONNX export lives: beside the config, `<name>.onnx/`. When reading, the
+    config's `backbone.export` first (a fitted model uses its base's export; `sentmtl export`
+    always writes beside the config, never into the base's)."""
+    if reading and cfg.backbone.export is not None:
+        return cfg.backbone.export
     src = cfg.source
     if src is None:
         raise SentmtlError("this config was not loaded from a file, so it has no export folder")
@@ -50,7 +54,7 @@ def source_identity(cfg: ModelConfig, folder: Path) -> dict:
 def find_export(cfg: ModelConfig, folder: Path, int8: bool) -> tuple[Path | None, str]:
     """(path to the .onnx file, '') if a fresh export exists, else (None, why not)."""
     try:
-        d = export_dir(cfg)
+        d = export_dir(cfg, reading=True)
     except SentmtlError as e:
         return None, str(e)
     meta_path = d / "export.json"

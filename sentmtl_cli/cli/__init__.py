@@ -47,6 +47,7 @@ for command in (
     infer.search,
     infer.info,
     train.train,
+    train.fit,
     train.evaluate,
     export.export,
     train.experiment,

@@ -70,6 +70,51 @@ def train(
 
 
 @handles_errors
+def fit(
+    task: str = typer.Argument(..., help="The new task's name (not one of the base config's heads)."),
+    data: Path = typer.Option(..., "--data", "-d", help="Examples: TSV/CSV (text, label) or JSONL, as `train` reads."),
+    output: Path = typer.Option(..., "--output", "-o", help="A new folder: model.yaml and the new head's weights."),
+    config: Optional[Path] = ConfigOpt,
+    labels: Optional[str] = typer.Option(
+        None, "--labels", help="Comma-separated: the label set and its order (default: as first seen in --data)."
+    ),
+    no_label_prior: bool = typer.Option(
+        False, "--no-label-prior", help="Do not use the label names (by default the head starts from what they say)."
+    ),
+    unlabeled: Optional[Path] = typer.Option(
+        None, "--unlabeled", help="Unlabeled texts, one a line: confident ones join the examples (self-training)."
+    ),
+    text_column: str = typer.Option("0", "--text-column", help="The text's column: a name or a 0-based index."),
+    label_column: str = typer.Option("1", "--label-column", help="The label's column: a name or a 0-based index."),
+    data_format: str = typer.Option("auto", "--format", help="tsv | csv | jsonl | auto (by the file's extension)."),
+    force: bool = typer.Option(False, "--force", help="Replace an output folder that holds a sentmtl model."),
+):
+    """Fit a head of your own from a handful of examples (seconds, over the frozen backbone); it runs
+    beside the base config's heads in one pass: predict --config OUTPUT/model.yaml --tasks TASK,..."""
+    from ..training.fit import FitJob, run_fit
+    from . import render
+
+    job = FitJob(
+        task=task,
+        data=data,
+        output=output,
+        config=config,
+        labels=labels.split(",") if labels is not None else None,
+        label_prior=not no_label_prior,
+        unlabeled=unlabeled,
+        force=force,
+        text_column=int(text_column) if text_column.isdigit() else text_column,
+        label_column=int(label_column) if label_column.isdigit() else label_column,
+        format=data_format,
+    )
+    rep = run_fit(job, progress=lambda total: render.Progress(total, "features"))
+    counts = ", ".join(f"{lab} {n}" for lab, n in rep["labels"].items())
+    extra = f"; {rep['unlabeled_used']} unlabeled texts joined" if unlabeled is not None else ""
+    typer.echo(f"{task}: {rep['examples']} examples ({counts}){extra} -> {output} in {rep['seconds']:.1f} s", err=True)
+    typer.echo(f"use it: sentmtl predict --config {Path(output) / 'model.yaml'} --tasks {task} TEXT", err=True)
+
+
+@handles_errors
 def evaluate(
     task: Optional[str] = typer.Option(None, "--task", help="The task (head) to score."),
     data: Optional[Path] = typer.Option(None, "--data", help="Labelled data: TSV/CSV/JSONL, or CoNLL for token tasks."),

@@ -55,6 +55,7 @@ class BackboneConfig(_Strict):
     max_seq_length: int = Field(256, ge=8, le=8192)
     backend: Backend = Backend.auto
     weights: Path | None = None  # a fine-tuned backbone's safetensors (overrides the folder's)
+    export: Path | None = None  # an ONNX export folder to run (default: <config name>.onnx beside it)
 
     @model_validator(mode="after")
     def _one_source(self) -> BackboneConfig:
@@ -148,6 +149,7 @@ def load_config(path: Path | str | None = None) -> ModelConfig:
     base = path.resolve().parent
     cfg.backbone.path = resolve_path(base, cfg.backbone.path)
     cfg.backbone.weights = resolve_path(base, cfg.backbone.weights)
+    cfg.backbone.export = resolve_path(base, cfg.backbone.export)
     for task, head in cfg.heads.items():
         if head.type not in HEADS:
             raise SentmtlError(

@@ -15,25 +15,10 @@ from ..config.model import load_config
 from ..config.train import TrainConfig
 from ..errors import SentmtlError
 from ..files.atomic import atomic_write_bytes, atomic_write_text, safetensors_bytes
-from ..model import MODEL_FOLDER_MARK
 from ..registry import HEADS
+from .marker import MARKER, is_model_folder
 
 CKPT = "checkpoints/last"
-
-
-MARKER = "sentmtl-train.json"  # written first into every output folder: what --force may replace
-
-
-def is_model_folder(folder: Path) -> bool:
-    """Does this folder hold a sentmtl training output (its marker, or a model.yaml written by
-    train before markers existed)?"""
-    if (folder / MARKER).is_file():
-        return True
-    try:
-        with open(folder / "model.yaml", encoding="utf-8") as f:
-            return f.readline().startswith(MODEL_FOLDER_MARK)
-    except OSError:
-        return False
 
 
 class OutputLock:

@@ -1,0 +1,333 @@
+"""`sentmtl fit`: a sentence head from a handful of examples, in seconds, over the frozen backbone.
+
+The features are computed once, by the inference path (`model.head_inputs`), so the head sees in
+training exactly what it sees in `predict`. The head is linear (one matrix and a bias on the
+sentence embedding): a logistic regression with class-balanced weights, fitted by L-BFGS to the
+optimum (deterministic; no epochs, no seed). Label names are free information: by default the
+weights are pulled toward the zero-shot head's, the label vectors over its temperature (a Gaussian
+prior centred on zero-shot rather than on zero), so that with few examples the head stays near
+what the names say and with many the examples decide. `--unlabeled` adds the user's unlabeled
+texts by self-training: the head's confident predictions on them join the examples, weighted down,
+and the head is fitted again. The temperature is fitted on out-of-fold logits (each example
+scored by a head fitted without its fold), so the scores mean what they say.
+
+Measured against the alternatives (docs/DISCUSSION.md, from bench/fewshot.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SentmtlError
+
+
+@dataclass
+class FitOptions:
+    l2: float = 1.0  # the prior's strength, per example-mean loss (larger: closer to the prior)
+    prior: bool = True  # pull toward the label names' zero-shot weights (else toward zero)
+    self_training: bool = True  # with unlabeled texts: add the confident ones and fit again
+    confidence: float = 0.9  # an unlabeled text's score needed to join
+    unlabeled_weight: float = 0.5  # of a pseudo-labelled example, against a real one
+    folds: int = 4  # for the temperature's out-of-fold logits
+
+
+def fit_linear(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    l2: float,
+    w0: np.ndarray | None = None,
+    weights: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """W [classes, dim], b [classes] minimising the weighted mean cross-entropy of x W^T + b plus
+    (l2 / 2) |W - w0|^2, classes balanced (each class's examples weigh 1/its count in all)."""
+    from scipy.optimize import minimize
+
+    n, d = x.shape
+    x64 = x.astype(np.float64)
+    counts = np.bincount(y, minlength=n_classes).astype(np.float64)
+    sample = np.ones(n) if weights is None else weights.astype(np.float64)
+    per_class = np.array([sample[y == c].sum() for c in range(n_classes)])
+    balance = np.where(per_class > 0, counts.sum() / (n_classes * np.maximum(per_class, 1e-12)), 0.0)
+    w = sample * balance[y]
+    w = w / w.sum()
+    prior = np.zeros((n_classes, d)) if w0 is None else w0.astype(np.float64)
+    onehot = np.zeros((n, n_classes))
+    onehot[np.arange(n), y] = 1.0
+
+    def loss_and_grad(theta):
+        W = theta[: n_classes * d].reshape(n_classes, d)
+        b = theta[n_classes * d :]
+        z = x64 @ W.T + b
+        z -= z.max(1, keepdims=True)
+        p = np.exp(z)
+        p /= p.sum(1, keepdims=True)
+        loss = -(w * np.log(np.maximum(p[np.arange(n), y], 1e-300))).sum()
+        diff = W - prior
+        loss += 0.5 * l2 * float((diff * diff).sum())
+        g = (p - onehot) * w[:, None]
+        gW = g.T @ x64 + l2 * diff
+        gb = g.sum(0)
+        return loss, np.concatenate([gW.ravel(), gb])
+
+    theta0 = np.concatenate([prior.ravel(), np.zeros(n_classes)])
+    res = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 500, "gtol": 1e-8})
+    theta = res.x
+    return theta[: n_classes * d].reshape(n_classes, d).astype(np.float32), theta[n_classes * d :].astype(np.float32)
+
+
+def softmax(z: np.ndarray) -> np.ndarray:
+    z = z - z.max(1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(1, keepdims=True)
+
+
+@dataclass
+class FittedHead:
+    weight: np.ndarray  # [classes, dim]
+    bias: np.ndarray  # [classes]
+    temperature: float
+    pseudo_labelled: int  # unlabeled texts that joined the examples
+
+
+def fit_head(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    opts: FitOptions,
+    w0: np.ndarray | None = None,
+    unlabeled: np.ndarray | None = None,
+) -> FittedHead:
+    """The linear head for features x [N, dim] and labels y [N] (every class present), with its
+    temperature; w0: the prior's weights (the label names' zero-shot head), unless opts.prior is off."""
+    counts = np.bincount(y, minlength=n_classes)
+    if (counts == 0).any():
+        raise SentmtlError("every label needs at least one example")
+    prior = w0 if opts.prior else None
+    W, b = fit_linear(x, y, n_classes, opts.l2, prior)
+    added = 0
+    if unlabeled is not None and len(unlabeled) and opts.self_training:
+        probs = softmax(unlabeled @ W.T + b)
+        keep = probs.max(1) >= opts.confidence
+        if keep.any():
+            added = int(keep.sum())
+            xs = np.concatenate([x, unlabeled[keep]])
+            ys = np.concatenate([y, probs[keep].argmax(1)])
+            ws = np.concatenate([np.ones(len(y)), np.full(added, opts.unlabeled_weight)])
+            W, b = fit_linear(xs, ys, n_classes, opts.l2, prior, ws)
+    return FittedHead(W, b, out_of_fold_temperature(x, y, n_classes, opts, prior), added)
+
+
+def out_of_fold_temperature(x: np.ndarray, y: np.ndarray, n_classes: int, opts: FitOptions, prior) -> float:
+    """The temperature with the least log-loss on out-of-fold logits: each example scored by a
+    head fitted without its fold (folds dealt by class, so that each fold's head sees every class
+    it can). 1 when there are too few examples to hold any out."""
+    counts = np.bincount(y, minlength=n_classes)
+    folds = min(opts.folds, int(counts.min()))
+    if folds < 2:
+        return 1.0
+    fold = np.zeros(len(y), dtype=np.int64)
+    for c in range(n_classes):
+        idx = np.flatnonzero(y == c)
+        fold[idx] = np.arange(len(idx)) % folds
+    logits = np.zeros((len(y), n_classes))
+    for f in range(folds):
+        train = fold != f
+        W, b = fit_linear(x[train], y[train], n_classes, opts.l2, prior)
+        logits[~train] = x[~train] @ W.T + b
+    grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
+    losses = [-np.log(np.maximum(softmax(logits / t)[np.arange(len(y)), y], 1e-300)).mean() for t in grid]
+    return float(grid[int(np.argmin(losses))])
+
+
+# ---- the command's work: read, check, fit, write a model folder -----------------------------------
+@dataclass
+class FitJob:
+    task: str
+    data: Path
+    output: Path
+    config: Path | None = None
+    labels: list[str] | None = None  # the label set and its order (default: as first seen in the data)
+    label_prior: bool = True
+    unlabeled: Path | None = None
+    force: bool = False
+    text_column: str | int = 0
+    label_column: str | int = 1
+    format: str = "auto"
+    l2: float = FitOptions.l2
+
+
+def read_examples(job: FitJob) -> tuple[list[str], list[str]]:
+    """The rows' texts and label names, through the readers `train` uses; one line for what is wrong."""
+    from ..config.data import DataConfig
+    from ..data.readers import parse_rows, read_rows
+
+    try:
+        cfg = DataConfig(
+            path=job.data,
+            format=job.format,  # type: ignore[arg-type]
+            text_column=job.text_column,
+            label_column=job.label_column,
+            max_bad_fraction=0.0,
+        )
+    except Exception as e:  # noqa: BLE001 (pydantic: the format name)
+        raise SentmtlError(f"--format: {str(e).splitlines()[-1].strip()}") from None
+    if not Path(job.data).is_file():
+        raise SentmtlError(f"--data {job.data}: no such file")
+    texts, names = parse_rows(read_rows(cfg, job.task), cfg, job.task, lambda lab: str(lab).strip())
+    if not texts:
+        raise SentmtlError(f"--data {job.data}: no examples in it")
+    return texts, names
+
+
+def label_set(job: FitJob, names: list[str]) -> list[str]:
+    seen = list(dict.fromkeys(names))
+    if job.labels is None:
+        labels = seen
+    else:
+        labels = list(dict.fromkeys(x.strip() for x in job.labels if x.strip()))
+        outside = [x for x in seen if x not in labels]
+        if outside:
+            raise SentmtlError(
+                f"--data has label(s) {', '.join(map(repr, outside[:5]))} that --labels does not list "
+                f"({', '.join(labels)})"
+            )
+        missing = [x for x in labels if x not in seen]
+        if missing:
+            raise SentmtlError(f"label(s) {', '.join(map(repr, missing))} have no examples in --data {job.data}")
+    if len(labels) < 2:
+        raise SentmtlError(
+            f"--data {job.data}: one label only ({labels[0]!r}); a head needs two or more to choose between"
+        )
+    return labels
+
+
+def check_output(output: Path, force: bool) -> None:
+    from .marker import is_model_folder
+
+    if output.exists() or output.is_symlink():
+        if not output.is_dir():
+            raise SentmtlError(f"output {output} exists and is not a folder")
+        if any(output.iterdir()):
+            if not force:
+                raise SentmtlError(f"output folder {output} already holds files; pass --force to replace it")
+            if not is_model_folder(output):
+                raise SentmtlError(
+                    f"output folder {output} does not hold a sentmtl model; --force replaces only a model folder"
+                )
+
+
+class _Quiet:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def run_fit(job: FitJob, progress=None) -> dict:
+    """Fit the head and write job.output (model.yaml: the base config, its heads by reference,
+    plus the new one; heads/<task>.safetensors: the new head's weights only). The report.
+    `progress(total)`: a context manager for the features' progress bar."""
+    import time
+
+    from ..config.model import HeadConfig, load_config
+    from ..heads.zero_shot import TEMPERATURE, zero_shot_config
+    from ..model import MultiTaskModel
+
+    t0 = time.perf_counter()
+    base = load_config(job.config)
+    if job.task in base.heads:
+        raise SentmtlError(
+            f"task {job.task!r} is a head of the base config already ({', '.join(base.heads)}): choose another name"
+        )
+    if not job.task.replace("_", "").replace("-", "").isalnum():
+        raise SentmtlError(f"task name {job.task!r} must be letters, digits, '_' or '-'")
+    check_output(Path(job.output), job.force)
+    texts, names = read_examples(job)
+    labels = label_set(job, names)
+    y = np.array([labels.index(n) for n in names], dtype=np.int64)
+    unlabeled: list[str] = []
+    if job.unlabeled is not None:
+        from ..files.read import TextSource
+
+        unlabeled = [t for _, chunk in TextSource(None, str(job.unlabeled)).chunks(1 << 16) for t in chunk]
+    model = MultiTaskModel(base)
+    hcfg = HeadConfig(
+        type="sentence_classification", labels=labels, description=f"fitted by sentmtl fit on {Path(job.data).name}"
+    )
+    head = model.build_head(job.task, hcfg)
+    with progress(len(texts) + len(unlabeled)) if progress else _Quiet() as p:
+        x = model.head_inputs(texts, head, progress=p)
+        xu = model.head_inputs(unlabeled, head, progress=p) if unlabeled else None
+    w0 = None
+    if job.label_prior:
+        names_head: Any = model.build_head("label_names", zero_shot_config(labels))
+        w0 = names_head.label_vectors() / TEMPERATURE  # the zero-shot head's weights
+    opts = FitOptions(l2=job.l2, prior=job.label_prior)
+    fitted = fit_head(x, y, len(labels), opts, w0, xu)
+    head.params = {"out.weight": fitted.weight, "out.bias": fitted.bias}
+    head.temperature = fitted.temperature
+    head.trained = True
+    write_fitted(model, base, job, head)
+    counts = np.bincount(y, minlength=len(labels))
+    return {
+        "task": job.task,
+        "output": str(job.output),
+        "labels": {lab: int(c) for lab, c in zip(labels, counts)},
+        "examples": int(len(y)),
+        "unlabeled_used": fitted.pseudo_labelled,
+        "label_prior": job.label_prior,
+        "temperature": fitted.temperature,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def write_fitted(model, base, job: FitJob, head) -> None:
+    """The model folder, whole or not at all: written beside, then renamed into place (an old
+    model folder, with --force, is moved aside first and deleted once the new one is in)."""
+    import json
+    import os
+    import shutil
+
+    import yaml
+
+    from ..backbone.onnx_backbone import export_dir
+    from ..files.atomic import atomic_write_text
+    from ..model import MODEL_FOLDER_MARK
+    from .marker import MARKER
+
+    out = Path(job.output).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        atomic_write_text(tmp / MARKER, json.dumps({"format": "sentmtl-fit-output/1", "data": str(job.data)}) + "\n")
+        head.save(tmp / "heads" / f"{job.task}.safetensors")
+        doc = base.model_dump(mode="json", exclude={"source"})
+        doc["backbone"] = {k: v for k, v in doc["backbone"].items() if v is not None}
+        if doc["backbone"].get("export") is None and base.source is not None:
+            shipped = export_dir(base)
+            if shipped.is_dir():  # the base's export, read (never written) by this model
+                doc["backbone"]["export"] = str(shipped.resolve())
+        doc["heads"] = {t: {k: v for k, v in h.items() if v not in (None, [], {})} for t, h in doc["heads"].items()}
+        new = head.cfg.model_dump(mode="json")
+        doc["heads"][job.task] = {
+            "type": new["type"],
+            "labels": new["labels"],
+            "description": new["description"],
+            "weights": f"heads/{job.task}.safetensors",
+        }
+        atomic_write_text(tmp / "model.yaml", MODEL_FOLDER_MARK + "\n" + yaml.safe_dump(doc, sort_keys=False))
+        old = out.with_name(f".{out.name}.{os.getpid()}.old")
+        if out.exists():
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
