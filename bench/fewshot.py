@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fewshot_features import SETS, _model, features, read_set  # noqa: E402
 
 from sentmtl_cli.heads.zero_shot import TEMPERATURE, ZeroShotHead, zero_shot_config  # noqa: E402
-from sentmtl_cli.training.fit import FitOptions, fit_head, fit_linear, softmax  # noqa: E402
+from sentmtl_cli.training.fit import FitOptions, fit_head, fit_linear  # noqa: E402
 
 
 def split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -80,11 +79,10 @@ def main() -> None:
                 tr = sample(y, np.setdiff1d(rest, unl), k, len(labels), seed)
                 C = len(labels)
 
-                def acc(W, b, X):
-                    return float(((X @ W.T + b).argmax(1) == y[held]).mean() * 100)
+                def acc(W, b, X, gold=y[held]):
+                    return float(((X @ W.T + b).argmax(1) == gold).mean() * 100)
 
                 for l2 in args.l2:
-                    t = time.perf_counter()
                     W, b = fit_linear(emb[tr], y[tr], C, l2)
                     scores.setdefault(f"lr_emb l2={l2}", []).append(acc(W, b, emb[held]))
                     W, b = fit_linear(emb[tr], y[tr], C, l2, E / TEMPERATURE)
