@@ -86,6 +86,8 @@ class HeadConfig(_Strict):
     # sentence heads: how pool_layers become one vector: the mean and max of each layer, or a learned
     # softmax mix of the layers followed by attention over the tokens (one learned query)
     pool: Literal["mean_max", "attention"] = "mean_max"
+    # sentence heads with pool_layers (mean_max): the sentence embedding too, ahead of the pooled layers
+    with_embedding: bool = False
     # zero_shot heads: a description per label (read with its name in the prompts), the prompt
     # templates ("{}" is the label; empty: the head type's own), and multi_label's threshold
     descriptions: dict[str, str] = Field(default_factory=dict)

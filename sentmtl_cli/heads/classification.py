@@ -61,6 +61,8 @@ class SentenceClassificationHead(MLPHead):
             return "lstm: a sequence layer over words is for token heads"
         if cfg.pool == "attention" and not cfg.pool_layers:
             return "pool: attention pools pool_layers' tokens; give pool_layers (e.g. [2, 4, 6])"
+        if cfg.with_embedding and (not cfg.pool_layers or cfg.pool != "mean_max"):
+            return "with_embedding: adds the sentence embedding to pool_layers' mean and max (pool: mean_max)"
         return None
 
     def hidden_layers(self) -> list[int]:
@@ -79,7 +81,7 @@ class SentenceClassificationHead(MLPHead):
     def layer_dim(self) -> int:
         if self.attention_pooling() or not self.cfg.pool_layers:
             return self.input_dim
-        return 2 * len(self.cfg.pool_layers) * self.input_dim
+        return (2 * len(self.cfg.pool_layers) + self.cfg.with_embedding) * self.input_dim
 
     def inputs_numpy(self, features: dict, mask: np.ndarray) -> np.ndarray:
         if not self.cfg.pool_layers:
@@ -92,7 +94,8 @@ class SentenceClassificationHead(MLPHead):
         for i in self.hidden_layers():
             if i not in pooled:
                 pooled[i] = pool_mean_max(features["hidden_states"][i], mask)
-        return np.concatenate([pooled[i] for i in self.hidden_layers()], axis=1)
+        first = [features["sentence_embedding"]] if self.cfg.with_embedding else []
+        return np.concatenate(first + [pooled[i] for i in self.hidden_layers()], axis=1)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         z = logits / self.temperature
@@ -138,7 +141,7 @@ class SentenceClassificationHead(MLPHead):
             return TrainingRows(x, y.repeat_interleave(torch.tensor(counts), dim=0), counts)
         if self.cfg.pool_layers:
             m = torch.from_numpy(batch.attention_mask[rows]).to(out["hidden_states"][0].dtype)[:, :, None]
-            parts = []
+            parts = [out["sentence_embedding"][rows]] if self.cfg.with_embedding else []
             for i in self.hidden_layers():
                 h = out["hidden_states"][i][rows]
                 parts += [(h * m).sum(1) / m.sum(1).clamp(min=1.0), h.masked_fill(m == 0, -1e4).max(1).values]

@@ -68,6 +68,8 @@ class TokenClassificationHead(MLPHead):
             return "pool_layers: a token head reads `layers:`; pool_layers is for sentence heads"
         if cfg.pool != "mean_max":
             return "pool: pooling over tokens is for sentence heads"
+        if cfg.with_embedding:
+            return "with_embedding: the sentence embedding is for sentence heads"
         return None
 
     @property

@@ -45,6 +45,7 @@ class ZeroShotHead(SentenceClassificationHead):
         for key, value, empty in (
             ("hidden", cfg.hidden, []),
             ("pool_layers", cfg.pool_layers, []),
+            ("with_embedding", cfg.with_embedding, False),
             ("weights", cfg.weights, None),
         ):
             if value != empty:

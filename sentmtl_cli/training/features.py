@@ -90,6 +90,7 @@ class FeatureCache:
                     head.cfg.pool_layers,
                     # only when not the default, so that caches made before `pool` existed still hold
                     *([head.cfg.pool, head.cache_dtype()] if head.cfg.pool != "mean_max" else []),
+                    *(["with_embedding"] if head.cfg.with_embedding else []),
                 ]
             ).encode()
         )

@@ -23,12 +23,17 @@ from typing import Any
 import numpy as np
 
 from ..errors import SentmtlError
+from ..heads.zero_shot import TEMPERATURE
+
+POOL_LAYERS = [2, 4, 6]  # the middle layers whose mean and max the head reads beside the embedding
 
 
 @dataclass
 class FitOptions:
-    l2: float = 1.0  # the prior's strength, per example-mean loss (larger: closer to the prior)
-    prior: bool = True  # pull toward the label names' zero-shot weights (else toward zero)
+    l2: float = 0.003  # the penalty's strength, against the class-balanced mean loss
+    prior: bool = True  # pull the embedding's weights toward the label names' zero-shot weights (else zero)
+    prior_scale: float = 0.5  # of the zero-shot weights the prior is centred on
+    layers_scale: float = 0.1  # the standardized middle-layer features' scale against the embedding's
     self_training: bool = True  # with unlabeled texts: add the confident ones and fit again
     confidence: float = 0.9  # an unlabeled text's score needed to join
     unlabeled_weight: float = 0.5  # of a pseudo-labelled example, against a real one
@@ -221,6 +226,42 @@ def check_output(output: Path, force: bool) -> None:
                 )
 
 
+def standardizer(x: np.ndarray, dim: int, layers_scale: float) -> tuple[np.ndarray, np.ndarray]:
+    """(shift, scale) per column: the embedding's first `dim` columns as they are (unit vectors,
+    which the label prior is in the space of), the pooled layers' centred and scaled to
+    `layers_scale` of a unit standard deviation, by the examples' own statistics."""
+    shift = np.zeros(x.shape[1], dtype=np.float64)
+    scale = np.ones(x.shape[1], dtype=np.float64)
+    rest = x[:, dim:].astype(np.float64)
+    shift[dim:] = rest.mean(0)
+    scale[dim:] = layers_scale / (rest.std(0) + 1e-3)
+    return shift, scale
+
+
+def fit_features(
+    x: np.ndarray,
+    y: np.ndarray,
+    n_classes: int,
+    dim: int,
+    opts: FitOptions,
+    label_vectors: np.ndarray | None = None,
+    unlabeled: np.ndarray | None = None,
+) -> FittedHead:
+    """The head on raw features x = [sentence embedding (dim), pooled layers]: standardized, the
+    embedding's weights pulled toward the label vectors' zero-shot weights, fitted, and the
+    standardization folded back into the weights (so inference reads the raw features)."""
+    shift, scale = standardizer(x, dim, opts.layers_scale)
+    w0 = None
+    if label_vectors is not None and opts.prior:  # the middle layers' weights are centred on zero
+        w0 = np.zeros((n_classes, x.shape[1]), dtype=np.float64)
+        w0[:, :dim] = label_vectors / TEMPERATURE * opts.prior_scale
+    xu = None if unlabeled is None else (unlabeled - shift) * scale
+    f = fit_head((x - shift) * scale, y, n_classes, opts, w0, xu)
+    weight = f.weight.astype(np.float64) * scale[None, :]
+    bias = f.bias.astype(np.float64) - weight @ shift
+    return FittedHead(weight.astype(np.float32), bias.astype(np.float32), f.temperature, f.pseudo_labelled)
+
+
 class _Quiet:
     def __enter__(self):
         return None
@@ -236,7 +277,7 @@ def run_fit(job: FitJob, progress=None) -> dict:
     import time
 
     from ..config.model import HeadConfig, load_config
-    from ..heads.zero_shot import TEMPERATURE, zero_shot_config
+    from ..heads.zero_shot import zero_shot_config
     from ..model import MultiTaskModel
 
     t0 = time.perf_counter()
@@ -258,18 +299,22 @@ def run_fit(job: FitJob, progress=None) -> dict:
         unlabeled = [t for _, chunk in TextSource(None, str(job.unlabeled)).chunks(1 << 16) for t in chunk]
     model = MultiTaskModel(base)
     hcfg = HeadConfig(
-        type="sentence_classification", labels=labels, description=f"fitted by sentmtl fit on {Path(job.data).name}"
+        type="sentence_classification",
+        labels=labels,
+        description=f"fitted by sentmtl fit on {Path(job.data).name}",
+        pool_layers=POOL_LAYERS,
+        with_embedding=True,
     )
     head = model.build_head(job.task, hcfg)
     with progress(len(texts) + len(unlabeled)) if progress else _Quiet() as p:
         x = model.head_inputs(texts, head, progress=p)
         xu = model.head_inputs(unlabeled, head, progress=p) if unlabeled else None
-    w0 = None
+    opts = FitOptions(l2=job.l2, prior=job.label_prior)
+    vectors = None
     if job.label_prior:
         names_head: Any = model.build_head("label_names", zero_shot_config(labels))
-        w0 = names_head.label_vectors() / TEMPERATURE  # the zero-shot head's weights
-    opts = FitOptions(l2=job.l2, prior=job.label_prior)
-    fitted = fit_head(x, y, len(labels), opts, w0, xu)
+        vectors = names_head.label_vectors()
+    fitted = fit_features(x, y, len(labels), model.dim, opts, vectors, xu)
     head.params = {"out.weight": fitted.weight, "out.bias": fitted.bias}
     head.temperature = fitted.temperature
     head.trained = True
@@ -316,11 +361,12 @@ def write_fitted(model, base, job: FitJob, head) -> None:
             if shipped.is_dir():  # the base's export, read (never written) by this model
                 doc["backbone"]["export"] = str(shipped.resolve())
         doc["heads"] = {t: {k: v for k, v in h.items() if v not in (None, [], {})} for t, h in doc["heads"].items()}
-        new = head.cfg.model_dump(mode="json")
+        from ..config.model import HeadConfig
+
+        new = head.cfg.model_dump(mode="json", exclude={"weights"})
+        defaults = HeadConfig(type=new["type"], labels=new["labels"]).model_dump(mode="json")
         doc["heads"][job.task] = {
-            "type": new["type"],
-            "labels": new["labels"],
-            "description": new["description"],
+            **{k: v for k, v in new.items() if k in ("type", "labels") or v != defaults[k]},
             "weights": f"heads/{job.task}.safetensors",
         }
         atomic_write_text(tmp / "model.yaml", MODEL_FOLDER_MARK + "\n" + yaml.safe_dump(doc, sort_keys=False))
