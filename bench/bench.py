@@ -158,6 +158,7 @@ def bulk(texts: list[str]) -> dict:
         for name, vals in secs.items()
     }
     res.update(heads_cost(onnx, texts))
+    res.update(fitted_head_cost(onnx, texts))
     res["gflop"] = forward_gflop(onnx, texts, BATCH)
     res["seconds"] = secs
     return res
@@ -196,6 +197,46 @@ def heads_cost(model, texts: list[str], slice_size: int = 1000) -> dict:
         "embed_s": statistics.median(embed_s),
         "three_passes_vs_predict": three / statistics.median(predict_s),
     }
+
+
+FITTED_BUDGET = 1.03  # issue 19: a head from `sentmtl fit` beside the shipped three adds at most 3%
+
+
+def fitted_head_cost(model, texts: list[str], slice_size: int = 1000) -> dict:
+    """predict cls,sent,ner with and without a head shaped as `sentmtl fit` writes it (linear, on
+    the embedding and layers 2, 4, 6's mean and max; its weights do not change its cost),
+    alternating on the same slices as heads_cost does."""
+    from sentmtl_cli.config.model import HeadConfig
+    from sentmtl_cli.training.fit import POOL_LAYERS
+
+    if "fitted" not in model.heads:
+        model.add_head(
+            "fitted",
+            HeadConfig(
+                type="sentence_classification", labels=[f"l{i}" for i in range(6)], pool_layers=POOL_LAYERS,
+                with_embedding=True,
+            ),
+        )  # fmt: skip
+    base, more = ["cls", "sent", "ner"], ["cls", "sent", "ner", "fitted"]
+    slices = [texts[i : i + slice_size] for i in range(0, len(texts), slice_size)]
+    ratios = []
+    for r in range(ROUNDS):
+        t_base = t_more = 0.0
+        for j, sl in enumerate(slices):
+            pair = [(False, base), (True, more)]
+            for with_fitted, tasks in pair if (r + j) % 2 == 0 else pair[::-1]:
+                t = time.perf_counter()
+                model.predict(sl, tasks=tasks, batch_size=BATCH)
+                dt = time.perf_counter() - t
+                if with_fitted:
+                    t_more += dt
+                else:
+                    t_base += dt
+        ratios.append(t_more / t_base)
+        log(f"  a fitted head's cost, round {r + 1}/{ROUNDS}: {t_more:.1f}s / {t_base:.1f}s = {t_more / t_base:.3f}")
+    del model.heads["fitted"]
+    del model.cfg.heads["fitted"]
+    return {"with_fitted_vs_shipped": _spread(ratios)}
 
 
 def cold(cmd: list[str], runs: int) -> dict:
@@ -332,6 +373,15 @@ def main() -> None:
             f"{b['predict_s']:.1f}s vs {b['embed_s']:.1f}s",
             f"{rng(ratio, '{:.3f}')} embed alone; three single-task passes take {b['three_passes_vs_predict']:.2f}x as long",
             f"<= {HEADS_BUDGET}x: {verdict(ratio['median'] <= HEADS_BUDGET)}",
+        )
+    )
+    fitted = b["with_fitted_vs_shipped"]
+    rows.append(
+        (
+            "predict cls,sent,ner + a head from `sentmtl fit` vs cls,sent,ner (onnx)",
+            rng(fitted, "{:.3f}"),
+            "the same texts, the two alternating",
+            f"<= {FITTED_BUDGET}x: {verdict(fitted['median'] <= FITTED_BUDGET)}",
         )
     )
     st1 = o["sentence-transformers one-liner (similarity)"]
