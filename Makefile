@@ -57,11 +57,14 @@ validate: setup
 experiments: setup
 	$(BIN)/sentmtl experiment $(EXPERIMENTS)
 
-# sentmtl against sentence-transformers, same model and inputs, ratios from one run
+# sentmtl against sentence-transformers (and sentmtl fit against SetFit), same model and inputs, ratios from one run
 bench: setup
 	$(BIN)/python bench/bench.py
 	$(BIN)/python bench/batch_bench.py
 	$(BIN)/python bench/serve_bench.py
+	$(BIN)/python bench/fewshot_features.py
+	$(BIN)/python bench/fewshot.py --seeds 3 --json build/fewshot.json --markdown docs/experiments/fewshot.md
+	$(BIN)/python bench/setfit_bench.py --k 8 --seeds 3
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewshot_features import SETS, _model, features, read_set  # noqa: E402
+from fewshot_features import DATA, SETS, _model, features, read_set  # noqa: E402
 
 from sentmtl_cli.heads.zero_shot import ZeroShotHead, zero_shot_config  # noqa: E402
 from sentmtl_cli.training.fit import FitOptions, fit_features, fit_linear  # noqa: E402
@@ -69,6 +69,8 @@ def main() -> None:
     ap.add_argument("--markdown", type=Path, help="write the table here (docs/experiments/fewshot.md)")
     ap.add_argument("--from-json", type=Path, nargs="+", help="no run: merge these results files into --markdown")
     args = ap.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"bench: no few-shot data at {DATA} (../shared/data/fewshot); skipped")
     if args.from_json:
         merged: dict = {}
         for f in args.from_json:

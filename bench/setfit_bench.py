@@ -23,7 +23,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fewshot import SETS, sample, split  # noqa: E402
-from fewshot_features import read_set  # noqa: E402
+from fewshot_features import DATA, read_set  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV = ROOT / "build" / "setfit-venv"
@@ -89,6 +89,8 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=SETS)
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "setfit.json")
     args = ap.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"bench: no few-shot data at {DATA} (../shared/data/fewshot); skipped")
     setfit_venv()
     results: dict = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for name in args.sets:
