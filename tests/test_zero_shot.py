@@ -153,13 +153,28 @@ def test_serve_takes_labels_in_predict_and_answers_as_the_cli(runner, model):
         r = c.post("/predict", json={"texts": texts, "tasks": ["sent"], "labels": LABELS.split(",")})
         assert r.status_code == 200, r.text
         got = r.json()["results"]
-        bad = c.post("/predict", json={"texts": ["x"], "labels": ["one"]})
-        assert bad.status_code == 422 and bad.json()["error"]["param"] == "labels"
+        for body, param in [
+            ({"texts": ["x"], "labels": ["one"]}, "labels"),
+            ({"texts": ["x"], "labels": ["a", "\ud800"]}, "labels[1]"),
+            ({"texts": ["x"], "labels": [f"l{i}" for i in range(129)]}, "labels"),
+            ({"texts": ["x"], "labels": ["a", "b"], "threshold": 2}, "threshold"),
+        ]:
+            bad = c.post("/predict", content=json.dumps(body), headers={"Content-Type": "application/json"})
+            assert bad.status_code == 422 and bad.json()["error"]["param"] == param, (body, bad.text)
+        # a new label set's prompts go through the batcher like texts: counted in its batches
+        before = c.get("/metrics").text
+        c.post("/predict", json={"texts": ["x"], "labels": ["alpha", "beta", "gamma"]})
+        after = c.get("/metrics").text
+        assert _batch_texts(after) - _batch_texts(before) == 3 * 2 + 1  # two prompts a label, then the text
     for g, w in zip(got, cli, strict=True):
         assert list(g) == ["text", "sent", "zero_shot"]
         assert g["zero_shot"]["label"] == w["zero_shot"]["label"]
         assert np.allclose(list(g["zero_shot"]["scores"].values()), list(w["zero_shot"]["scores"].values()), atol=1e-5)
     assert "zero_shot" not in model.heads  # a request's labels never become the server's
+
+
+def _batch_texts(metrics: str) -> float:
+    return float(next(line.split()[-1] for line in metrics.splitlines() if line.startswith("sentmtl_batch_texts_sum")))
 
 
 def test_batch_takes_labels_as_typed_columns(runner, tmp_path):

@@ -75,20 +75,32 @@ class ZeroShotHead(SentenceClassificationHead):
         self.trained = True
         self.temperature = TEMPERATURE
 
+    def prompt_texts(self) -> list[list[str]]:
+        """Each label's prompts, the texts its vector is the mean of."""
+        templates = self.cfg.templates or DEFAULT_TEMPLATES
+        return [prompts(label, self.cfg.descriptions.get(label, ""), templates) for label in self.cfg.labels]
+
+    def use_prompt_embeddings(self, embeddings: np.ndarray) -> None:
+        """The label vectors from the prompts' embeddings, in prompt_texts' order, flattened (a
+        server computes them through its own batches)."""
+        rows, at = [], 0
+        for texts in self.prompt_texts():
+            vecs = np.asarray(embeddings[at : at + len(texts)], dtype=np.float64)
+            at += len(texts)
+            vecs = vecs / np.clip(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12, None)
+            mean = vecs.mean(0)
+            rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
+        if at != len(embeddings):
+            raise ValueError(f"{len(embeddings)} prompt embeddings for {at} prompts")
+        self.params["label_embeddings"] = np.stack(rows).astype(np.float32)
+
     def label_vectors(self) -> np.ndarray:
         """[labels, dim], unit rows: made once, through the backbone, on first use."""
         with self._lock:
             if "label_embeddings" not in self.params:
                 if self._embed is None:
                     raise RuntimeError("a zero_shot head must be attached to a model before use")
-                templates = self.cfg.templates or DEFAULT_TEMPLATES
-                rows = []
-                for label in self.cfg.labels:
-                    vecs = np.asarray(self._embed(prompts(label, self.cfg.descriptions.get(label, ""), templates)))
-                    vecs = vecs / np.clip(np.linalg.norm(vecs, axis=1, keepdims=True), 1e-12, None)
-                    mean = vecs.mean(0)
-                    rows.append(mean / max(float(np.linalg.norm(mean)), 1e-12))
-                self.params["label_embeddings"] = np.stack(rows).astype(np.float32)
+                self.use_prompt_embeddings(self._embed([t for texts in self.prompt_texts() for t in texts]))
             return self.params["label_embeddings"]
 
     def forward_numpy(self, x, extra=None, counts=None) -> np.ndarray:

@@ -340,23 +340,29 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         return answer, tokens
 
     zero_shot_heads: dict[tuple, Any] = {}  # the last label sets asked for, their vectors made once
+    MAX_LABELS, MAX_LABEL_CHARS = 128, 500
 
     def zero_shot_head(m, specs: list[str], multi_label: bool, threshold: float):
-        """A request's zero-shot head (in a thread: a new label set runs its prompts through the model)."""
+        """A request's zero-shot head: the cached one for this label set, or a new one whose label
+        vectors the route makes (through the batcher, like any texts) before using it."""
         from ..heads.zero_shot import parse_labels, zero_shot_config
 
-        if len(specs) > 1024:
-            raise SentmtlError("labels: 1,024 labels a request at most")
+        if len(specs) > MAX_LABELS:
+            raise SentmtlError(f"labels: {len(specs)} labels is over the limit of {MAX_LABELS} a request")
+        if any(len(x) > MAX_LABEL_CHARS for x in specs):
+            raise SentmtlError(f"labels: a label (with its description) is over {MAX_LABEL_CHARS} characters")
         key = (tuple(specs), multi_label, threshold)
         head = zero_shot_heads.get(key)
         if head is None:
             names, descriptions = parse_labels(specs, "labels")
             head = m.build_head(ZERO_SHOT_TASK, zero_shot_config(names, descriptions, None, multi_label, threshold))
-            head.predict_embeddings(np.zeros((1, m.dim), dtype=np.float32))  # its label vectors made now
-            if len(zero_shot_heads) >= 64:
-                zero_shot_heads.pop(next(iter(zero_shot_heads)))
-            zero_shot_heads[key] = head
+            head.cache_key = key
         return head
+
+    def remember(head) -> None:
+        if len(zero_shot_heads) >= 64:
+            zero_shot_heads.pop(next(iter(zero_shot_heads)))
+        zero_shot_heads[head.cache_key] = head
 
     # ---- routes -----------------------------------------------------------------------------------------------
     @app.post("/v1/embeddings", openapi_extra=openapi_body(EmbeddingsRequest))
@@ -392,11 +398,19 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         zero_shot = None
         try:
             if req.labels is not None:
-                zero_shot = await asyncio.to_thread(zero_shot_head, m, req.labels, req.multi_label, req.threshold)
+                check_texts(req.labels, "labels")
+                zero_shot = zero_shot_head(m, req.labels, req.multi_label, req.threshold)
             tasks = m.resolve_tasks(req.tasks) if req.tasks is not None or zero_shot is None else []
         except SentmtlError as e:
-            param = "labels" if str(e).startswith("labels") else "tasks"
-            raise ApiError(422, f"{param}: {str(e).removeprefix('labels: ')}", param) from None
+            field = str(e).split(":", 1)[0]
+            param = field if field in ("labels", "threshold") else "tasks"
+            raise ApiError(422, f"{param}: {str(e).removeprefix(param + ': ')}", param) from None
+        if zero_shot is not None and "label_embeddings" not in zero_shot.params:
+            # a new label set: its prompts go through the same bounded queue and batches as texts
+            prompt_lists = zero_shot.prompt_texts()
+            made, _ = await run(request, [t for texts in prompt_lists for t in texts], [], True)
+            zero_shot.use_prompt_embeddings(made.embeddings)
+            remember(zero_shot)
         answer, _ = await run(request, req.texts, tasks, zero_shot is not None)
         if zero_shot is not None:  # scored on the same pass's embeddings
             for r, z in zip(answer.results, zero_shot.predict_embeddings(answer.embeddings)):
