@@ -159,6 +159,19 @@ def test_bad_input_is_one_line_and_exit_2(runner, tmp_path, rows, extra, task, w
     assert not (tmp_path / "o").exists()
 
 
+def test_columns_are_found_by_name_in_a_header_or_jsonl_and_by_position_without(runner, tmp_path):
+    rows = [(t, lab) for lab, ts in EXAMPLES.items() for t in ts]
+    plain = _write(tmp_path / "plain.tsv", rows, header=False)
+    jsonl = tmp_path / "rows.jsonl"
+    jsonl.write_text("".join(json.dumps({"label": lab, "text": t}) + "\n" for t, lab in rows), encoding="utf-8")
+    header = _data(tmp_path)
+    for data in (plain, jsonl, header):
+        out = tmp_path / f"out-{data.suffix[1:]}-{data.stem}"
+        r = invoke(runner, ["fit", "t", "--data", str(data), "--output", str(out)])
+        assert r.exit_code == 0, (data, r.output)
+        assert "24 examples (sports 8, cooking 8, money 8)" in r.stderr, (data, r.stderr)
+
+
 def test_a_missing_data_file_is_one_line(runner, tmp_path):
     r = invoke(runner, ["fit", "t", "--data", str(tmp_path / "none.tsv"), "--output", str(tmp_path / "o")])
     assert r.exit_code == 2 and "no such file" in r.stderr

@@ -84,8 +84,14 @@ def fit(
     unlabeled: Optional[Path] = typer.Option(
         None, "--unlabeled", help="Unlabeled texts, one a line: confident ones join the examples (self-training)."
     ),
-    text_column: str = typer.Option("0", "--text-column", help="The text's column: a name or a 0-based index."),
-    label_column: str = typer.Option("1", "--label-column", help="The label's column: a name or a 0-based index."),
+    text_column: Optional[str] = typer.Option(
+        None, "--text-column", help="The text's column: a name or a 0-based index (default: 'text' if named, else 0)."
+    ),
+    label_column: Optional[str] = typer.Option(
+        None,
+        "--label-column",
+        help="The label's column: a name or a 0-based index (default: 'label' if named, else 1).",
+    ),
     data_format: str = typer.Option("auto", "--format", help="tsv | csv | jsonl | auto (by the file's extension)."),
     force: bool = typer.Option(False, "--force", help="Replace an output folder that holds a sentmtl model."),
 ):
@@ -103,8 +109,8 @@ def fit(
         label_prior=not no_label_prior,
         unlabeled=unlabeled,
         force=force,
-        text_column=int(text_column) if text_column.isdigit() else text_column,
-        label_column=int(label_column) if label_column.isdigit() else label_column,
+        text_column=_column(text_column),
+        label_column=_column(label_column),
         format=data_format,
     )
     rep = run_fit(job, progress=lambda total: render.Progress(total, "features"))
@@ -112,6 +118,10 @@ def fit(
     extra = f"; {rep['unlabeled_used']} unlabeled texts joined" if unlabeled is not None else ""
     typer.echo(f"{task}: {rep['examples']} examples ({counts}){extra} -> {output} in {rep['seconds']:.1f} s", err=True)
     typer.echo(f"use it: sentmtl predict --config {Path(output) / 'model.yaml'} --tasks {task} TEXT", err=True)
+
+
+def _column(value: Optional[str]) -> str | int | None:
+    return int(value) if value is not None and value.isdigit() else value
 
 
 @handles_errors

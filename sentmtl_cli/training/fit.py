@@ -160,8 +160,8 @@ class FitJob:
     label_prior: bool = True
     unlabeled: Path | None = None
     force: bool = False
-    text_column: str | int = 0
-    label_column: str | int = 1
+    text_column: str | int | None = None  # None: "text"/"label" when the file names them (JSONL, a header), else 0/1
+    label_column: str | int | None = None
     format: str = "auto"
     l2: float = FitOptions.l2
 
@@ -171,22 +171,43 @@ def read_examples(job: FitJob) -> tuple[list[str], list[str]]:
     from ..config.data import DataConfig
     from ..data.readers import parse_rows, read_rows
 
+    if not Path(job.data).is_file():
+        raise SentmtlError(f"--data {job.data}: no such file")
+    text_column, label_column = job.text_column, job.label_column
+    if text_column is None or label_column is None:
+        named = _names_columns(Path(job.data), job.format)
+        text_column = text_column if text_column is not None else ("text" if named else 0)
+        label_column = label_column if label_column is not None else ("label" if named else 1)
     try:
         cfg = DataConfig(
             path=job.data,
             format=job.format,  # type: ignore[arg-type]
-            text_column=job.text_column,
-            label_column=job.label_column,
+            text_column=text_column,
+            label_column=label_column,
             max_bad_fraction=0.0,
         )
     except Exception as e:  # noqa: BLE001 (pydantic: the format name)
         raise SentmtlError(f"--format: {str(e).splitlines()[-1].strip()}") from None
-    if not Path(job.data).is_file():
-        raise SentmtlError(f"--data {job.data}: no such file")
     texts, names = parse_rows(read_rows(cfg, job.task), cfg, job.task, lambda lab: str(lab).strip())
     if not texts:
         raise SentmtlError(f"--data {job.data}: no examples in it")
     return texts, names
+
+
+def _names_columns(path: Path, fmt: str) -> bool:
+    """Whether the file names its columns text and label: JSONL (keys), or a TSV/CSV header."""
+    from ..data.readers import infer_format
+
+    kind = infer_format(path) if fmt == "auto" else fmt
+    if kind == "jsonl":
+        return True
+    try:
+        with open(path, encoding="utf-8-sig", errors="replace") as f:
+            first = f.readline()
+    except OSError:
+        return False
+    fields = [x.strip().strip('"').lower() for x in first.rstrip("\r\n").split("," if kind == "csv" else "\t")]
+    return "text" in fields and "label" in fields
 
 
 def label_set(job: FitJob, names: list[str]) -> list[str]:
