@@ -53,7 +53,7 @@ METHODS = {
     # name: (FitOptions overrides, label prior, unlabeled) for fit_features; "lr_emb" is the plain probe
     "sentmtl fit": ({}, True, False),
     "fit, no label prior": ({}, False, False),
-    "fit, prior at full zero-shot scale": ({"prior_scale": 1.0}, True, False),
+    "fit, prior at half the zero-shot scale": ({"prior_scale": 0.5}, True, False),
     "fit, embedding only (no middle layers)": ({"layers_scale": 0.0}, True, False),
     "fit + self-training (1,000 unlabeled)": ({}, True, True),
 }

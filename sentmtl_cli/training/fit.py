@@ -30,9 +30,11 @@ POOL_LAYERS = [2, 4, 6]  # the middle layers whose mean and max the head reads b
 
 @dataclass
 class FitOptions:
-    l2: float = 0.003  # the penalty's strength, against the class-balanced mean loss
+    # the penalty's strength against the summed loss (against the mean: l2 / examples), so that
+    # the prior counts for less the more examples there are, as a prior should
+    l2: float = 0.15
     prior: bool = True  # pull the embedding's weights toward the label names' zero-shot weights (else zero)
-    prior_scale: float = 0.5  # of the zero-shot weights the prior is centred on
+    prior_scale: float = 1.0  # of the zero-shot weights the prior is centred on
     layers_scale: float = 0.1  # the standardized middle-layer features' scale against the embedding's
     self_training: bool = True  # with unlabeled texts: add the confident ones and fit again
     confidence: float = 0.9  # an unlabeled text's score needed to join
@@ -113,7 +115,7 @@ def fit_head(
     if (counts == 0).any():
         raise SentmtlError("every label needs at least one example")
     prior = w0 if opts.prior else None
-    W, b = fit_linear(x, y, n_classes, opts.l2, prior)
+    W, b = fit_linear(x, y, n_classes, opts.l2 / len(y), prior)
     added = 0
     if unlabeled is not None and len(unlabeled) and opts.self_training:
         probs = softmax(unlabeled @ W.T + b)
@@ -123,7 +125,7 @@ def fit_head(
             xs = np.concatenate([x, unlabeled[keep]])
             ys = np.concatenate([y, probs[keep].argmax(1)])
             ws = np.concatenate([np.ones(len(y)), np.full(added, opts.unlabeled_weight)])
-            W, b = fit_linear(xs, ys, n_classes, opts.l2, prior, ws)
+            W, b = fit_linear(xs, ys, n_classes, opts.l2 / len(y), prior, ws)
     return FittedHead(W, b, out_of_fold_temperature(x, y, n_classes, opts, prior), added)
 
 
@@ -142,7 +144,7 @@ def out_of_fold_temperature(x: np.ndarray, y: np.ndarray, n_classes: int, opts: 
     logits = np.zeros((len(y), n_classes))
     for f in range(folds):
         train = fold != f
-        W, b = fit_linear(x[train], y[train], n_classes, opts.l2, prior)
+        W, b = fit_linear(x[train], y[train], n_classes, opts.l2 / int(train.sum()), prior)
         logits[~train] = x[~train] @ W.T + b
     grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
     losses = [-np.log(np.maximum(softmax(logits / t)[np.arange(len(y)), y], 1e-300)).mean() for t in grid]
