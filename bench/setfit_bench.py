@@ -107,6 +107,8 @@ def main() -> None:
                 key = f"{name} k={k} seed={seed}"
                 if key in results and not args.redo_sentmtl:
                     continue
+                if args.redo_sentmtl and "setfit" not in results.get(key, {}):
+                    continue  # only the samples SetFit has run on
                 tr = sample(y, pool, k, len(names), seed)
                 tt, ty = [texts[i] for i in tr], y[tr]
                 gold = y[held]
