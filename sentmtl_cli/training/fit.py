@@ -173,6 +173,9 @@ def read_examples(job: FitJob) -> tuple[list[str], list[str]]:
     from ..config.data import DataConfig
     from ..data.readers import parse_rows, read_rows
 
+    formats = ("auto", "tsv", "csv", "jsonl")
+    if job.format not in formats:
+        raise SentmtlError(f"--format must be one of {', '.join(formats)}, not {job.format!r}")
     if not Path(job.data).is_file():
         raise SentmtlError(f"--data {job.data}: no such file")
     text_column, label_column = job.text_column, job.label_column
@@ -188,8 +191,8 @@ def read_examples(job: FitJob) -> tuple[list[str], list[str]]:
             label_column=label_column,
             max_bad_fraction=0.0,
         )
-    except Exception as e:  # noqa: BLE001 (pydantic: the format name)
-        raise SentmtlError(f"--format: {str(e).splitlines()[-1].strip()}") from None
+    except ValueError as e:  # pydantic's ValidationError: a column given as neither a name nor an index
+        raise SentmtlError(f"--data {job.data}: {str(e).splitlines()[0]}") from None
     texts, names = parse_rows(read_rows(cfg, job.task), cfg, job.task, lambda lab: str(lab).strip())
     if not texts:
         raise SentmtlError(f"--data {job.data}: no examples in it")
