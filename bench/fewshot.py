@@ -50,12 +50,17 @@ def label_vectors(labels: list[str]) -> np.ndarray:
 
 
 METHODS = {
-    # name: (FitOptions overrides, label prior, unlabeled) for fit_features; "lr_emb" is the plain probe
-    "sentmtl fit": ({}, True, False),
-    "fit, no label prior": ({}, False, False),
-    "fit, prior at half the zero-shot scale": ({"prior_scale": 0.5}, True, False),
-    "fit, embedding only (no middle layers)": ({"layers_scale": 0.0}, True, False),
-    "fit + self-training (1,000 unlabeled)": ({}, True, True),
+    # name: (FitOptions overrides, label prior, unlabeled, first token) for fit_features; "lr_emb" is
+    # the plain probe
+    "sentmtl fit": ({}, True, False, True),
+    "fit, no label prior": ({}, False, False, True),
+    "fit, prior at half the zero-shot scale": ({"prior_scale": 0.5}, True, False, True),
+    "fit, no first token": ({}, True, False, False),
+    "fit, first token at a fixed 0.1": ({"first_token_scales": (0.1,)}, True, False, True),
+    "fit, first token scale by one standard error": ({"first_token_evidence": 1.0}, True, False, True),
+    "fit, embedding only (no middle layers, no first token)": ({"layers_scale": 0.0}, True, False, False),
+    "fit + self-training (1,000 unlabeled)": ({}, True, True, True),
+    "fit after a SetFit-style contrastive step (frozen features)": ({"contrastive": True}, True, False, True),
 }
 
 
@@ -88,8 +93,10 @@ def main() -> None:
         labels = sorted(set(labels_raw))
         y = np.array([labels.index(v) for v in labels_raw])
         C = len(labels)
-        emb, mid = features(name, "emb"), features(name, "mid")
-        x = np.concatenate([emb, mid], 1)  # what the fitted head reads: the embedding, then layers 2, 4, 6
+        emb, mid, first = features(name, "emb"), features(name, "mid"), features(name, "first")
+        # what the fitted head reads: the embedding, layers 2, 4, 6 pooled, the first token at layer 4
+        x = np.concatenate([emb, mid, first], 1)
+        lead = first.shape[1]
         held, rest = split(len(y))
         E = label_vectors(labels)
         row = table.setdefault(name, {})
@@ -106,12 +113,22 @@ def main() -> None:
                 times.setdefault("lr_emb", []).append(time.perf_counter() - t)
                 scores.setdefault("lr_emb", []).append(float(((emb[held] @ W.T + b).argmax(1) == y[held]).mean() * 100))
                 for method in args.methods:
-                    over, prior, use_unl = METHODS[method]
+                    over, prior, use_unl, use_lead = METHODS[method]
                     opts = FitOptions(**{**over, "prior": prior})
                     t = time.perf_counter()
-                    f = fit_features(x[tr], y[tr], C, emb.shape[1], opts, E, x[unl] if use_unl else None)
+                    cols = x if use_lead else x[:, :-lead]
+                    f = fit_features(
+                        cols[tr],
+                        y[tr],
+                        C,
+                        emb.shape[1],
+                        opts,
+                        E,
+                        cols[unl] if use_unl else None,
+                        lead if use_lead else 0,
+                    )
                     times.setdefault(method, []).append(time.perf_counter() - t)
-                    pred = (x[held] @ f.weight.T + f.bias).argmax(1)
+                    pred = (cols[held] @ f.weight.T + f.bias).argmax(1)
                     scores.setdefault(method, []).append(float((pred == y[held]).mean() * 100))
             for method, vals in scores.items():
                 row[f"k={k} {method}"] = float(np.mean(vals))

@@ -1,6 +1,6 @@
 """Features of every text of the six few-shot sets (../shared/data/fewshot), cached under
-build/fewshot/ (not committed): the sentence embedding and the mean and max of layers 2, 4 and 6,
-both by the inference path (`model.head_inputs`). bench/fewshot.py reads them."""
+build/fewshot/ (not committed): the sentence embedding, the mean and max of layers 2, 4 and 6,
+and the first word-piece's vector at layer 4, all by the inference path (`model.head_inputs`). bench/fewshot.py reads them."""
 
 from __future__ import annotations
 
@@ -14,7 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data" / "fewshot"
 CACHE = ROOT / "build" / "fewshot"
 SETS = ["sst5", "emotion", "cr", "amazon_cf", "trec", "banking77"]
-VIEWS = {"emb": [], "mid": [2, 4, 6]}  # pool_layers of the head whose inputs are cached
+# the head whose inputs are cached (its config's keys), and the columns kept
+VIEWS = {
+    "emb": ({}, slice(None)),
+    "mid": ({"pool_layers": [2, 4, 6]}, slice(None)),
+    "first": ({"pool_layers": [4], "first_token_layers": [4]}, slice(-384, None)),  # the first token, layer 4
+}
 
 
 def read_set(name: str) -> tuple[list[str], list[str]]:
@@ -32,11 +37,11 @@ def features(name: str, view: str, model=None) -> np.ndarray:
 
     model = model or _model()
     texts, _ = read_set(name)
+    keys, cols = VIEWS[view]
     head = SentenceClassificationHead(
-        "probe", HeadConfig(type="sentence_classification", labels=["a", "b"], pool_layers=VIEWS[view]),
-        model.dim, model.num_layers,
-    )  # fmt: skip
-    x = model.head_inputs(texts, head)
+        "probe", HeadConfig(type="sentence_classification", labels=["a", "b"], **keys), model.dim, model.num_layers
+    )
+    x = np.ascontiguousarray(model.head_inputs(texts, head)[:, cols])
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, x.astype(np.float16))
     return x

@@ -177,3 +177,77 @@ def test_a_missing_data_file_or_a_bad_format_is_one_line(runner, tmp_path):
     assert r.exit_code == 2 and "no such file" in r.stderr
     r = invoke(runner, ["fit", "t", "--data", str(_data(tmp_path)), "--output", str(tmp_path / "o"), "--format", "xml"])
     assert r.exit_code == 2 and "--format must be one of" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def _blocks(rng, n: int, decided_by: str):
+    """Features shaped as the fitted head's ([embedding 8 | pooled layers 8 | first token 8]) for
+    three classes, the class written into one block only, the rest noise."""
+    import numpy as np
+
+    y = np.arange(n) % 3
+    x = rng.normal(size=(n, 24))
+    x[:, :8] /= np.linalg.norm(x[:, :8], axis=1, keepdims=True)
+    col = {"embedding": 0, "first token": 16}[decided_by]
+    x[np.arange(n), col + y] += 3.0 if decided_by == "first token" else 0.8
+    return x, y
+
+
+@pytest.mark.parametrize("decided_by, want", [("first token", 0.4), ("embedding", 0.03)])
+def test_the_first_tokens_scale_is_large_only_when_the_examples_show_it(decided_by, want):
+    import numpy as np
+
+    from sentmtl_cli.training.fit import FitOptions, fit_features
+
+    x, y = _blocks(np.random.default_rng(0), 48, decided_by)
+    f = fit_features(x, y, 3, 8, FitOptions(prior=False), lead=8)
+    assert f.first_token_scale == want
+    xt, yt = _blocks(np.random.default_rng(1), 300, decided_by)
+    assert ((xt @ f.weight.T + f.bias).argmax(1) == yt).mean() > 0.8  # the raw features, scale folded in
+    # one example a label: nothing to hold out, the default scale
+    assert fit_features(x[:3], y[:3], 3, 8, FitOptions(prior=False), lead=8).first_token_scale == 0.1
+
+
+def test_the_first_token_block_is_the_first_word_piece_at_the_layer_in_both_paths():
+    """What a first_token_layers head reads: numpy (predict) and torch (train) agree, and the
+    block is the backbone's vector of the token after [CLS] at layer 4."""
+    import numpy as np
+    import torch
+
+    import sentmtl_cli
+    from sentmtl_cli.config.model import HeadConfig
+
+    model = sentmtl_cli.load()
+    cfg = HeadConfig(type="sentence_classification", labels=["a", "b"], pool_layers=[2], first_token_layers=[4])
+    head = model.build_head("t", cfg)
+    assert head.hidden_layers() == [2, 4] and head.layer_dim() == 3 * model.dim
+    texts = ["Who wrote Hamlet?", "How many legs does a spider have at most?"]
+    x = model.head_inputs(texts, head)
+    assert x.shape == (2, 3 * model.dim)
+    batch = model.tokenizer.pad(model.tokenizer.encode_raw(texts))
+    feats = model.backbone.encode(batch, {2, 4})
+    np.testing.assert_allclose(x[:, -model.dim :], feats["hidden_states"][4][:, 1], rtol=0, atol=0)
+    every = model.backbone.encode(batch, set(range(model.num_layers + 1)))["hidden_states"]
+    out = {"hidden_states": [torch.from_numpy(np.asarray(every[i])) for i in range(model.num_layers + 1)]}
+    out["sentence_embedding"] = torch.from_numpy(np.asarray(feats["sentence_embedding"]))
+
+    class _Ex:
+        labels = np.array([0, 1])
+
+    rows = head.training_rows(_Ex(), [0, 1], batch, out, 0)
+    np.testing.assert_allclose(rows.x.numpy(), x, rtol=1e-5, atol=1e-5)
+
+
+def test_contrastive_fit_is_reproducible_and_folded_into_one_linear_head(runner, tmp_path):
+    assert _fit(runner, tmp_path, "--contrastive", out="a").exit_code == 0
+    assert _fit(runner, tmp_path, "--contrastive", out="b").exit_code == 0
+    head = "heads/topic2.safetensors"
+    assert _sha(tmp_path / "a" / head) == _sha(tmp_path / "b" / head)
+    assert _fit(runner, tmp_path, out="plain").exit_code == 0
+    assert _sha(tmp_path / "a" / head) != _sha(tmp_path / "plain" / head)
+    got = invoke(
+        runner,
+        ["predict", "--config", str(tmp_path / "a" / "model.yaml"), "--tasks", "topic2", "--format", "jsonl"]
+        + [t for t, _ in UNSEEN],
+    )
+    assert got.exit_code == 0, got.output
+    assert [json.loads(line)["topic2"]["label"] for line in got.stdout.splitlines()] == [lab for _, lab in UNSEEN]

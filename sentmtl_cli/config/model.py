@@ -88,6 +88,10 @@ class HeadConfig(_Strict):
     pool: Literal["mean_max", "attention"] = "mean_max"
     # sentence heads with pool_layers (mean_max): the sentence embedding too, ahead of the pooled layers
     with_embedding: bool = False
+    # sentence heads with pool_layers (mean_max): also the vector of the text's first word-piece (the
+    # token after [CLS]) at these layers, after the pooled ones: a question's wh-word, a command's
+    # verb, which the mean over tokens averages away (`sentmtl fit` writes [4])
+    first_token_layers: list[int] = Field(default_factory=list)
     # zero_shot heads: a description per label (read with its name in the prompts), the prompt
     # templates ("{}" is the label; empty: the head type's own), and multi_label's threshold
     descriptions: dict[str, str] = Field(default_factory=dict)

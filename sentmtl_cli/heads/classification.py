@@ -63,10 +63,19 @@ class SentenceClassificationHead(MLPHead):
             return "pool: attention pools pool_layers' tokens; give pool_layers (e.g. [2, 4, 6])"
         if cfg.with_embedding and (not cfg.pool_layers or cfg.pool != "mean_max"):
             return "with_embedding: adds the sentence embedding to pool_layers' mean and max (pool: mean_max)"
+        if cfg.first_token_layers and (not cfg.pool_layers or cfg.pool != "mean_max"):
+            return "first_token_layers: adds the first token's vectors to pool_layers' mean and max (pool: mean_max)"
         return None
 
-    def hidden_layers(self) -> list[int]:
+    def pooled_layers(self) -> list[int]:
         return self.resolve_layers(self.cfg.pool_layers, "pool_layers")
+
+    def first_token_layers(self) -> list[int]:
+        return self.resolve_layers(self.cfg.first_token_layers, "first_token_layers")
+
+    def hidden_layers(self) -> list[int]:
+        pooled = self.pooled_layers()
+        return pooled + [i for i in self.first_token_layers() if i not in pooled]
 
     def attention_pooling(self) -> bool:
         return self.cfg.pool == "attention"
@@ -81,7 +90,9 @@ class SentenceClassificationHead(MLPHead):
     def layer_dim(self) -> int:
         if self.attention_pooling() or not self.cfg.pool_layers:
             return self.input_dim
-        return (2 * len(self.cfg.pool_layers) + self.cfg.with_embedding) * self.input_dim
+        return (
+            2 * len(self.cfg.pool_layers) + self.cfg.with_embedding + len(self.cfg.first_token_layers)
+        ) * self.input_dim
 
     def inputs_numpy(self, features: dict, mask: np.ndarray) -> np.ndarray:
         if not self.cfg.pool_layers:
@@ -91,11 +102,13 @@ class SentenceClassificationHead(MLPHead):
             return attention_pool(mixed, mask, self.params["attention"])
         # pooled once per batch, whichever heads read a layer (the shipped cls and sent both read 2, 4, 6)
         pooled = features.setdefault("mean_max", {})
-        for i in self.hidden_layers():
+        for i in self.pooled_layers():
             if i not in pooled:
                 pooled[i] = pool_mean_max(features["hidden_states"][i], mask)
         first = [features["sentence_embedding"]] if self.cfg.with_embedding else []
-        return np.concatenate(first + [pooled[i] for i in self.hidden_layers()], axis=1)
+        # position 1: the first word-piece ([SEP] for a text of no word-pieces); padding is on the right
+        lead = [features["hidden_states"][i][:, 1] for i in self.first_token_layers()]
+        return np.concatenate(first + [pooled[i] for i in self.pooled_layers()] + lead, axis=1)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         z = logits / self.temperature
@@ -142,9 +155,10 @@ class SentenceClassificationHead(MLPHead):
         if self.cfg.pool_layers:
             m = torch.from_numpy(batch.attention_mask[rows]).to(out["hidden_states"][0].dtype)[:, :, None]
             parts = [out["sentence_embedding"][rows]] if self.cfg.with_embedding else []
-            for i in self.hidden_layers():
+            for i in self.pooled_layers():
                 h = out["hidden_states"][i][rows]
                 parts += [(h * m).sum(1) / m.sum(1).clamp(min=1.0), h.masked_fill(m == 0, -1e4).max(1).values]
+            parts += [out["hidden_states"][i][rows][:, 1] for i in self.first_token_layers()]
             x = torch.cat(parts, 1)
         else:
             x = out["sentence_embedding"][rows]

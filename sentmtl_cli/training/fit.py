@@ -26,6 +26,7 @@ from ..errors import SentmtlError
 from ..heads.zero_shot import TEMPERATURE
 
 POOL_LAYERS = [2, 4, 6]  # the middle layers whose mean and max the head reads beside the embedding
+FIRST_TOKEN_LAYERS = [4]  # and the first word-piece's vector at this layer (a question's wh-word)
 
 
 @dataclass
@@ -36,10 +37,21 @@ class FitOptions:
     prior: bool = True  # pull the embedding's weights toward the label names' zero-shot weights (else zero)
     prior_scale: float = 1.0  # of the zero-shot weights the prior is centred on
     layers_scale: float = 0.1  # the standardized middle-layer features' scale against the embedding's
+    # the first token's block: its scale is chosen per task among these by out-of-fold loss (the
+    # smallest within one standard error of the best: question types want it large, sentiment small)
+    first_token_scales: tuple[float, ...] = (0.03, 0.1, 0.2, 0.4)
+    first_token_scale: float = 0.1  # when there are too few examples to hold any out
+    first_token_evidence: float = 2.0  # standard errors by which a larger scale must win
     self_training: bool = True  # with unlabeled texts: add the confident ones and fit again
     confidence: float = 0.9  # an unlabeled text's score needed to join
     unlabeled_weight: float = 0.5  # of a pseudo-labelled example, against a real one
     folds: int = 4  # for the temperature's out-of-fold logits
+    # SetFit's contrastive step on frozen features: a linear map of the embedding (from the identity)
+    # trained so that pairs of one label have cosine 1 and of two labels 0, before the head (off:
+    # measured worse than without, docs/DISCUSSION.md; `sentmtl fit --contrastive`)
+    contrastive: bool = False
+    contrastive_pairs: int = 20  # rounds of one same-label and one other-label pair per example
+    contrastive_lr: float = 1e-3
 
 
 def fit_linear(
@@ -51,25 +63,42 @@ def fit_linear(
     weights: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """W [classes, dim], b [classes] minimising the weighted mean cross-entropy of x W^T + b plus
-    (l2 / 2) |W - w0|^2, classes balanced (each class's examples weigh 1/its count in all)."""
-    from scipy.optimize import minimize
+    (l2 / 2) |W - w0|^2, classes balanced (each class's examples weigh 1/its count in all).
 
+    With fewer examples than features (the few-shot case: 616 x 3,456 for Banking77 at 8 a
+    label), the optimum's W - w0 lies in the span of the examples (the loss's gradient does, and
+    the penalty pulls every other direction to w0), so the problem is solved in that span's
+    coordinates, x = U S V^T, W = w0 + M V^T, |W - w0| = |M|: the same optimum, at n x n cost."""
     n, d = x.shape
     x64 = x.astype(np.float64)
+    prior = np.zeros((n_classes, d)) if w0 is None else w0.astype(np.float64)
+    if n >= d:
+        M, b = _fit_logistic(x64, np.zeros((n, n_classes)), y, n_classes, l2, prior, weights)
+        return M.astype(np.float32), b.astype(np.float32)
+    u, sv, vt = np.linalg.svd(x64, full_matrices=False)
+    M, b = _fit_logistic(u * sv, x64 @ prior.T, y, n_classes, l2, np.zeros((n_classes, len(sv))), weights)
+    return (prior + M @ vt).astype(np.float32), b.astype(np.float32)
+
+
+def _fit_logistic(x64, offset, y, n_classes, l2, prior, weights):
+    """The weighted, class-balanced logistic regression of fit_linear, logits offset + x W^T + b,
+    by L-BFGS from W = prior."""
+    from scipy.optimize import minimize
+
+    n, d = x64.shape
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     sample = np.ones(n) if weights is None else weights.astype(np.float64)
     per_class = np.array([sample[y == c].sum() for c in range(n_classes)])
     balance = np.where(per_class > 0, counts.sum() / (n_classes * np.maximum(per_class, 1e-12)), 0.0)
     w = sample * balance[y]
     w = w / w.sum()
-    prior = np.zeros((n_classes, d)) if w0 is None else w0.astype(np.float64)
     onehot = np.zeros((n, n_classes))
     onehot[np.arange(n), y] = 1.0
 
     def loss_and_grad(theta):
         W = theta[: n_classes * d].reshape(n_classes, d)
         b = theta[n_classes * d :]
-        z = x64 @ W.T + b
+        z = offset + x64 @ W.T + b
         z -= z.max(1, keepdims=True)
         p = np.exp(z)
         p /= p.sum(1, keepdims=True)
@@ -84,7 +113,7 @@ def fit_linear(
     theta0 = np.concatenate([prior.ravel(), np.zeros(n_classes)])
     res = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 500, "gtol": 1e-8})
     theta = res.x
-    return theta[: n_classes * d].reshape(n_classes, d).astype(np.float32), theta[n_classes * d :].astype(np.float32)
+    return theta[: n_classes * d].reshape(n_classes, d), theta[n_classes * d :]
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
@@ -99,6 +128,7 @@ class FittedHead:
     bias: np.ndarray  # [classes]
     temperature: float
     pseudo_labelled: int  # unlabeled texts that joined the examples
+    first_token_scale: float = 0.0  # the first token block's scale chosen (0: no such block)
 
 
 def fit_head(
@@ -108,9 +138,11 @@ def fit_head(
     opts: FitOptions,
     w0: np.ndarray | None = None,
     unlabeled: np.ndarray | None = None,
+    oof: np.ndarray | None = None,
 ) -> FittedHead:
     """The linear head for features x [N, dim] and labels y [N] (every class present), with its
-    temperature; w0: the prior's weights (the label names' zero-shot head), unless opts.prior is off."""
+    temperature; w0: the prior's weights (the label names' zero-shot head), unless opts.prior is off.
+    oof: the out-of-fold logits of these x, when the caller has them already."""
     counts = np.bincount(y, minlength=n_classes)
     if (counts == 0).any():
         raise SentmtlError("every label needs at least one example")
@@ -126,17 +158,18 @@ def fit_head(
             ys = np.concatenate([y, probs[keep].argmax(1)])
             ws = np.concatenate([np.ones(len(y)), np.full(added, opts.unlabeled_weight)])
             W, b = fit_linear(xs, ys, n_classes, opts.l2 / len(y), prior, ws)
-    return FittedHead(W, b, out_of_fold_temperature(x, y, n_classes, opts, prior), added)
+    if oof is None:
+        oof = out_of_fold_logits(x, y, n_classes, opts, prior)
+    return FittedHead(W, b, 1.0 if oof is None else best_temperature(oof, y)[0], added)
 
 
-def out_of_fold_temperature(x: np.ndarray, y: np.ndarray, n_classes: int, opts: FitOptions, prior) -> float:
-    """The temperature with the least log-loss on out-of-fold logits: each example scored by a
-    head fitted without its fold (folds dealt by class, so that each fold's head sees every class
-    it can). 1 when there are too few examples to hold any out."""
+def out_of_fold_logits(x: np.ndarray, y: np.ndarray, n_classes: int, opts: FitOptions, prior) -> np.ndarray | None:
+    """Each example's logits by a head fitted without its fold (folds dealt by class, so that each
+    fold's head sees every class it can); None when there are too few examples to hold any out."""
     counts = np.bincount(y, minlength=n_classes)
     folds = min(opts.folds, int(counts.min()))
     if folds < 2:
-        return 1.0
+        return None
     fold = np.zeros(len(y), dtype=np.int64)
     for c in range(n_classes):
         idx = np.flatnonzero(y == c)
@@ -146,9 +179,17 @@ def out_of_fold_temperature(x: np.ndarray, y: np.ndarray, n_classes: int, opts: 
         train = fold != f
         W, b = fit_linear(x[train], y[train], n_classes, opts.l2 / int(train.sum()), prior)
         logits[~train] = x[~train] @ W.T + b
+    return logits
+
+
+def best_temperature(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """The temperature with the least log-loss on these (out-of-fold) logits, and each example's
+    loss at it."""
     grid = np.exp(np.linspace(np.log(0.05), np.log(20.0), 121))
-    losses = [-np.log(np.maximum(softmax(logits / t)[np.arange(len(y)), y], 1e-300)).mean() for t in grid]
-    return float(grid[int(np.argmin(losses))])
+    rows = np.arange(len(y))
+    losses = [-np.log(np.maximum(softmax(logits / t)[rows, y], 1e-300)) for t in grid]
+    best = int(np.argmin([v.mean() for v in losses]))
+    return float(grid[best]), losses[best]
 
 
 # ---- the command's work: read, check, fit, write a model folder -----------------------------------
@@ -166,6 +207,7 @@ class FitJob:
     label_column: str | int | None = None
     format: str = "auto"
     l2: float = FitOptions.l2
+    contrastive: bool = False
 
 
 def read_examples(job: FitJob) -> tuple[list[str], list[str]]:
@@ -252,15 +294,20 @@ def check_output(output: Path, force: bool) -> None:
                 )
 
 
-def standardizer(x: np.ndarray, dim: int, layers_scale: float) -> tuple[np.ndarray, np.ndarray]:
+def standardizer(
+    x: np.ndarray, dim: int, layers_scale: float, lead: int = 0, lead_scale: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
     """(shift, scale) per column: the embedding's first `dim` columns as they are (unit vectors,
     which the label prior is in the space of), the pooled layers' centred and scaled to
-    `layers_scale` of a unit standard deviation, by the examples' own statistics."""
+    `layers_scale` of a unit standard deviation, by the examples' own statistics; the last `lead`
+    columns (the first token's block) the same, to `lead_scale`."""
     shift = np.zeros(x.shape[1], dtype=np.float64)
     scale = np.ones(x.shape[1], dtype=np.float64)
     rest = x[:, dim:].astype(np.float64)
     shift[dim:] = rest.mean(0)
     scale[dim:] = layers_scale / (rest.std(0) + 1e-3)
+    if lead:
+        scale[-lead:] = lead_scale / (rest[:, -lead:].std(0) + 1e-3)
     return shift, scale
 
 
@@ -272,20 +319,98 @@ def fit_features(
     opts: FitOptions,
     label_vectors: np.ndarray | None = None,
     unlabeled: np.ndarray | None = None,
+    lead: int = 0,
 ) -> FittedHead:
-    """The head on raw features x = [sentence embedding (dim), pooled layers]: standardized, the
-    embedding's weights pulled toward the label vectors' zero-shot weights, fitted, and the
-    standardization folded back into the weights (so inference reads the raw features)."""
-    shift, scale = standardizer(x, dim, opts.layers_scale)
+    """The head on raw features x = [sentence embedding (dim), pooled layers, the first token's
+    block (the last `lead` columns)]: standardized, the embedding's weights pulled toward the label
+    vectors' zero-shot weights, fitted, and the standardization folded back into the weights (so
+    inference reads the raw features). The first token's scale is chosen by out-of-fold loss."""
+    projection = None
+    if opts.contrastive:  # the embedding's columns mapped, and the label vectors with them
+        projection = contrastive_projection(x[:, :dim], y, opts)
+        x = np.concatenate([x[:, :dim] @ projection.T, x[:, dim:]], 1)
+        if unlabeled is not None:
+            unlabeled = np.concatenate([unlabeled[:, :dim] @ projection.T, unlabeled[:, dim:]], 1)
+        if label_vectors is not None:
+            label_vectors = label_vectors @ projection.T
+            label_vectors = label_vectors / np.linalg.norm(label_vectors, axis=1, keepdims=True)
     w0 = None
     if label_vectors is not None and opts.prior:  # the middle layers' weights are centred on zero
         w0 = np.zeros((n_classes, x.shape[1]), dtype=np.float64)
         w0[:, :dim] = label_vectors / TEMPERATURE * opts.prior_scale
+    prior = w0 if opts.prior else None
+    lead_scale, oof = opts.first_token_scale, None
+    if lead:
+        lead_scale, oof = choose_lead_scale(x, y, n_classes, dim, opts, prior, lead)
+    shift, scale = standardizer(x, dim, opts.layers_scale, lead, lead_scale)
     xu = None if unlabeled is None else (unlabeled - shift) * scale
-    f = fit_head((x - shift) * scale, y, n_classes, opts, w0, xu)
+    f = fit_head((x - shift) * scale, y, n_classes, opts, w0, xu, oof)
     weight = f.weight.astype(np.float64) * scale[None, :]
     bias = f.bias.astype(np.float64) - weight @ shift
-    return FittedHead(weight.astype(np.float32), bias.astype(np.float32), f.temperature, f.pseudo_labelled)
+    if projection is not None:  # folded in: the head reads the embedding as it is
+        weight[:, :dim] = weight[:, :dim] @ projection.astype(np.float64)
+    return FittedHead(weight.astype(np.float32), bias.astype(np.float32), f.temperature, f.pseudo_labelled, lead_scale)
+
+
+def contrastive_projection(emb: np.ndarray, y: np.ndarray, opts: FitOptions | None = None) -> np.ndarray:
+    """SetFit's contrastive step with the backbone frozen: a [dim, dim] map P, from the identity,
+    trained (AdamW, batches of 16, one pass) so that cos(P a, P b) is 1 for pairs of one label and
+    0 for pairs of two, the pairs drawn as SetFit draws them (each round, one of each per example).
+    Seeded: the same examples give the same map."""
+    import torch
+
+    opts = opts or FitOptions()
+    rng = np.random.default_rng(0)
+    n, d = emb.shape
+    first, second, target = [], [], []
+    for _ in range(opts.contrastive_pairs):
+        for i in range(n):
+            same = np.flatnonzero((y == y[i]) & (np.arange(n) != i))
+            other = np.flatnonzero(y != y[i])
+            picks = ([(int(rng.choice(same)), 1.0)] if len(same) else []) + [(int(rng.choice(other)), 0.0)]
+            for j, same_label in picks:
+                first.append(i)
+                second.append(j)
+                target.append(same_label)
+    a_idx, b_idx = np.array(first), np.array(second)
+    t = torch.tensor(target, dtype=torch.float32)
+    x = torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32))
+    gen = torch.Generator().manual_seed(0)
+    proj = torch.nn.Linear(d, d, bias=False)
+    with torch.no_grad():
+        proj.weight.copy_(torch.eye(d))
+    optim = torch.optim.AdamW(proj.parameters(), lr=opts.contrastive_lr, weight_decay=0.0)
+    order = torch.randperm(len(a_idx), generator=gen).numpy()
+    for start in range(0, len(order), 16):
+        idx = order[start : start + 16]
+        za = torch.nn.functional.normalize(proj(x[a_idx[idx]]), dim=1)
+        zb = torch.nn.functional.normalize(proj(x[b_idx[idx]]), dim=1)
+        loss = ((za * zb).sum(1) - t[idx]).pow(2).mean()
+        optim.zero_grad()
+        loss.backward()
+        optim.step()
+    return proj.weight.detach().numpy().astype(np.float64)
+
+
+def choose_lead_scale(x, y, n_classes: int, dim: int, opts: FitOptions, prior, lead: int):
+    """The first token's scale among opts.first_token_scales, and its out-of-fold logits (for the
+    temperature): the smallest, unless the one with the least out-of-fold log-loss (each at its
+    best temperature) beats it by more than opts.first_token_evidence standard errors of the
+    difference, taken example by example. With a handful of examples the folds' losses are noisy
+    (on 16 examples they pick the wrong scale as often as the right one), so a larger scale needs
+    clear evidence. The default scale, and no logits, when there are too few to hold any out."""
+    found: list[tuple[float, np.ndarray, np.ndarray]] = []
+    for s in sorted(opts.first_token_scales):
+        shift, scale = standardizer(x, dim, opts.layers_scale, lead, s)
+        logits = out_of_fold_logits((x - shift) * scale, y, n_classes, opts, prior)
+        if logits is None:
+            return opts.first_token_scale, None
+        found.append((s, logits, best_temperature(logits, y)[1]))
+    best = min(found, key=lambda f: f[2].mean())
+    gain = found[0][2] - best[2]
+    if gain.mean() > opts.first_token_evidence * gain.std() / np.sqrt(len(gain)):
+        return best[0], best[1]
+    return found[0][0], found[0][1]
 
 
 class _Quiet:
@@ -330,17 +455,19 @@ def run_fit(job: FitJob, progress=None) -> dict:
         description=f"fitted by sentmtl fit on {Path(job.data).name}",
         pool_layers=POOL_LAYERS,
         with_embedding=True,
+        first_token_layers=FIRST_TOKEN_LAYERS,
     )
     head = model.build_head(job.task, hcfg)
     with progress(len(texts) + len(unlabeled)) if progress else _Quiet() as p:
         x = model.head_inputs(texts, head, progress=p)
         xu = model.head_inputs(unlabeled, head, progress=p) if unlabeled else None
-    opts = FitOptions(l2=job.l2, prior=job.label_prior)
+    opts = FitOptions(l2=job.l2, prior=job.label_prior, contrastive=job.contrastive)
     vectors = None
     if job.label_prior:
         names_head: Any = model.build_head("label_names", zero_shot_config(labels))
         vectors = names_head.label_vectors()
-    fitted = fit_features(x, y, len(labels), model.dim, opts, vectors, xu)
+    lead = len(FIRST_TOKEN_LAYERS) * model.dim
+    fitted = fit_features(x, y, len(labels), model.dim, opts, vectors, xu, lead)
     head.params = {"out.weight": fitted.weight, "out.bias": fitted.bias}
     head.temperature = fitted.temperature
     head.trained = True
@@ -354,6 +481,7 @@ def run_fit(job: FitJob, progress=None) -> dict:
         "unlabeled_used": fitted.pseudo_labelled,
         "label_prior": job.label_prior,
         "temperature": fitted.temperature,
+        "first_token_scale": fitted.first_token_scale,
         "seconds": time.perf_counter() - t0,
     }
 
