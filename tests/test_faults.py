@@ -20,27 +20,9 @@ import pytest
 from toydata import write_recipe
 
 pytestmark = pytest.mark.slow
-ENV = dict(os.environ, SENTMTL_NO_PROGRESS="1")
-
-
-def _sentmtl() -> str:
-    exe = Path(sys.executable).parent / "sentmtl"
-    if not exe.exists():
-        pytest.skip("the sentmtl console script is not installed in this environment")
-    return str(exe)
-
-
-def _run_then_kill(args: list[str], delay: float, cwd: Path | None = None) -> int:
-    """Start the command, SIGKILL it after `delay` seconds (or let it finish first); its exit status."""
-    p = subprocess.Popen(
-        args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=ENV, cwd=cwd, start_new_session=True
-    )
-    try:
-        p.wait(timeout=delay)
-    except subprocess.TimeoutExpired:
-        os.killpg(p.pid, signal.SIGKILL)
-        p.wait(timeout=30)
-    return p.returncode
+from conftest import QUIET_ENV as ENV  # noqa: E402
+from conftest import run_then_kill as _run_then_kill  # noqa: E402
+from conftest import sentmtl_exe as _sentmtl  # noqa: E402
 
 
 def _timed(args: list[str]) -> float:

@@ -35,6 +35,7 @@ LAYERS = {
     "sentmtl_cli.ray": 7,  # public: Predictor for users' own Ray Data pipelines
     "sentmtl_cli.serve": 8,  # beside the CLI: another front end on the Python API
     "sentmtl_cli.training": 7,
+    "sentmtl_cli.index": 7,  # a corpus's rows (batch's readers and shards) in a LanceDB table
     "sentmtl_cli.cli": 8,
     "sentmtl_cli.__main__": 8,
 }

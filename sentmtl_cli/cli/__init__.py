@@ -14,7 +14,7 @@ import typer
 
 from ..defaults import VERSION as __version__
 from ..errors import SentmtlError
-from . import batch, export, infer, options, serve, train
+from . import batch, export, index, infer, options, serve, train
 
 app = typer.Typer(
     name="sentmtl",
@@ -52,6 +52,7 @@ for command in (
     export.export,
     train.experiment,
     batch.batch,
+    index.index,
     serve.serve,
 ):
     app.command()(command)

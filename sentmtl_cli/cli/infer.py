@@ -187,20 +187,50 @@ def predict(
 @handles_errors
 def search(
     query: str = typer.Argument(..., help="What to look for."),
-    corpus: str = typer.Option(..., "--corpus", help="A file whose lines are searched ('-' for stdin)."),
-    top_k: int = typer.Option(5, "--top-k", min=1, help="How many lines to return."),
+    corpus: Optional[str] = typer.Option(
+        None, "--corpus", help="A file whose lines are searched ('-' for stdin), embedded on every call."
+    ),
+    index: Optional[Path] = typer.Option(None, "--index", help="An index built by `sentmtl index` (instant)."),
+    where: Optional[str] = typer.Option(
+        None, "--where", help="--index: a filter on the stored columns, e.g. \"cls_label = 'business'\"."
+    ),
+    entity: Optional[list[str]] = typer.Option(
+        None, "--entity", help="--index: rows whose entities include LABEL:TEXT (e.g. ORG:Tesla); repeatable."
+    ),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="How many results to return."),
     config: Optional[Path] = ConfigOpt,
     fmt: Optional[Fmt] = fmt_option(Fmt),
     batch_size: int = BatchOpt,
     threads: Optional[int] = ThreadsOpt,
     backend: Optional[Backend] = BackendOpt,
 ):
-    """Semantic search: the lines of a file nearest in meaning to a query."""
-    from ..files.read import read_lines
+    """Semantic search: the lines of a file (--corpus), or the rows of an index (--index), nearest
+    in meaning to a query."""
     from ..text.inputs import check_texts
     from . import render
 
     check_texts([query])
+    if (corpus is None) == (index is None):
+        raise SentmtlError("give --corpus FILE or --index INDEX (one of them)")
+    if index is None and (where is not None or entity):
+        raise SentmtlError("--where and --entity filter an index's stored columns: give --index")
+    f = default_format(fmt)
+    if index is not None:
+        from ..index.store import Index
+
+        m = load_model(config, threads, backend)
+        ix = Index(index, m)
+        hits = ix.search(m.embed([query])[0], top_k=top_k, where=where, entities=entity or [])
+        if f == "json":
+            render.write_json({"query": query, "index": str(index), "results": hits})
+        elif f == "jsonl":
+            render.write_jsonl(hits)
+        else:
+            render.stdout_console().print(render.search_table(query, hits, key="id"))
+        return
+    from ..files.read import read_lines
+
+    assert corpus is not None
     numbered = read_lines(corpus)
     if not numbered:
         raise SentmtlError(f"corpus {corpus} has no non-empty lines")
@@ -214,7 +244,6 @@ def search(
             progress=p,
             line_numbers=[n for n, _ in numbered],
         )
-    f = default_format(fmt)
     if f == "json":
         render.write_json({"query": query, "corpus": corpus, "results": hits})
     elif f == "jsonl":

@@ -114,12 +114,13 @@ def predict_tables(results: list[dict], tasks: list[str], heads: dict, top_k: in
 
 
 # ---- search -------------------------------------------------------------------------------------
-def search_table(query: str, hits: list[dict]) -> rich.table.Table:
-    t = new_table(title=f"nearest lines to: {clip(query, 50)}")
-    for col in ("rank", "score", "line", "text"):
+def search_table(query: str, hits: list[dict], key: str = "line") -> rich.table.Table:
+    """Search results: rank, score, the line (--corpus) or id (--index), the text."""
+    t = new_table(title=f"nearest {'lines' if key == 'line' else 'rows'} to: {clip(query, 50)}")
+    for col in ("rank", "score", key, "text"):
         t.add_column(col, justify="right" if col != "text" else "left")
     for h in hits:
-        t.add_row(str(h["rank"]), f"{h['score']:.4f}", str(h["line"]), clip(h["text"], 70))
+        t.add_row(str(h["rank"]), f"{h['score']:.4f}", str(h[key]), clip(h["text"], 70))
     return t
 
 

@@ -1,0 +1,565 @@
+"""The index: a LanceDB database folder holding one table (`rows`) and `sentmtl-index.json` (what
+made it: the model's identity, the tasks, each task's columns).
+
+Rows are what `sentmtl batch` writes, typed: `id` (a string), `text`, `vector` (the sentence
+embedding, float32) and each head's own columns (`cls_label`, `cls_score`, `cls_scores`,
+`ner_entities`), plus `<task>_keys` for a token head: its entities as "label:text", lowercased,
+which `--entity` matches.
+
+Nothing is lost. A new index is written whole in a folder beside INDEX, then renamed into place
+(an old one, with --force, is moved aside first and deleted once the new one is in), so a build
+killed at any point leaves INDEX as it was. `--add` is one LanceDB commit (the rows stream into
+new data files; the table's manifest names them only when all are written), so a kill leaves the
+table at the version before; searches read one version, so rows being added are all there or none.
+A writer holds an exclusive lock on INDEX/.lock: a second one is refused. The vector index (IVF-PQ,
+refined by exact distances) is built once the table has ANN_ROWS rows; below that, search is an
+exact scan, which takes milliseconds."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import SentmtlError
+
+FORMAT = "sentmtl-index/1"
+META = "sentmtl-index.json"
+TABLE = "rows"
+LOCK = ".lock"
+ANN_ROWS = 100_000  # from here on an IVF-PQ index (an exact scan of 100k vectors takes about 15 ms)
+KEYS = "_keys"  # a token head's column of "label:text" entity keys: <task>_keys
+
+
+# ---- the model an index belongs to ----------------------------------------------------------------
+def identity(model) -> dict:
+    """What a query's vector depends on: the backbone's weights (by content), how tokens become a
+    vector, and the backend. An index is searched only with the same."""
+    from ..backbone.folder import sha256_file
+
+    weights = Path(
+        model.onnx_path if model.backend != "torch" and model.onnx_path else model.folder / "model.safetensors"
+    )
+    b = model.cfg.backbone
+    return {
+        "weights": _cached_sha(weights, sha256_file),
+        "pooling": b.pooling,
+        "normalize": b.normalize,
+        "max_seq_length": b.max_seq_length,
+        "dimension": model.dim,
+        "backend": model.backend,
+    }
+
+
+_SHAS: dict[tuple, str] = {}
+
+
+def _cached_sha(path: Path, sha) -> str:
+    st = path.stat()
+    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
+    if key not in _SHAS:
+        _SHAS[key] = sha(path)
+    return _SHAS[key]
+
+
+def same_model(meta: dict, model, index: Path) -> None:
+    """Refuse, in one line, a model whose vectors are not the index's."""
+    mine = identity(model)
+    theirs = meta.get("identity", {})
+    diff = [k for k in mine if theirs.get(k) != mine[k]]
+    if diff:
+        raise SentmtlError(
+            f"index {index} was made with another model ({', '.join(diff)} differ); "
+            "search it with the --config it was built with, or build a new index"
+        )
+
+
+# ---- opening, locking --------------------------------------------------------------------------------
+def read_meta(index: Path) -> dict:
+    """The index's record; one line when INDEX is not a sentmtl index."""
+    index = Path(index)
+    if not index.exists():
+        raise SentmtlError(f"index {index}: no such folder (build one with sentmtl index INPUT {index})")
+    if not index.is_dir():
+        raise SentmtlError(f"index {index} is not a folder")
+    try:
+        meta = json.loads((index / META).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise SentmtlError(f"{index} is not a sentmtl index (it has no {META})") from None
+    except (OSError, ValueError) as e:
+        raise SentmtlError(f"index {index} is damaged: {META} is unreadable ({e})") from None
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+        raise SentmtlError(f"{index} is not a sentmtl index ({META} is not {FORMAT})")
+    if not (index / f"{TABLE}.lance").is_dir():
+        raise SentmtlError(f"index {index} is damaged: its table {TABLE}.lance is missing")
+    return meta
+
+
+def is_index(path: Path) -> bool:
+    try:
+        read_meta(path)
+    except SentmtlError:
+        return False
+    return True
+
+
+class WriteLock:
+    """An exclusive lock on INDEX/.lock for a writer; a second writer is refused in one line."""
+
+    def __init__(self, index: Path):
+        self.path = Path(index) / LOCK
+        self.fd: int | None = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(self.fd)
+            self.fd = None
+            raise SentmtlError(
+                f"index {self.path.parent} is being written by another process; try again when it ends"
+            ) from None
+        return self
+
+    def __exit__(self, *exc):
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the lock
+            self.fd = None
+        return False
+
+
+def _connect(folder: Path):
+    # lance's Rust log (a WARN when a table is first made, deprecation notes) is not for our users
+    os.environ.setdefault("LANCE_LOG", "error")
+    import lancedb
+
+    return lancedb.connect(str(folder))
+
+
+def _table_error(index: Path, e: Exception) -> SentmtlError:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return SentmtlError(f"index {index} is damaged: {first[:300]}")
+
+
+# ---- rows: from a batch output, or computed --------------------------------------------------------
+@dataclass
+class Source:
+    """Where the rows come from: batches of a batch-shaped table (id, text, embedding, heads'
+    columns), and the tasks they carry."""
+
+    batches: Iterator[Any]
+    tasks: list[str]
+    rows: int
+    computed: bool  # the backbone ran (else a batch output's columns were taken as they are)
+    columns: dict[str, list[str]] = field(default_factory=dict)  # each head task's stored columns
+    tick: list = field(default_factory=lambda: [None])  # [progress(n)], set while the rows are written
+
+
+def batch_output_source(model, folder: Path, tasks: list[str] | None) -> Source:
+    """A `sentmtl batch` OUTPUT folder's rows, taken as they are: refused when it was made by
+    another model, without the embedding, or without a task asked for."""
+    import pyarrow.dataset as ds
+
+    from ..batch import output as out
+
+    try:
+        job = json.loads((folder / out.JOB).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        raise SentmtlError(f"{folder}: its {out.JOB} is unreadable") from None
+    if not (folder / out.SUCCESS).is_file():
+        raise SentmtlError(f"batch output {folder} is not finished (no {out.SUCCESS}); run its batch command again")
+    mine = out.model_fingerprint(model)
+    if job.get("model") != mine["model"] or job.get("config") != mine["config"]:
+        raise SentmtlError(
+            f"batch output {folder} was made with another model or config than this index's "
+            "(its manifest's model fingerprint differs): give the --config it was made with"
+        )
+    have = list(job.get("tasks", []))
+    if out.EMBED not in have:
+        raise SentmtlError(
+            f"batch output {folder} has no embeddings: run batch with the embed task (--tasks embed,...)"
+        )
+    heads = [t for t in have if t != out.EMBED] if tasks is None else [t for t in tasks if t != out.EMBED]
+    missing = [t for t in heads if t not in have]
+    if missing:
+        raise SentmtlError(f"batch output {folder} has no {', '.join(missing)} columns (it has {', '.join(have)})")
+    columns = {t: [f.name for f in model.heads[t].arrow_fields()] for t in heads}
+    keep = ["id", "text", "embedding", *[c for t in heads for c in columns[t]]]
+    data = ds.dataset(sorted(str(p) for p in folder.glob("part-*.parquet")), format="parquet")
+    return Source((b for b in data.to_batches(columns=keep, batch_size=8192)), heads, data.count_rows(), False, columns)
+
+
+def computed_source(
+    model, path: Path, tasks: list[str] | None, text_column: str, id_column: str | None, batch_size: int, on_error: str
+) -> Source:
+    """Rows read as `sentmtl batch` reads them (a file or a folder of .txt/.jsonl/.csv/.parquet),
+    embedded and run through the heads in one pass a unit at a time (bounded memory)."""
+    from ..batch import output as out
+    from ..batch.inputs import plan, read_unit
+
+    heads = list(model.heads) if tasks is None else [t for t in tasks if t != out.EMBED]
+    _, units = plan(path, 8192, text_column, id_column)
+    all_tasks = [out.EMBED, *heads]
+
+    tick: list = [None]
+
+    def batches():
+        for u in units:
+            rows = read_unit(u, text_column, id_column)
+            table, _ = out.unit_table(model, all_tasks, u, rows, on_error, batch_size, id_column, progress=tick[0])
+            if tick[0] is not None and rows.problems:
+                tick[0](len(rows.problems))
+            yield from table.to_batches()
+
+    columns = {t: [f.name for f in model.heads[t].arrow_fields()] for t in heads}
+    return Source(batches(), heads, sum(u.rows for u in units), True, columns, tick)
+
+
+def index_schema(model, source: Source):
+    import pyarrow as pa
+
+    fields = [
+        pa.field("id", pa.string()),
+        pa.field("text", pa.string()),
+        pa.field("vector", pa.list_(pa.float32(), model.dim)),
+    ]
+    for t in source.tasks:
+        fields += model.heads[t].arrow_fields()
+        if _is_token_task(source, t):
+            fields.append(pa.field(t + KEYS, pa.list_(pa.string())))
+    return pa.schema(fields)
+
+
+def _is_token_task(source: Source, task: str) -> bool:
+    return source.columns[task] == [f"{task}_entities"]
+
+
+def to_index_batch(batch, schema, source: Source):
+    """A batch-shaped record batch as the index's: the id as a string, the embedding as `vector`,
+    and the entity keys of each token head."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    cols = {name: batch.column(name) for name in batch.schema.names}
+    arrays = [pc.cast(cols["id"], pa.string()), cols["text"], cols["embedding"]]
+    for t in source.tasks:
+        arrays += [cols[c] for c in source.columns[t]]
+        if _is_token_task(source, t):
+            arrays.append(entity_keys(cols[f"{t}_entities"]))
+    return pa.RecordBatch.from_arrays(
+        [a.cast(f.type) if a.type != f.type else a for a, f in zip(arrays, schema)], schema=schema
+    )
+
+
+def entity_keys(entities):
+    """list<struct<text, label, ...>> -> list<string> of "label:text", lowercased."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(entities, pa.ChunkedArray):
+        entities = entities.combine_chunks()
+    flat = entities.flatten()
+    keys = pc.utf8_lower(pc.binary_join_element_wise(flat.field("label"), flat.field("text"), ":"))
+    offsets = pc.subtract(entities.offsets, entities.offsets[0])
+    return pa.ListArray.from_arrays(offsets, keys)
+
+
+def entity_key(spec: str) -> str:
+    """`--entity LABEL:TEXT` as the stored key; one line when it is not LABEL:TEXT."""
+    label, sep, text = spec.partition(":")
+    if not sep or not label.strip() or not text.strip():
+        raise SentmtlError(f"--entity {spec!r}: give LABEL:TEXT, e.g. ORG:Tesla")
+    return f"{label.strip()}:{text.strip()}".lower()
+
+
+# ---- building ------------------------------------------------------------------------------------------
+@dataclass
+class IndexJob:
+    input: Path
+    index: Path
+    tasks: list[str] | None = None  # None: every head of the model (or of the batch output)
+    add: bool = False
+    force: bool = False
+    text_column: str = "text"
+    id_column: str | None = None
+    batch_size: int = 32
+    on_error: str = "fail"
+
+
+def is_batch_output(path: Path) -> bool:
+    from ..batch import output as out
+
+    return path.is_dir() and (path / out.JOB).is_file()
+
+
+class _Quiet:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def build(model, job: IndexJob, progress=None) -> dict:
+    """Build INDEX from INPUT, or (--add) append INPUT's rows to it. The report. `progress(total)`:
+    a context manager for the progress bar of rows embedded (none when a batch output's are taken)."""
+    import time
+
+    t0 = time.perf_counter()
+    index, src_path = Path(job.index), Path(job.input)
+    if job.tasks is not None:
+        unknown = [t for t in job.tasks if t not in model.heads and t != "embed"]
+        if unknown:
+            raise SentmtlError(
+                f"unknown task {', '.join(map(repr, unknown))}: this config has {', '.join(model.heads)}"
+            )
+    if not src_path.exists():
+        raise SentmtlError(f"input {src_path}: no such file or folder")
+    if _inside(index, src_path) or _inside(src_path, index):
+        raise SentmtlError(f"input {src_path} and index {index} overlap: keep them apart")
+    if job.add:
+        meta = read_meta(index)
+        same_model(meta, model, index)
+        tasks = meta["tasks"] if job.tasks is None else job.tasks
+        if sorted(tasks) != sorted(meta["tasks"]):
+            raise SentmtlError(f"index {index} holds the tasks {', '.join(meta['tasks'])}; --add must give the same")
+        with WriteLock(index):
+            source = _source(model, job, src_path, meta["tasks"])
+            with progress(source.rows) if progress and source.computed else _Quiet() as p:
+                source.tick[0] = p
+                added = _append(index, model, source)
+        return _report(index, source, added, "added", t0)
+    if index.exists() or index.is_symlink():
+        if not index.is_dir():
+            raise SentmtlError(f"index {index} exists and is not a folder")
+        if any(index.iterdir()):
+            if not is_index(index):
+                raise SentmtlError(f"{index} holds files that are not a sentmtl index; give a new or empty folder")
+            if not job.force:
+                raise SentmtlError(f"index {index} exists: --add appends to it, --force builds it again")
+    source = _source(model, job, src_path, job.tasks)
+    with progress(source.rows) if progress and source.computed else _Quiet() as p:
+        source.tick[0] = p
+        rows = _write_new(index, model, source, job.force)
+    return _report(index, source, rows, "built", t0)
+
+
+def _inside(a: Path, b: Path) -> bool:
+    a, b = a.resolve(), b.resolve()
+    return a == b or b in a.parents
+
+
+def _source(model, job: IndexJob, src: Path, tasks) -> Source:
+    if is_batch_output(src):
+        return batch_output_source(model, src, tasks)
+    return computed_source(model, src, tasks, job.text_column, job.id_column, job.batch_size, job.on_error)
+
+
+def _report(index: Path, source: Source, rows: int, what: str, t0: float) -> dict:
+    import time
+
+    total = open_table(index).count_rows()
+    return {
+        "index": str(index),
+        what: rows,
+        "rows": total,
+        "tasks": source.tasks,
+        "computed": source.computed,
+        "ann": total >= ANN_ROWS,
+        "seconds": time.perf_counter() - t0,
+    }
+
+
+def _reader(model, source: Source):
+    import pyarrow as pa
+
+    schema = index_schema(model, source)
+    counted = [0]
+
+    def batches():
+        for b in source.batches:
+            out = to_index_batch(b, schema, source)
+            counted[0] += out.num_rows
+            yield out
+
+    return pa.RecordBatchReader.from_batches(schema, batches()), counted
+
+
+def _write_new(index: Path, model, source: Source, force: bool) -> int:
+    """The whole index in a folder beside INDEX, then renamed into place."""
+    from ..files.atomic import atomic_write_text
+
+    index = index.absolute()
+    index.parent.mkdir(parents=True, exist_ok=True)
+    _clean_stale(index)
+    tmp = index.with_name(f".{index.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        reader, counted = _reader(model, source)
+        db = _connect(tmp)
+        table = db.create_table(TABLE, data=reader)
+        if counted[0] == 0:
+            raise SentmtlError("the input has no rows to index")
+        meta = {
+            "format": FORMAT,
+            "identity": identity(model),
+            "tasks": source.tasks,
+            "columns": source.columns,
+            "model_name": model.cfg.name,
+        }
+        atomic_write_text(tmp / META, json.dumps(meta, indent=2) + "\n")
+        _refresh_ann(table)
+        old = index.with_name(f".{index.name}.{os.getpid()}.old")
+        if index.exists():
+            if force and any(index.iterdir()):
+                with WriteLock(index):
+                    os.replace(index, old)
+            else:
+                index.rmdir()  # an empty folder
+        os.replace(tmp, index)
+        shutil.rmtree(old, ignore_errors=True)
+        return counted[0]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _clean_stale(index: Path) -> None:
+    """Folders a killed build left beside INDEX (their process is gone)."""
+    for p in index.parent.glob(f".{index.name}.*.tmp"):
+        pid = p.name[len(index.name) + 2 : -4]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _append(index: Path, model, source: Source) -> int:
+    """One commit of every new row; then the vector index brought up to date."""
+    reader, counted = _reader(model, source)
+    table = open_table(index)
+    try:
+        table.add(reader)
+    except SentmtlError:
+        raise
+    except Exception as e:  # noqa: BLE001 - lance's own errors: one line
+        raise _table_error(index, e) from None
+    _refresh_ann(table)
+    return counted[0]
+
+
+def _refresh_ann(table) -> None:
+    """An IVF-PQ index once the table is large enough; new rows folded into an existing one."""
+    n = table.count_rows()
+    if n < ANN_ROWS:
+        return
+    if any(ix.index_type.startswith("IVF") for ix in table.list_indices()):
+        from datetime import timedelta
+
+        table.optimize(cleanup_older_than=timedelta(days=7))
+        return
+    dim = table.schema.field("vector").type.list_size
+    table.create_index(
+        metric="cosine",
+        vector_column_name="vector",
+        index_type="IVF_PQ",
+        num_partitions=max(16, int(np.sqrt(n))),
+        num_sub_vectors=dim // 8 if dim % 8 == 0 else dim // 4 if dim % 4 == 0 else 1,
+    )
+
+
+def open_table(index: Path):
+    try:
+        return _connect(Path(index)).open_table(TABLE)
+    except Exception as e:  # noqa: BLE001
+        raise _table_error(Path(index), e) from None
+
+
+# ---- searching -----------------------------------------------------------------------------------------
+class Index:
+    """An opened index: its record and its table, searched with vectors of the index's model."""
+
+    def __init__(self, path: Path, model=None):
+        self.path = Path(path)
+        self.meta = read_meta(self.path)
+        if model is not None:
+            same_model(self.meta, model, self.path)
+        self.table = open_table(self.path)
+        self.ann = any(ix.index_type.startswith("IVF") for ix in self.table.list_indices())
+
+    @property
+    def tasks(self) -> list[str]:
+        return list(self.meta["tasks"])
+
+    def token_tasks(self) -> list[str]:
+        return [t for t, cols in self.meta["columns"].items() if cols == [f"{t}_entities"]]
+
+    def filter(self, where: str | None, entities: list[str]) -> str | None:
+        parts = [f"({where})"] if where and where.strip() else []
+        if entities:
+            token = self.token_tasks()
+            if not token:
+                raise SentmtlError(
+                    f"--entity: index {self.path} has no entity head (its tasks: {', '.join(self.tasks)})"
+                )
+            for spec in entities:
+                key = entity_key(spec).replace("'", "''")
+                parts.append("(" + " OR ".join(f"array_has({t}{KEYS}, '{key}')" for t in token) + ")")
+        return " AND ".join(parts) or None
+
+    def search(
+        self, vector: np.ndarray, top_k: int = 5, where: str | None = None, entities: list[str] | None = None
+    ) -> list[dict]:
+        """The top_k rows nearest the (unit) vector that pass the filter, best first: rank, score
+        (cosine similarity), id, text, then each task's output as `predict` shapes it."""
+        if top_k < 1:
+            raise SentmtlError("--top-k must be at least 1")
+        cond = self.filter(where, entities or [])
+        q = self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector").metric("cosine")
+        if cond:
+            q = q.where(cond, prefilter=True)
+        if self.ann:
+            q = q.nprobes(32).refine_factor(10)
+        keys = [c for t in self.tasks for c in self.meta["columns"][t]]
+        q = q.select(["id", "text", *keys, "_distance"]).limit(top_k)
+        try:
+            got = q.to_arrow()
+        except Exception as e:  # noqa: BLE001 - a bad --where is lance's parse error: one line
+            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if cond:
+                raise SentmtlError(f"--where/--entity: {msg[:300]}") from None
+            raise _table_error(self.path, e) from None
+        rows = got.to_pylist()
+        out = []
+        for r, row in enumerate(rows):
+            hit: dict[str, Any] = {
+                "rank": r + 1,
+                "score": 1.0 - float(row["_distance"]),
+                "id": row["id"],
+                "text": row["text"],
+            }
+            for t in self.tasks:
+                cols = self.meta["columns"][t]
+                if cols == [f"{t}_entities"]:
+                    hit[t] = {"entities": row[f"{t}_entities"]}
+                else:
+                    hit[t] = {c[len(t) + 1 :]: row[c] for c in cols}
+            out.append(hit)
+        return out

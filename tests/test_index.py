@@ -1,0 +1,270 @@
+"""`sentmtl index` and `sentmtl search --index` (issue 20): the index's answers equal an exact
+search over the same vectors; --where and --entity filter by the heads' stored outputs; --add
+appends; a batch output is taken as it is (no second backbone pass) and refused when another model
+made it; a build or --add killed at seeded random points leaves the index as it was before or
+after; a second writer, a damaged or foreign folder and another model are refused in one line."""
+
+import json
+import random
+import shutil
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from conftest import QUIET_ENV as ENV
+from conftest import ROOT, invoke, run_then_kill, sentmtl_exe, write_config
+
+CORPUS = [
+    "The central bank cut interest rates by half a point.",
+    "Tesla shares fell after the earnings report.",
+    "The striker scored twice in the derby.",
+    "Tesla recalls cars over a software fault.",
+    "Apple unveils a new phone with a faster chip.",
+    "Stocks slumped as Tesla missed its delivery target.",
+    "Floods forced thousands from their homes in Bangladesh.",
+    "The senate passed the budget after a long debate.",
+    "Scientists found water ice on the moon's south pole.",
+    "Microsoft buys a gaming studio for two billion dollars.",
+    "The marathon was won in record time in Berlin.",
+    "Oil prices rose as OPEC agreed to cut output.",
+    "A new vaccine trial shows strong results.",
+    "Police arrested two men after the bank robbery in Paris.",
+    "The chef opened a restaurant in Lisbon.",
+    "Google faces a fine from the European Commission.",
+]
+QUERIES = ["car maker in trouble", "rate cut by the central bank", "football match", "space discovery"]
+
+
+def _corpus(tmp_path: Path, lines=CORPUS, name="c.txt") -> Path:
+    p = tmp_path / name
+    p.write_text("".join(t + "\n" for t in lines), encoding="utf-8")
+    return p
+
+
+def _index(runner, src: Path, idx: Path, *extra):
+    return invoke(runner, ["index", str(src), str(idx), *map(str, extra)])
+
+
+def _search(runner, idx: Path, query: str, *extra):
+    r = invoke(runner, ["search", query, "--index", str(idx), "--format", "json", *map(str, extra)])
+    assert r.exit_code == 0, r.output
+    return json.loads(r.stdout)
+
+
+def _exact(model, query: str, lines: list[str], keep=None) -> list[tuple[str, float]]:
+    """(id, cosine) of every kept line, best first: numpy over the model's own vectors."""
+    emb = model.embed([query] + lines)
+    scores = emb[1:] @ emb[0]
+    order = np.argsort(-scores, kind="stable")
+    return [(str(i), float(scores[i])) for i in order if keep is None or keep(i)]
+
+
+def test_search_equals_exact_search_and_keeps_every_heads_output(runner, tmp_path, model):
+    idx = tmp_path / "idx"
+    r = _index(runner, _corpus(tmp_path), idx)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["built"] == rep["rows"] == len(CORPUS) and rep["tasks"] == ["cls", "sent", "ner"] and not rep["ann"]
+    want_rows = {
+        json.loads(line)["text"]: json.loads(line)
+        for line in invoke(
+            runner, ["predict", "--tasks", "cls,sent,ner", "--format", "jsonl", *CORPUS]
+        ).stdout.splitlines()
+    }
+    for q in QUERIES:
+        got = _search(runner, idx, q, "--top-k", 5)
+        assert got["query"] == q and got["index"] == str(idx)
+        exact = _exact(model, q, CORPUS)[:5]
+        assert [h["id"] for h in got["results"]] == [i for i, _ in exact]
+        np.testing.assert_allclose([h["score"] for h in got["results"]], [s for _, s in exact], atol=1e-5)
+        for rank, h in enumerate(got["results"], 1):
+            assert list(h) == ["rank", "score", "id", "text", "cls", "sent", "ner"] and h["rank"] == rank
+            w = want_rows[h["text"]]
+            assert h["cls"]["label"] == w["cls"]["label"] and h["sent"]["label"] == w["sent"]["label"]
+            assert h["cls"]["scores"] == pytest.approx(w["cls"]["scores"], abs=1e-6)
+            assert [(e["label"], e["start"], e["end"]) for e in h["ner"]["entities"]] == [
+                (e["label"], e["start"], e["end"]) for e in w["ner"]["entities"]
+            ]
+
+
+def test_where_and_entity_filter_by_the_stored_outputs(runner, tmp_path, model):
+    idx = tmp_path / "idx"
+    assert _index(runner, _corpus(tmp_path), idx).exit_code == 0
+    rows = {h["id"]: h for h in _search(runner, idx, "news", "--top-k", 100)["results"]}
+    assert len(rows) == len(CORPUS)
+    business = {i for i, h in rows.items() if h["cls"]["label"] == "business"}
+    tesla = {
+        i
+        for i, h in rows.items()
+        if any(e["label"] == "ORG" and e["text"].lower() == "tesla" for e in h["ner"]["entities"])
+    }
+    assert business and tesla and len(business) < len(CORPUS)  # the filters have something to do
+    q = QUERIES[0]
+    got = _search(runner, idx, q, "--top-k", 100, "--where", "cls_label = 'business'")
+    assert [h["id"] for h in got["results"]] == [i for i, _ in _exact(model, q, CORPUS, lambda i: str(i) in business)]
+    got = _search(runner, idx, q, "--top-k", 100, "--entity", "org:TESLA")
+    assert [h["id"] for h in got["results"]] == [i for i, _ in _exact(model, q, CORPUS, lambda i: str(i) in tesla)]
+    both = _search(runner, idx, q, "--top-k", 100, "--entity", "ORG:Tesla", "--where", "cls_score > 0.0")
+    assert {h["id"] for h in both["results"]} == tesla
+    none = _search(runner, idx, q, "--entity", "PER:Nobody At All")
+    assert none["results"] == []
+    for bad, words in [
+        (["--where", "no_such_column = 1"], "--where"),
+        (["--entity", "Tesla"], "LABEL:TEXT"),
+    ]:
+        r = invoke(runner, ["search", q, "--index", str(idx), *bad])
+        assert r.exit_code == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+    r = invoke(runner, ["search", q, "--corpus", str(tmp_path / "c.txt"), "--where", "cls_label = 'x'"])
+    assert r.exit_code == 2 and "--index" in r.stderr
+
+
+def test_add_appends_rows_in_one_commit_and_refuses_other_tasks(runner, tmp_path, model):
+    idx = tmp_path / "idx"
+    first, more = CORPUS[:10], CORPUS[10:]
+    assert _index(runner, _corpus(tmp_path, first), idx).exit_code == 0
+    extra = tmp_path / "more.jsonl"
+    extra.write_text(
+        "".join(json.dumps({"doc": f"m{i}", "text": t}) + "\n" for i, t in enumerate(more)), encoding="utf-8"
+    )
+    r = _index(runner, extra, idx, "--add", "--id-column", "doc")
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["added"] == len(more) and json.loads(r.stdout)["rows"] == len(CORPUS)
+    got = _search(runner, idx, "a city marathon", "--top-k", 3)["results"]
+    assert got[0]["id"] == "m0" and got[0]["text"] == more[0]
+    r = _index(runner, extra, idx, "--add", "--tasks", "cls")
+    assert r.exit_code == 2 and "same" in r.stderr
+    r = _index(runner, _corpus(tmp_path, first), idx)  # a build over it, without --force
+    assert r.exit_code == 2 and "--add" in r.stderr and "--force" in r.stderr
+    r = _index(runner, _corpus(tmp_path, first), idx, "--force", "--tasks", "cls")
+    assert r.exit_code == 0 and json.loads(r.stdout)["rows"] == len(first)
+    assert list(_search(runner, idx, "x")["results"][0]) == ["rank", "score", "id", "text", "cls"]
+
+
+def test_a_batch_output_is_taken_as_it_is_and_refused_from_another_model(runner, tmp_path, monkeypatch):
+    src = _corpus(tmp_path)
+    out = tmp_path / "b"
+    r = invoke(runner, ["batch", str(src), str(out), "--tasks", "embed,cls,ner"])
+    assert r.exit_code == 0, r.output
+    import sentmtl_cli.model as model_mod
+
+    def no_backbone(*a, **k):
+        raise AssertionError("the backbone ran on a batch output")
+
+    monkeypatch.setattr(model_mod.MultiTaskModel, "run", no_backbone)
+    idx = tmp_path / "idx"
+    r = _index(runner, out, idx)
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.stdout)
+    assert rep["computed"] is False and rep["tasks"] == ["cls", "ner"] and rep["rows"] == len(CORPUS)
+    monkeypatch.undo()
+    stored = {str(x["id"]): x for x in pq.read_table(out).to_pylist()}
+    got = _search(runner, idx, QUERIES[0], "--top-k", 3)["results"]
+    for h in got:
+        assert h["cls"]["label"] == stored[h["id"]]["cls_label"]
+        assert h["ner"]["entities"] == stored[h["id"]]["ner_entities"]
+    other = write_config(
+        tmp_path,
+        (ROOT / "configs" / "default.yaml")
+        .read_text()
+        .replace("max_seq_length: 256", "max_seq_length: 128")
+        .replace("weights: heads/", f"weights: {ROOT / 'configs' / 'heads'}/"),
+    )
+    r = invoke(runner, ["index", str(out), str(tmp_path / "idx2"), "--config", str(other)])
+    assert r.exit_code == 2 and "another model" in r.stderr, r.output
+    r = invoke(runner, ["search", "x", "--index", str(idx), "--config", str(other)])
+    assert r.exit_code == 2 and "another model" in r.stderr and "max_seq_length" in r.stderr, r.output
+    r = invoke(runner, ["batch", str(src), str(tmp_path / "b2"), "--tasks", "cls"])
+    assert r.exit_code == 0
+    r = _index(runner, tmp_path / "b2", tmp_path / "idx3")
+    assert r.exit_code == 2 and "embed" in r.stderr
+
+
+def test_refused_folders_are_one_line_and_exit_2(runner, tmp_path):
+    src = _corpus(tmp_path)
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("mine")
+    cases = [
+        (["index", str(src), str(foreign)], "not a sentmtl index"),
+        (["search", "x", "--index", str(foreign)], "not a sentmtl index"),
+        (["search", "x", "--index", str(tmp_path / "nope")], "no such folder"),
+        (["index", str(src), str(foreign), "--add"], "not a sentmtl index"),
+        (["index", str(tmp_path / "missing.txt"), str(tmp_path / "i")], "no such file"),
+        (["index", str(src), str(tmp_path / "i"), "--tasks", "nope"], "unknown task"),
+        (["search", "x"], "--corpus FILE or --index INDEX"),
+    ]
+    for args, words in cases:
+        r = invoke(runner, args)
+        assert r.exit_code == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, (args, r.output)
+    assert (foreign / "notes.txt").read_text() == "mine"  # never touched
+    idx = tmp_path / "idx"
+    assert _index(runner, src, idx).exit_code == 0
+    (idx / "sentmtl-index.json").write_text("{broken")
+    r = invoke(runner, ["search", "x", "--index", str(idx)])
+    assert r.exit_code == 2 and "damaged" in r.stderr
+    shutil.rmtree(idx)
+    assert _index(runner, src, idx).exit_code == 0
+    shutil.rmtree(idx / "rows.lance")
+    r = invoke(runner, ["search", "x", "--index", str(idx)])
+    assert r.exit_code == 2 and "damaged" in r.stderr
+
+
+def test_a_second_writer_is_refused(runner, tmp_path):
+    from sentmtl_cli.errors import SentmtlError
+    from sentmtl_cli.index.store import WriteLock
+
+    idx = tmp_path / "idx"
+    src = _corpus(tmp_path)
+    assert _index(runner, src, idx).exit_code == 0
+    with WriteLock(idx):
+        r = _index(runner, src, idx, "--add")
+        assert r.exit_code == 2 and "another process" in r.stderr, r.output
+        with pytest.raises(SentmtlError, match="another process"):
+            with WriteLock(idx):
+                pass
+    assert _index(runner, src, idx, "--add").exit_code == 0  # released
+
+
+# ---- SIGKILL during a build and an --add ---------------------------------------------------------------
+def _rows(idx: Path) -> int | None:
+    """The index's row count through the public search path; None when there is no index."""
+    if not idx.exists():
+        return None
+    from sentmtl_cli.index.store import Index
+
+    ix = Index(idx)
+    got = ix.search(np.ones(384, np.float32) / np.sqrt(384), top_k=10_000)
+    assert len(got) == ix.table.count_rows()
+    return len(got)
+
+
+@pytest.mark.slow
+def test_build_and_add_killed_anywhere_leave_the_index_before_or_after(tmp_path):
+    exe = sentmtl_exe()
+    lines = [f"{t} (item {i})" for i in range(120) for t in CORPUS[:10]]  # 1,200 rows, several batches
+    big = _corpus(tmp_path, lines, "big.txt")
+    idx = tmp_path / "idx"
+    t0 = time.monotonic()
+    subprocess.run([exe, "index", str(big), str(idx), "--tasks", "cls"], check=True, env=ENV, capture_output=True)
+    full = time.monotonic() - t0
+    assert _rows(idx) == len(lines)
+    rng = random.Random(11)
+    for _ in range(3):  # a build over it (--force) killed: the old index, whole, or the new one
+        run_then_kill([exe, "index", str(big), str(idx), "--tasks", "cls", "--force"], rng.uniform(0.5, full))
+        assert _rows(idx) == len(lines)
+    for _ in range(3):  # --add killed: before or after, never part of the rows
+        before = _rows(idx)
+        run_then_kill([exe, "index", str(big), str(idx), "--add"], rng.uniform(0.5, full))
+        assert _rows(idx) in (before, before + len(lines))
+    fresh = tmp_path / "fresh"
+    run_then_kill([exe, "index", str(big), str(fresh), "--tasks", "cls"], full / 2)
+    assert _rows(fresh) in (None, len(lines))
+    subprocess.run(
+        [exe, "index", str(big), str(fresh), "--tasks", "cls", "--force"], check=True, env=ENV, capture_output=True
+    )
+    assert _rows(fresh) == len(lines)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fresh.")]  # the killed build's folder: cleaned
