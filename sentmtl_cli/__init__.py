@@ -15,4 +15,13 @@ def load(config=None, threads=None, backend=None):
     return _load(config, threads=threads, backend=backend)
 
 
-__all__ = ["BATCH_SIZE", "__version__", "load"]
+def open_index(path, model=None, config=None):
+    """An index built by `sentmtl index`, to search: `open_index("idx").query("rate cut", top_k=5,
+    where="cls_label = 'business'", entities=["ORG:Tesla"])`. `model`: the loaded model that made it
+    (else the one `config` names, loaded); another model is refused."""
+    from .index.store import Index
+
+    return Index(path, model if model is not None else load(config))
+
+
+__all__ = ["BATCH_SIZE", "__version__", "load", "open_index"]

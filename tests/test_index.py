@@ -268,3 +268,50 @@ def test_build_and_add_killed_anywhere_leave_the_index_before_or_after(tmp_path)
     )
     assert _rows(fresh) == len(lines)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fresh.")]  # the killed build's folder: cleaned
+
+
+def test_serve_search_answers_as_the_cli_and_sees_rows_added_while_it_runs(runner, tmp_path, model):
+    from fastapi.testclient import TestClient
+
+    from sentmtl_cli.serve.app import Settings, create_app
+
+    idx = tmp_path / "idx"
+    assert _index(runner, _corpus(tmp_path, CORPUS[:10]), idx).exit_code == 0
+    with TestClient(create_app(Settings(index=str(idx)), model=model)) as c:
+        for q in QUERIES[:2]:
+            r = c.post("/search", json={"query": q, "top_k": 4, "where": "cls_label != 'sports'"})
+            assert r.status_code == 200, r.text
+            cli = _search(runner, idx, q, "--top-k", 4, "--where", "cls_label != 'sports'")
+            assert r.json()["query"] == q
+            assert [h["id"] for h in r.json()["results"]] == [h["id"] for h in cli["results"]]
+            assert [h["score"] for h in r.json()["results"]] == pytest.approx(
+                [h["score"] for h in cli["results"]], abs=1e-6
+            )
+        r = c.post("/search", json={"query": "x", "where": "nope = 1"})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "where", r.text
+        r = c.post("/search", json={"query": "x", "entities": ["Tesla"]})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "entities", r.text
+        r = c.post("/search", json={"query": "  "})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "query", r.text
+        r = c.post("/search", json={"query": "x", "top_k": 0})
+        assert r.status_code == 422
+        assert _index(runner, _corpus(tmp_path, CORPUS[10:], "more.txt"), idx, "--add").exit_code == 0
+        r = c.post("/search", json={"query": "x", "top_k": 100})
+        assert len(r.json()["results"]) == len(CORPUS)  # the committed rows, seen without a restart
+    with TestClient(create_app(Settings(), model=model)) as c:
+        r = c.post("/search", json={"query": "x"})
+        assert r.status_code == 404 and "--index" in r.json()["error"]["message"]
+
+
+def test_the_python_api_opens_an_index_with_its_model(runner, tmp_path, model):
+    import sentmtl_cli
+
+    idx = tmp_path / "idx"
+    assert _index(runner, _corpus(tmp_path), idx).exit_code == 0
+    ix = sentmtl_cli.open_index(idx, model=model)
+    hits = ix.query(QUERIES[0], top_k=3, entities=["ORG:Tesla"])
+    assert [h["id"] for h in hits] == [
+        h["id"] for h in _search(runner, idx, QUERIES[0], "--top-k", 3, "--entity", "ORG:Tesla")["results"]
+    ]
+    r = invoke(runner, ["serve", "--index", str(tmp_path / "c.txt"), "--port", "0"])
+    assert r.exit_code == 2 and "not a folder" in r.stderr

@@ -37,6 +37,9 @@ def serve(
         help="Comma-separated Host names to answer ('*': any). Default: loopback names when bound to "
         "loopback (no DNS rebinding), any otherwise.",
     ),
+    index: Optional[Path] = typer.Option(
+        None, "--index", help="An index built by `sentmtl index`: POST /search answers from it."
+    ),
     grace_period: float = typer.Option(
         20.0,
         "--grace-period",
@@ -44,7 +47,7 @@ def serve(
         help="Seconds after SIGTERM for queued requests to finish; the rest are answered 503 with Retry-After.",
     ),
 ):
-    """Serve the model over HTTP: OpenAI-style /v1/embeddings, /predict, /similarity, and a page at /."""
+    """Serve the model over HTTP: OpenAI-style /v1/embeddings, /predict, /similarity, /search (--index), and a page at /."""
     import os
     import socket
 
@@ -54,6 +57,10 @@ def serve(
     if api_key is not None and not api_key.strip() or (api_key is None and "SENTMTL_API_KEY" in os.environ):
         # click reads an empty SENTMTL_API_KEY as unset: either way, an empty key would turn auth off
         raise SentmtlError("the API key is empty (--api-key or SENTMTL_API_KEY): give a key, or neither")
+    if index is not None:  # a folder that is not an index fails now, in one line, not at the first search
+        from ..index.store import read_meta
+
+        read_meta(index)
     hosts = [h.strip() for h in allowed_hosts.split(",") if h.strip()] if allowed_hosts is not None else None
     if hosts is None and _loopback(host):
         hosts = ["localhost", "127.0.0.1", "::1", host]
@@ -67,6 +74,7 @@ def serve(
         api_key=api_key,
         allowed_hosts=hosts,
         grace_period=grace_period,
+        index=str(index) if index is not None else None,
     )
     try:
         sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)

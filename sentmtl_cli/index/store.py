@@ -137,11 +137,17 @@ class WriteLock:
         return False
 
 
-def _connect(folder: Path):
+def _connect(folder: Path, fresh: bool = False):
+    """The database; `fresh`: every read checks for a newer version first (a long-lived reader,
+    such as serve, sees rows that an --add committed; a manifest check, not a reload)."""
     # lance's Rust log (a WARN when a table is first made, deprecation notes) is not for our users
     os.environ.setdefault("LANCE_LOG", "error")
     import lancedb
 
+    if fresh:
+        from datetime import timedelta
+
+        return lancedb.connect(str(folder), read_consistency_interval=timedelta(0))
     return lancedb.connect(str(folder))
 
 
@@ -485,9 +491,9 @@ def _refresh_ann(table) -> None:
     )
 
 
-def open_table(index: Path):
+def open_table(index: Path, fresh: bool = False):
     try:
-        return _connect(Path(index)).open_table(TABLE)
+        return _connect(Path(index), fresh).open_table(TABLE)
     except Exception as e:  # noqa: BLE001
         raise _table_error(Path(index), e) from None
 
@@ -496,13 +502,13 @@ def open_table(index: Path):
 class Index:
     """An opened index: its record and its table, searched with vectors of the index's model."""
 
-    def __init__(self, path: Path, model=None):
+    def __init__(self, path: Path, model=None, fresh: bool = False):
         self.path = Path(path)
         self.meta = read_meta(self.path)
+        self.model = model
         if model is not None:
             same_model(self.meta, model, self.path)
-        self.table = open_table(self.path)
-        self.ann = any(ix.index_type.startswith("IVF") for ix in self.table.list_indices())
+        self.table = open_table(self.path, fresh)
 
     @property
     def tasks(self) -> list[str]:
@@ -524,6 +530,12 @@ class Index:
                 parts.append("(" + " OR ".join(f"array_has({t}{KEYS}, '{key}')" for t in token) + ")")
         return " AND ".join(parts) or None
 
+    def query(self, text: str, top_k: int = 5, where: str | None = None, entities: list[str] | None = None):
+        """search() for a text, embedded by the index's model."""
+        if self.model is None:
+            raise SentmtlError("this index was opened without its model: open it with one to query by text")
+        return self.search(self.model.embed([text])[0], top_k, where, entities)
+
     def search(
         self, vector: np.ndarray, top_k: int = 5, where: str | None = None, entities: list[str] | None = None
     ) -> list[dict]:
@@ -535,8 +547,7 @@ class Index:
         q = self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector").metric("cosine")
         if cond:
             q = q.where(cond, prefilter=True)
-        if self.ann:
-            q = q.nprobes(32).refine_factor(10)
+        q = q.nprobes(32).refine_factor(10)  # with the IVF-PQ index (ANN_ROWS and more); an exact scan ignores them
         keys = [c for t in self.tasks for c in self.meta["columns"][t]]
         q = q.select(["id", "text", *keys, "_distance"]).limit(top_k)
         try:

@@ -19,13 +19,14 @@ import time
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from importlib import resources
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SentmtlError
@@ -57,6 +58,7 @@ class Settings:
     api_key: str | None = None
     allowed_hosts: list[str] | None = None  # Host names accepted (None: any; the CLI sets loopback's)
     grace_period: float = 20.0  # seconds after SIGTERM for queued work to finish (server.py)
+    index: str | None = None  # an index built by `sentmtl index`: POST /search
 
 
 class FastJSON(JSONResponse):
@@ -93,9 +95,18 @@ class SimilarityRequest(BaseModel):
     metric: Literal["cosine", "dot", "euclidean"] = "cosine"
 
 
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    query: str
+    top_k: int = Field(5, ge=1, le=1000)
+    where: str | None = None  # a filter on the stored columns, as `sentmtl search --where`
+    entities: list[str] = Field(default_factory=list, max_length=32)  # LABEL:TEXT, as --entity
+
+
 class _State:
     def __init__(self):
         self.model = None
+        self.index = None
         self.batcher: MicroBatcher | None = None
         self.load_error: str | None = None
         self.draining = False
@@ -146,6 +157,10 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         batch_requests.observe(n_jobs)
 
     def ready(m) -> None:
+        if settings.index is not None:  # checked against this model before the server says ok
+            from ..index.store import Index
+
+            state.index = Index(Path(settings.index), m, fresh=True)
         state.model = m
         state.batcher = MicroBatcher(
             m, settings.max_batch_tokens, settings.max_queue, on_batch=on_batch, workers=workers
@@ -167,6 +182,8 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
             m = load(settings.config, threads=1, backend=settings.backend)
             m.embed(["warm up"])  # the backbone's session is built now, not on the first request
             ready(m)
+            if state.index is not None:  # the table's files opened now, not on the first search
+                state.index.search(np.asarray(m.embed(["warm up"])[0]), top_k=1)
         except SentmtlError as e:
             state.load_error = str(e)
         except Exception as e:  # noqa: BLE001 (reported by /health, never a traceback)
@@ -430,6 +447,26 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         answer, _ = await run(request, req.texts, [], True)
         emb = np.asarray(answer.embeddings)
         return FastJSON(similarity_json(req.metric, req.texts, pairwise(emb, emb, req.metric)))
+
+    @app.post("/search", openapi_extra=openapi_body(SearchRequest))
+    async def search(request: Request) -> FastJSON:
+        """The index's rows nearest the query, as `sentmtl search --index --format json`."""
+        m, _ = loaded()
+        if state.index is None:
+            raise ApiError(404, "no index here: start the server with --index INDEX", None, "not_found")
+        req = await body(request, SearchRequest, None)
+        try:
+            check_texts([req.query], "query")
+        except ApiError as e:  # one query, not a list: named "query", not "query[0]"
+            raise ApiError(e.status, e.message.replace("query[0]", "query"), "query", e.kind) from None
+        answer, _ = await run(request, [req.query], [], True)
+        vector = np.asarray(answer.embeddings)[0]
+        try:
+            hits = await asyncio.to_thread(state.index.search, vector, req.top_k, req.where, req.entities)
+        except SentmtlError as e:
+            param = "entities" if str(e).startswith("--entity") else "where"
+            raise ApiError(422, f"{param}: {str(e).split(': ', 1)[-1]}", param) from None
+        return FastJSON({"query": req.query, "results": hits})
 
     @app.get("/health")
     async def health():
