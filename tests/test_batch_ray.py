@@ -175,3 +175,20 @@ def test_a_bad_row_on_ray_is_one_line_with_no_ray_logs(local_ray, tmp_path):
     assert r.returncode == 0 and len(r.stderr.strip().splitlines()) == 1, r.stderr[-3000:]
     r = sentmtl(["batch", str(src), str(tmp_path / "out3"), "--workers", "1", "--verbose"], _address())
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) > 1  # asked for: Ray's own lines
+
+
+def test_index_on_ray_holds_what_a_local_index_holds(local_ray, tmp_path, runner):
+    """`sentmtl index --engine ray`: the rows computed by Ray Data actors, the same index rows as a
+    local build, and the shards it made on the way removed."""
+    src, texts = _corpus(tmp_path)
+    r = sentmtl(["index", str(src), str(tmp_path / "ray.idx"), "--workers", "2", "--tasks", "cls,ner"], _address())
+    assert r.returncode == 0, r.stderr[-3000:]
+    rep = json.loads(r.stdout)
+    assert rep["built"] == rep["rows"] == len(texts) and rep["computed"] is True
+    assert invoke(runner, ["index", str(src), str(tmp_path / "local.idx"), "--tasks", "cls,ner"]).exit_code == 0
+    query = ["search", texts[3], "--format", "json", "--top-k", "10"]
+    got = json.loads(invoke(runner, [*query, "--index", str(tmp_path / "ray.idx")]).stdout)["results"]
+    want = json.loads(invoke(runner, [*query, "--index", str(tmp_path / "local.idx")]).stdout)["results"]
+    assert [(h["id"], h["cls"]["label"]) for h in got] == [(h["id"], h["cls"]["label"]) for h in want]
+    assert [h["score"] for h in got] == pytest.approx([h["score"] for h in want], abs=1e-5)
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".batch")]

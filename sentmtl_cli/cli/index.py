@@ -30,6 +30,11 @@ def index(
         None, "--id-column", help="A column of ids to keep (as strings); default: the row's position."
     ),
     on_error: str = typer.Option("fail", "--on-error", help="fail | skip: a bad row stops the build, or is left out."),
+    engine: str = typer.Option("local", "--engine", help="local | ray: the rows computed here, or on Ray Data actors."),
+    address: Optional[str] = typer.Option(
+        None, "--address", help="Ray cluster to join (auto, ray://host:10001); default: a local Ray."
+    ),
+    workers: int = typer.Option(2, "--workers", min=1, help="Ray actors (one CPU each)."),
     batch_size: int = BatchOpt,
     threads: Optional[int] = ThreadsOpt,
     backend: Optional[Backend] = BackendOpt,
@@ -57,6 +62,11 @@ def index(
         id_column=id_column,
         batch_size=batch_size,
         on_error=on_error,
+        engine=engine,
+        address=address,
+        workers=workers,
+        config=config,
+        backend=backend.value if backend else None,
     )
     rep = build(m, job, progress=lambda total: render.Progress(total, "indexing"))
     typer.echo(json.dumps(rep))

@@ -168,6 +168,7 @@ class Source:
     computed: bool  # the backbone ran (else a batch output's columns were taken as they are)
     columns: dict[str, list[str]] = field(default_factory=dict)  # each head task's stored columns
     tick: list = field(default_factory=lambda: [None])  # [progress(n)], set while the rows are written
+    scratch: Path | None = None  # a folder of shards made for this index only, removed after
 
 
 def batch_output_source(model, folder: Path, tasks: list[str] | None) -> Source:
@@ -299,6 +300,11 @@ class IndexJob:
     id_column: str | None = None
     batch_size: int = 32
     on_error: str = "fail"
+    engine: str = "local"  # ray: the rows are computed by `batch --engine ray` first (Ray Data actors)
+    address: str | None = None
+    workers: int = 2
+    config: str | Path | None = None  # the model's config, for the Ray workers to load
+    backend: str | None = None
 
 
 def is_batch_output(path: Path) -> bool:
@@ -340,9 +346,13 @@ def build(model, job: IndexJob, progress=None) -> dict:
             raise SentmtlError(f"index {index} holds the tasks {', '.join(meta['tasks'])}; --add must give the same")
         with WriteLock(index):
             source = _source(model, job, src_path, meta["tasks"])
-            with progress(source.rows) if progress and source.computed else _Quiet() as p:
-                source.tick[0] = p
-                added = _append(index, model, source)
+            try:
+                with progress(source.rows) if progress and source.computed and not source.scratch else _Quiet() as p:
+                    source.tick[0] = p
+                    added = _append(index, model, source)
+            finally:
+                if source.scratch is not None:
+                    shutil.rmtree(source.scratch, ignore_errors=True)
         return _report(index, source, added, "added", t0)
     if index.exists() or index.is_symlink():
         if not index.is_dir():
@@ -353,9 +363,13 @@ def build(model, job: IndexJob, progress=None) -> dict:
             if not job.force:
                 raise SentmtlError(f"index {index} exists: --add appends to it, --force builds it again")
     source = _source(model, job, src_path, job.tasks)
-    with progress(source.rows) if progress and source.computed else _Quiet() as p:
-        source.tick[0] = p
-        rows = _write_new(index, model, source, job.force)
+    try:
+        with progress(source.rows) if progress and source.computed and not source.scratch else _Quiet() as p:
+            source.tick[0] = p
+            rows = _write_new(index, model, source, job.force)
+    finally:
+        if source.scratch is not None:
+            shutil.rmtree(source.scratch, ignore_errors=True)
     return _report(index, source, rows, "built", t0)
 
 
@@ -367,7 +381,41 @@ def _inside(a: Path, b: Path) -> bool:
 def _source(model, job: IndexJob, src: Path, tasks) -> Source:
     if is_batch_output(src):
         return batch_output_source(model, src, tasks)
+    if job.engine == "ray":
+        return _ray_source(model, job, src, tasks)
+    if job.engine != "local":
+        raise SentmtlError(f"--engine must be local or ray, not {job.engine!r}")
     return computed_source(model, src, tasks, job.text_column, job.id_column, job.batch_size, job.on_error)
+
+
+def _ray_source(model, job: IndexJob, src: Path, tasks) -> Source:
+    """The rows computed on a Ray Data actor pool by `batch --engine ray`, into shards in a folder
+    beside INDEX (removed when the index is written), then read as a batch output's."""
+    from ..batch import output as out
+    from ..batch.run import BatchJob, run_batch
+
+    heads = list(model.heads) if tasks is None else [t for t in tasks if t != out.EMBED]
+    work = Path(job.index).absolute().with_name(f".{Path(job.index).name}.{os.getpid()}.batch")
+    run_batch(
+        BatchJob(
+            input=src,
+            output=work,
+            tasks=[out.EMBED, *heads],
+            config=job.config,
+            engine="ray",
+            address=job.address,
+            workers=job.workers,
+            text_column=job.text_column,
+            id_column=job.id_column,
+            batch_size=job.batch_size,
+            on_error=job.on_error,
+            force=True,
+            backend=job.backend,
+        )
+    )
+    source = batch_output_source(model, work, heads)
+    source.computed, source.scratch = True, work
+    return source
 
 
 def _report(index: Path, source: Source, rows: int, what: str, t0: float) -> dict:
@@ -441,10 +489,11 @@ def _write_new(index: Path, model, source: Source, force: bool) -> int:
 
 def _clean_stale(index: Path) -> None:
     """Folders a killed build left beside INDEX (their process is gone)."""
-    for p in index.parent.glob(f".{index.name}.*.tmp"):
-        pid = p.name[len(index.name) + 2 : -4]
-        if pid.isdigit() and not _alive(int(pid)):
-            shutil.rmtree(p, ignore_errors=True)
+    for suffix in ("tmp", "batch", "old"):
+        for p in index.parent.glob(f".{index.name}.*.{suffix}"):
+            pid = p.name[len(index.name) + 2 : -len(suffix) - 1]
+            if pid.isdigit() and not _alive(int(pid)):
+                shutil.rmtree(p, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:
