@@ -209,3 +209,33 @@ def test_predictions_do_not_depend_on_batching(exported, backend):
                 assert a[task]["score"] == pytest.approx(b[task]["score"], abs=1e-4)
             for ea, eb in zip(a["ner"]["entities"], b["ner"]["entities"]):
                 assert ea["score"] == pytest.approx(eb["score"], abs=1e-4)
+
+
+def test_the_pre_optimized_graph_is_opened_and_computes_model_onnx_numbers(exported, tmp_path, monkeypatch):
+    """`sentmtl export` saves the graph as ONNX Runtime optimizes it at load; a session opens that
+    (a third of the start-up) and gives the same numbers, to the bit, as model.onnx optimized at
+    load; it is passed over when it is not model.onnx's (another export, another onnxruntime)."""
+    import shutil
+
+    from sentmtl_cli.backbone import onnx_backbone
+
+    graph = onnx_backbone.loaded_graph(exported)
+    assert graph is not None and graph.name.startswith("model.loaded-")
+    texts = fixture_texts()
+    fast = sentmtl_cli.load(backend="onnx")
+    assert fast.backbone.session._model_path == str(graph)
+    monkeypatch.setattr(onnx_backbone, "loaded_graph", lambda d: None)
+    slow = sentmtl_cli.load(backend="onnx")
+    assert slow.backbone.session._model_path.endswith("model.onnx")
+    np.testing.assert_array_equal(fast.embed(texts), slow.embed(texts))
+    assert fast.predict(texts) == slow.predict(texts)
+    monkeypatch.undo()
+    copy = tmp_path / "export"
+    shutil.copytree(exported, copy)
+    assert onnx_backbone.loaded_graph(copy) is not None
+    meta = json.loads((copy / "export.json").read_text())
+    for key, value in [("onnxruntime", "0.0.0"), ("sizes", [1, 2]), ("from", [1, 2])]:
+        (copy / "export.json").write_text(json.dumps({**meta, "loaded": {**meta["loaded"], key: value}}))
+        assert onnx_backbone.loaded_graph(copy) is None, key
+    (copy / "export.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "loaded"}))
+    assert onnx_backbone.loaded_graph(copy) is None

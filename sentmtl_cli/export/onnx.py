@@ -7,7 +7,15 @@ import json
 import os
 from pathlib import Path
 
-from ..backbone.onnx_backbone import EXPORT_FORMAT, FP32, INT8, export_dir, source_identity
+from ..backbone.onnx_backbone import (
+    EXPORT_FORMAT,
+    FP32,
+    INT8,
+    export_dir,
+    remove_other_loaded_graphs,
+    save_loaded_graph,
+    source_identity,
+)
 from ..config.model import ModelConfig
 from ..errors import SentmtlError
 
@@ -91,12 +99,15 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
             int8_info = old.get("int8")
         if not int8_info:
             os.remove(out / INT8)
+    loaded = save_loaded_graph(out)  # what a session opens fastest (a third of the start-up)
     meta = {
         "format": EXPORT_FORMAT,
         "source": source_identity(cfg, folder),
         "layers": n_layers,
         "outputs": names,
         "int8": int8_info,
+        "loaded": loaded,
     }
     atomic_write_text(out / "export.json", json.dumps(meta, indent=1))
+    remove_other_loaded_graphs(out, loaded)
     return out
