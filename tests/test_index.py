@@ -238,7 +238,7 @@ def _rows(idx: Path) -> int | None:
 
     ix = Index(idx)
     got = ix.search(np.ones(384, np.float32) / np.sqrt(384), top_k=10_000)
-    assert len(got) == ix.table.count_rows()
+    assert len(got) == ix.current().count_rows()
     return len(got)
 
 
@@ -315,3 +315,55 @@ def test_the_python_api_opens_an_index_with_its_model(runner, tmp_path, model):
     ]
     r = invoke(runner, ["serve", "--index", str(tmp_path / "c.txt"), "--port", "0"])
     assert r.exit_code == 2 and "not a folder" in r.stderr
+
+
+def test_the_vector_index_of_a_large_table_finds_what_exact_search_finds(tmp_path, monkeypatch, model):
+    """Past ANN_ROWS (lowered here to 2,000 rows), the table gets its vector index; its answers,
+    filtered or not, are the exact ones for nearly every query, and --add folds new rows in."""
+    import pyarrow as pa
+
+    from sentmtl_cli.index import store
+
+    monkeypatch.setattr(store, "ANN_ROWS", 2000)
+    monkeypatch.setattr(store, "partitions", lambda n: 8)
+    rng = np.random.default_rng(0)
+    centres = rng.normal(size=(40, model.dim))
+    n = 6000
+    vectors = centres[rng.integers(0, 40, n)] + rng.normal(scale=0.6, size=(n, model.dim))
+    vectors = (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+    labels = np.array(["business", "world", "sports", "sci_tech"])[rng.integers(0, 4, n)]
+
+    class LabelOnly:
+        def arrow_fields(self):
+            return [pa.field("cls_label", pa.string())]
+
+    def source(lo, hi):
+        flat = pa.array(vectors[lo:hi].reshape(-1), pa.float32())
+        batch = pa.RecordBatch.from_arrays(
+            [pa.array(np.arange(lo, hi)), pa.array([f"row {i}" for i in range(lo, hi)]),
+             pa.FixedSizeListArray.from_arrays(flat, model.dim), pa.array(labels[lo:hi])],
+            names=["id", "text", "embedding", "cls_label"],
+        )  # fmt: skip
+        return store.Source(iter([batch]), ["cls"], hi - lo, False, {"cls": ["cls_label"]})
+
+    monkeypatch.setattr(model, "heads", {"cls": LabelOnly()})
+    idx = tmp_path / "idx"
+    store._write_new(idx, model, source(0, 5000), force=False)
+    ix = store.Index(idx, model, fresh=True)
+    assert store.has_ann(ix.current())
+    queries = vectors[rng.choice(5000, 50, replace=False)] + rng.normal(scale=0.05, size=(50, model.dim)).astype(
+        np.float32
+    )
+    for where, keep in [(None, np.ones(5000, bool)), ("cls_label = 'sports'", labels[:5000] == "sports")]:
+        found = []
+        for q in queries:
+            exact = set(np.flatnonzero(keep)[np.argsort(-(vectors[:5000][keep] @ q))[:10]].tolist())
+            hits = ix.search(q, top_k=10, where=where)
+            assert all(labels[int(h["id"])] == "sports" for h in hits) if where else len(hits) == 10
+            found.append(len(exact & {int(h["id"]) for h in hits}) / 10)
+        assert np.mean(found) >= 0.9, (where, np.mean(found))
+    with store.WriteLock(idx):
+        store._append(idx, model, source(5000, 6000))
+    assert ix.current().count_rows() == 6000 and store.has_ann(ix.current())
+    hits = ix.search(vectors[5500], top_k=1)
+    assert hits[0]["id"] == "5500"

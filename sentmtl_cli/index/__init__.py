@@ -1,2 +1,2 @@
 """`sentmtl index` and `sentmtl search --index`: a corpus's embeddings and every head's outputs in
-an embedded LanceDB table on disk, searched by vector with the heads' outputs as filters."""
+an embedded Lance table (LanceDB's format) on disk, searched by vector with the heads' outputs as filters."""

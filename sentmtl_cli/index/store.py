@@ -11,9 +11,14 @@ Nothing is lost. A new index is written whole in a folder beside INDEX, then ren
 killed at any point leaves INDEX as it was. `--add` is one LanceDB commit (the rows stream into
 new data files; the table's manifest names them only when all are written), so a kill leaves the
 table at the version before; searches read one version, so rows being added are all there or none.
-A writer holds an exclusive lock on INDEX/.lock: a second one is refused. The vector index (IVF-PQ,
-refined by exact distances) is built once the table has ANN_ROWS rows; below that, search is an
-exact scan, which takes milliseconds."""
+A writer holds an exclusive lock on INDEX/.lock: a second one is refused. The vector index
+(IVF partitions, an HNSW graph of scalar-quantized vectors in each, exact re-ranking) is built once
+the table has ANN_ROWS rows; below that, search is an exact scan, which takes milliseconds.
+
+The table is a Lance dataset (`rows.lance`), read and written by `lance` itself: LanceDB's Python
+package opens the same folder (`lancedb.connect(INDEX).open_table("rows")`), but importing it
+takes 1.2-2.8 s (pandas and a REST client), against 0.15 s for `lance`, and a one-shot search must
+start in half a second."""
 
 from __future__ import annotations
 
@@ -33,7 +38,7 @@ FORMAT = "sentmtl-index/1"
 META = "sentmtl-index.json"
 TABLE = "rows"
 LOCK = ".lock"
-ANN_ROWS = 100_000  # from here on an IVF-PQ index (an exact scan of 100k vectors takes about 15 ms)
+ANN_ROWS = 100_000  # from here on a vector index (an exact scan of 100k vectors takes about 15 ms)
 KEYS = "_keys"  # a token head's column of "label:text" entity keys: <task>_keys
 
 
@@ -137,18 +142,16 @@ class WriteLock:
         return False
 
 
-def _connect(folder: Path, fresh: bool = False):
-    """The database; `fresh`: every read checks for a newer version first (a long-lived reader,
-    such as serve, sees rows that an --add committed; a manifest check, not a reload)."""
-    # lance's Rust log (a WARN when a table is first made, deprecation notes) is not for our users
+def _lance():
+    # lance's Rust log (a WARN when a dataset is first made, deprecation notes) is not for our users
     os.environ.setdefault("LANCE_LOG", "error")
-    import lancedb
+    import lance
 
-    if fresh:
-        from datetime import timedelta
+    return lance
 
-        return lancedb.connect(str(folder), read_consistency_interval=timedelta(0))
-    return lancedb.connect(str(folder))
+
+def table_uri(index: Path) -> str:
+    return str(Path(index) / f"{TABLE}.lance")
 
 
 def _table_error(index: Path, e: Exception) -> SentmtlError:
@@ -460,8 +463,7 @@ def _write_new(index: Path, model, source: Source, force: bool) -> int:
     tmp.mkdir()
     try:
         reader, counted = _reader(model, source)
-        db = _connect(tmp)
-        table = db.create_table(TABLE, data=reader)
+        table = _lance().write_dataset(reader, table_uri(tmp), mode="create")
         if counted[0] == 0:
             raise SentmtlError("the input has no rows to index")
         meta = {
@@ -509,9 +511,9 @@ def _alive(pid: int) -> bool:
 def _append(index: Path, model, source: Source) -> int:
     """One commit of every new row; then the vector index brought up to date."""
     reader, counted = _reader(model, source)
-    table = open_table(index)
+    open_table(index)  # a damaged table is one line before any work
     try:
-        table.add(reader)
+        table = _lance().write_dataset(reader, table_uri(index), mode="append")
     except SentmtlError:
         raise
     except Exception as e:  # noqa: BLE001 - lance's own errors: one line
@@ -521,35 +523,48 @@ def _append(index: Path, model, source: Source) -> int:
 
 
 def _refresh_ann(table) -> None:
-    """An IVF-PQ index once the table is large enough; new rows folded into an existing one."""
+    """A vector index once the table is large enough (IVF partitions of about 8,192 rows, an HNSW
+    graph over 8-bit scalar-quantized vectors in each: on the corpus of bench/index_bench.py it
+    found the exact top 10 far more often than IVF-PQ at the same latency); rows appended later
+    folded into it."""
     n = table.count_rows()
     if n < ANN_ROWS:
         return
-    if any(ix.index_type.startswith("IVF") for ix in table.list_indices()):
-        from datetime import timedelta
-
-        table.optimize(cleanup_older_than=timedelta(days=7))
+    if has_ann(table):
+        table.optimize.optimize_indices()
         return
-    dim = table.schema.field("vector").type.list_size
-    table.create_index(
-        metric="cosine",
-        vector_column_name="vector",
-        index_type="IVF_PQ",
-        num_partitions=max(16, int(np.sqrt(n))),
-        num_sub_vectors=dim // 8 if dim % 8 == 0 else dim // 4 if dim % 4 == 0 else 1,
-    )
+    table.create_index("vector", index_type="IVF_HNSW_SQ", metric="cosine", num_partitions=partitions(n))
 
 
-def open_table(index: Path, fresh: bool = False):
+def partitions(n: int) -> int:
+    return max(8, n // 8192)
+
+
+def has_ann(table) -> bool:
+    return any("vector" in ix.field_names for ix in table.describe_indices())
+
+
+def open_table(index: Path):
     try:
-        return _connect(Path(index), fresh).open_table(TABLE)
+        return _lance().dataset(table_uri(index))
     except Exception as e:  # noqa: BLE001
         raise _table_error(Path(index), e) from None
 
 
 # ---- searching -----------------------------------------------------------------------------------------
+NPROBES, EF, REFINE = 32, 64, 4  # partitions searched, HNSW candidates, exact re-ranking of k x REFINE
+
+
 class Index:
     """An opened index: its record and its table, searched with vectors of the index's model."""
+
+    table: Any  # the Lance dataset, at the version read
+
+    def current(self):
+        """The table; `fresh`: its latest version (rows an --add committed since it was opened)."""
+        if self.fresh and self.table.latest_version != self.table.version:
+            self.table = open_table(self.path)
+        return self.table
 
     def __init__(self, path: Path, model=None, fresh: bool = False):
         self.path = Path(path)
@@ -557,7 +572,8 @@ class Index:
         self.model = model
         if model is not None:
             same_model(self.meta, model, self.path)
-        self.table = open_table(self.path, fresh)
+        self.fresh = fresh
+        self.table = open_table(self.path)
 
     @property
     def tasks(self) -> list[str]:
@@ -593,14 +609,23 @@ class Index:
         if top_k < 1:
             raise SentmtlError("--top-k must be at least 1")
         cond = self.filter(where, entities or [])
-        q = self.table.search(np.asarray(vector, dtype=np.float32), vector_column_name="vector").metric("cosine")
-        if cond:
-            q = q.where(cond, prefilter=True)
-        q = q.nprobes(32).refine_factor(10)  # with the IVF-PQ index (ANN_ROWS and more); an exact scan ignores them
+        table = self.current()
         keys = [c for t in self.tasks for c in self.meta["columns"][t]]
-        q = q.select(["id", "text", *keys, "_distance"]).limit(top_k)
+        nearest: dict[str, Any] = {
+            "column": "vector",
+            "q": np.asarray(vector, dtype=np.float32),
+            "k": top_k,
+            "metric": "cosine",
+        }
         try:
-            got = q.to_arrow()
+            if has_ann(table):
+                parts = partitions(table.count_rows())
+                probes = NPROBES
+                if cond:  # a filter leaves fewer rows a partition: as many rows looked at, more partitions
+                    kept = table.count_rows(filter=cond) / max(1, table.count_rows())
+                    probes = int(np.ceil(NPROBES / max(kept, 1e-3)))
+                nearest.update(nprobes=min(parts, probes), ef=max(EF, 2 * top_k), refine_factor=REFINE)
+            got = table.to_table(columns=["id", "text", *keys], nearest=nearest, filter=cond, prefilter=bool(cond))
         except Exception as e:  # noqa: BLE001 - a bad --where is lance's parse error: one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if cond:
