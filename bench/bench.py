@@ -204,17 +204,18 @@ FITTED_BUDGET = 1.03  # issue 19: a head from `sentmtl fit` beside the shipped t
 
 def fitted_head_cost(model, texts: list[str], slice_size: int = 1000) -> dict:
     """predict cls,sent,ner with and without a head shaped as `sentmtl fit` writes it (linear, on
-    the embedding and layers 2, 4, 6's mean and max; its weights do not change its cost),
+    the embedding, layers 2, 4, 6's mean and max and the first token at layer 4; its weights do
+    not change its cost),
     alternating on the same slices as heads_cost does."""
     from sentmtl_cli.config.model import HeadConfig
-    from sentmtl_cli.training.fit import POOL_LAYERS
+    from sentmtl_cli.training.fit import FIRST_TOKEN_LAYERS, POOL_LAYERS
 
     if "fitted" not in model.heads:
         model.add_head(
             "fitted",
             HeadConfig(
                 type="sentence_classification", labels=[f"l{i}" for i in range(6)], pool_layers=POOL_LAYERS,
-                with_embedding=True,
+                with_embedding=True, first_token_layers=FIRST_TOKEN_LAYERS,
             ),
         )  # fmt: skip
     base, more = ["cls", "sent", "ner"], ["cls", "sent", "ner", "fitted"]

@@ -171,14 +171,17 @@ def markdown(table: dict, args, sources: list[str] | None = None) -> str:
     zs = [table[s]["zero_shot"] for s in sets]
     lines.append(f"| zero-shot (`--labels`) | {np.mean(zs):.1f} | " + " | ".join(f"{v:.1f}" for v in zs) + " | 0 |")
     for k in args.k:
-        for m in ["lr_emb", *[x for x in METHODS if all(f"k={k} {x}" in table[s] for s in sets)]]:
+        for m in ["lr_emb", *[x for x in METHODS if any(f"k={k} {x}" in table[s] for s in sets)]]:
             key = f"k={k} {m}"
-            vals = [table[s][key] for s in sets]
-            secs = np.mean([table[s][key + " seconds"] for s in sets])
+            ran = [s for s in sets if key in table[s]]
+            if not ran:
+                continue
+            vals = [table[s][key] for s in ran]
+            secs = np.mean([table[s][key + " seconds"] for s in ran])
             label = "logistic regression on the embedding" if m == "lr_emb" else m
-            lines.append(
-                f"| k={k}: {label} | {np.mean(vals):.1f} | " + " | ".join(f"{v:.1f}" for v in vals) + f" | {secs:.2f} |"
-            )
+            mean = f"{np.mean(vals):.1f}" + ("" if len(ran) == len(sets) else f" ({len(ran)} sets)")
+            cells = [f"{table[s][key]:.1f}" if key in table[s] else "not run" for s in sets]
+            lines.append(f"| k={k}: {label} | {mean} | " + " | ".join(cells) + f" | {secs:.2f} |")
     return "\n".join(lines) + "\n"
 
 
