@@ -351,6 +351,9 @@ def test_the_vector_index_of_a_large_table_finds_what_exact_search_finds(tmp_pat
     store._write_new(idx, model, source(0, 5000), force=False)
     ix = store.Index(idx, model, fresh=True)
     assert store.has_ann(ix.current())
+    kinds = sorted(i.index_type for i in ix.current().describe_indices())
+    assert kinds == ["Bitmap", "IVF_HNSW_SQ"], kinds  # cls_label is indexed for --where
+    assert len(ix.search(vectors[0], top_k=50)) == 50  # more than the graph's default candidates
     queries = vectors[rng.choice(5000, 50, replace=False)] + rng.normal(scale=0.05, size=(50, model.dim)).astype(
         np.float32
     )

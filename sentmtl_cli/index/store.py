@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -534,6 +535,12 @@ def _refresh_ann(table) -> None:
         table.optimize.optimize_indices()
         return
     table.create_index("vector", index_type="IVF_HNSW_SQ", metric="cosine", num_partitions=partitions(n))
+    # what --where and --entity filter on most, indexed, so that a filter is not a scan of every row
+    for f in table.schema:
+        if f.name.endswith("_label") and str(f.type) == "string":
+            table.create_scalar_index(f.name, index_type="BITMAP")
+        elif f.name.endswith(KEYS):
+            table.create_scalar_index(f.name, index_type="LABEL_LIST")
 
 
 def partitions(n: int) -> int:
@@ -552,13 +559,25 @@ def open_table(index: Path):
 
 
 # ---- searching -----------------------------------------------------------------------------------------
-NPROBES, EF, REFINE = 32, 64, 4  # partitions searched, HNSW candidates, exact re-ranking of k x REFINE
+NPROBES, EF, REFINE = 48, 64, 4  # partitions searched, HNSW candidates, exact re-ranking of k x REFINE
 
 
 class Index:
     """An opened index: its record and its table, searched with vectors of the index's model."""
 
     table: Any  # the Lance dataset, at the version read
+
+    def kept(self, table, cond: str) -> float:
+        """The share of rows a filter keeps, counted once per filter and table version."""
+        key = (table.version, cond)
+        share = self._kept.get(key)
+        if share is None:
+            share = table.count_rows(filter=cond) / max(1, table.count_rows())
+            with self._lock:  # serve searches from several threads
+                if len(self._kept) >= 256:
+                    self._kept.pop(next(iter(self._kept)))
+                self._kept[key] = share
+        return share
 
     def current(self):
         """The table; `fresh`: its latest version (rows an --add committed since it was opened)."""
@@ -574,6 +593,8 @@ class Index:
             same_model(self.meta, model, self.path)
         self.fresh = fresh
         self.table = open_table(self.path)
+        self._kept: dict[tuple, float] = {}
+        self._lock = threading.Lock()
 
     @property
     def tasks(self) -> list[str]:
@@ -621,10 +642,10 @@ class Index:
             if has_ann(table):
                 parts = partitions(table.count_rows())
                 probes = NPROBES
-                if cond:  # a filter leaves fewer rows a partition: as many rows looked at, more partitions
-                    kept = table.count_rows(filter=cond) / max(1, table.count_rows())
-                    probes = int(np.ceil(NPROBES / max(kept, 1e-3)))
-                nearest.update(nprobes=min(parts, probes), ef=max(EF, 2 * top_k), refine_factor=REFINE)
+                if cond:  # a filter leaves fewer rows a partition: more partitions, to find k of them
+                    probes = int(np.ceil(NPROBES / np.sqrt(max(self.kept(table, cond), 1e-4))))
+                # HNSW must keep at least the k x REFINE candidates that are re-ranked
+                nearest.update(nprobes=min(parts, probes), ef=max(EF, top_k * REFINE), refine_factor=REFINE)
             got = table.to_table(columns=["id", "text", *keys], nearest=nearest, filter=cond, prefilter=bool(cond))
         except Exception as e:  # noqa: BLE001 - a bad --where is lance's parse error: one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
