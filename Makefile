@@ -65,6 +65,7 @@ bench: setup
 	$(BIN)/python bench/fewshot_features.py
 	$(BIN)/python bench/fewshot.py --seeds 3 --json build/fewshot.json --markdown docs/experiments/fewshot.md
 	$(BIN)/python bench/setfit_bench.py --k 8 --seeds 3
+	$(BIN)/python bench/index_bench.py --json docs/experiments/index_1m.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -44,17 +44,24 @@ KEYS = "_keys"  # a token head's column of "label:text" entity keys: <task>_keys
 
 
 # ---- the model an index belongs to ----------------------------------------------------------------
-def identity(model) -> dict:
+def identity(model, known: dict | None = None) -> dict:
     """What a query's vector depends on: the backbone's weights (by content), how tokens become a
-    vector, and the backend. An index is searched only with the same."""
+    vector, and the backend. An index is searched only with the same. `known`: an index's record,
+    whose weights' sha256 is trusted while the file is the one it was taken from (the same path,
+    size and modification time), so that opening an index does not read 90 MB to hash them."""
     from ..backbone.folder import sha256_file
 
     weights = Path(
         model.onnx_path if model.backend != "torch" and model.onnx_path else model.folder / "model.safetensors"
     )
+    st = weights.stat()
+    stamp = [str(weights.resolve()), st.st_size, st.st_mtime_ns]
+    known = known or {}
+    sha = known["weights"] if known.get("weights_file") == stamp and known.get("weights") else sha256_file(weights)
     b = model.cfg.backbone
     return {
-        "weights": _cached_sha(weights, sha256_file),
+        "weights": sha,
+        "weights_file": stamp,
         "pooling": b.pooling,
         "normalize": b.normalize,
         "max_seq_length": b.max_seq_length,
@@ -63,22 +70,11 @@ def identity(model) -> dict:
     }
 
 
-_SHAS: dict[tuple, str] = {}
-
-
-def _cached_sha(path: Path, sha) -> str:
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    if key not in _SHAS:
-        _SHAS[key] = sha(path)
-    return _SHAS[key]
-
-
 def same_model(meta: dict, model, index: Path) -> None:
     """Refuse, in one line, a model whose vectors are not the index's."""
-    mine = identity(model)
     theirs = meta.get("identity", {})
-    diff = [k for k in mine if theirs.get(k) != mine[k]]
+    mine = identity(model, theirs)
+    diff = [k for k in mine if k != "weights_file" and theirs.get(k) != mine[k]]
     if diff:
         raise SentmtlError(
             f"index {index} was made with another model ({', '.join(diff)} differ); "
