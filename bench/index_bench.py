@@ -159,8 +159,14 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--texts", type=int, help="only the first N shared texts (a quick trial of the bench)")
+    ap.add_argument("--startup-only", action="store_true", help="only the one-shot start-up figures, into --json")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "index_bench.json")
     args = ap.parse_args()
+    if args.startup_only:
+        res = json.loads(args.json.read_text()) if args.json.is_file() else {}
+        res.update(startup())
+        args.json.write_text(json.dumps(res, indent=1) + "\n")
+        return
     if not DATA.is_dir():
         raise SystemExit(f"bench: no shared data at {DATA}; skipped")
     texts = shared_texts()[: args.texts]
@@ -213,7 +219,16 @@ def main() -> None:
         f"--corpus on 20,000 lines: {res['oneshot_corpus_20k_s']:.1f} s",
         flush=True,
     )
+    res.update(startup())
     args.json.write_text(json.dumps(res, indent=1) + "\n")
+
+
+def startup() -> dict:
+    """Whole one-shot commands that are mostly start-up: medians of 7."""
+    sim = float(np.median([wall(["similarity", "a cat", "a dog"]) for _ in range(7)]))
+    helps = float(np.median([wall(["--help"]) for _ in range(7)]))
+    print(f"one-shot similarity a b: {sim:.2f} s; --help: {helps:.2f} s (medians of 7)", flush=True)
+    return {"oneshot_similarity_s": sim, "help_s": helps}
 
 
 if __name__ == "__main__":

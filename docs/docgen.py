@@ -128,3 +128,36 @@ def scale_figures(texts: float = 1e8) -> None:
             f"Peak memory of one 1-thread `sentmtl batch` process (the model loaded once, as in one Ray actor, "
             f"whose Ray worker adds its own runtime on top): {rss['batch local, embed, 1 thread']:.0f} MB."
         )
+
+
+def index_figures(path: str = "docs/experiments/index_1m.json") -> None:
+    """bench/index_bench.py's results (make bench) as a table, each against its target and, for
+    latency, against numpy's exact search over the same vectors in the same run."""
+    import json
+
+    r = json.loads((ROOT / path).read_text(encoding="utf-8"))
+    a, f = r["all"], r["filtered"]
+    share = f"`cls_label = '{r['filter']}'`, {r['filter_fraction']:.0%} of the rows"
+    rows = [
+        ("build beyond embedding", f"{r['build_s']:.0f} s", "at most 5 minutes"),
+        ("on disk", f"{r['disk_vs_float32']:.2f}x the float32 vectors", "at most 1.5x"),
+        ("recall@10 against exact search", f"{a['recall_at_10']:.3f}", "at least 0.95"),
+        (f"recall@10, filtered ({share})", f"{f['recall_at_10']:.3f}", "at least 0.95"),
+        (
+            "warm query p50 / p99",
+            f"{a['p50_ms']:.1f} / {a['p99_ms']:.1f} ms (numpy exact: {a['exact_numpy_p50_ms']:.0f} ms, "
+            f"{a['exact_numpy_p50_ms'] / a['p50_ms']:.1f}x slower)",
+            "at most 15 / 50 ms",
+        ),
+        ("warm query p50 / p99, filtered", f"{f['p50_ms']:.1f} / {f['p99_ms']:.1f} ms", "at most 15 / 50 ms"),
+        ("one-shot `sentmtl search --index`, whole command", f"{r['oneshot_index_s']:.2f} s", "at most 0.5 s"),
+        ("one-shot `sentmtl search --corpus` on 20,000 of the lines", f"{r['oneshot_corpus_20k_s']:.1f} s", ""),
+        ("one-shot `sentmtl similarity a b`, whole command", f"{r['oneshot_similarity_s']:.2f} s", "at most 0.5 s"),
+        ("`sentmtl --help`", f"{r['help_s']:.2f} s", "under 0.3 s"),
+    ]
+    cog.outl(f"`bench/index_bench.py` on {r['rows']:,} rows ({path}):")
+    cog.outl("")
+    cog.outl("| measure | result | target |")
+    cog.outl("|---|---|---|")
+    for row in rows:
+        cog.outl("| " + " | ".join(row) + " |")
