@@ -160,11 +160,12 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=1_000_000)
     ap.add_argument("--texts", type=int, help="only the first N shared texts (a quick trial of the bench)")
     ap.add_argument("--startup-only", action="store_true", help="only the one-shot start-up figures, into --json")
+    ap.add_argument("--ray-only", action="store_true", help="only the Ray engine's rate against local, into --json")
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "index_bench.json")
     args = ap.parse_args()
-    if args.startup_only:
+    if args.startup_only or args.ray_only:
         res = json.loads(args.json.read_text()) if args.json.is_file() else {}
-        res.update(startup())
+        res.update(startup() if args.startup_only else ray_rate(shared_texts()))
         args.json.write_text(json.dumps(res, indent=1) + "\n")
         return
     if not DATA.is_dir():
@@ -220,7 +221,26 @@ def main() -> None:
         flush=True,
     )
     res.update(startup())
+    res.update(ray_rate(texts))
     args.json.write_text(json.dumps(res, indent=1) + "\n")
+
+
+def ray_rate(texts: list[str], n: int = 20_000) -> dict:
+    """`sentmtl index --engine ray --workers 2` against the local engine on the same n texts
+    (whole commands, Ray's start-up included)."""
+    src = WORK / "corpus20k.txt"
+    src.write_text("".join(t + "\n" for t in texts[:n]), encoding="utf-8")
+    out = {}
+    for engine in ("local", "ray"):
+        dest = WORK / f"rate-{engine}"
+        extra = ["--engine", "ray", "--workers", "2"] if engine == "ray" else []
+        out[engine] = n / wall(["index", str(src), str(dest), "--tasks", "cls", "--force", *extra])
+        shutil.rmtree(dest, ignore_errors=True)
+    print(
+        f"index rows/s: local {out['local']:.0f}, ray (2 workers) {out['ray']:.0f} = {out['ray'] / out['local']:.2f}x",
+        flush=True,
+    )
+    return {"index_rows_per_s_local": out["local"], "index_rows_per_s_ray": out["ray"]}
 
 
 def startup() -> dict:
