@@ -370,3 +370,29 @@ def test_the_vector_index_of_a_large_table_finds_what_exact_search_finds(tmp_pat
     assert ix.current().count_rows() == 6000 and store.has_ann(ix.current())
     hits = ix.search(vectors[5500], top_k=1)
     assert hits[0]["id"] == "5500"
+
+
+def test_a_bad_row_is_one_line_and_an_add_it_stops_commits_nothing(runner, tmp_path, model):
+    from sentmtl_cli.errors import SentmtlError
+    from sentmtl_cli.index import store
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "a fine text"}\n{"text": 5}\n', encoding="utf-8")
+    r = _index(runner, bad, tmp_path / "new")
+    assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
+    assert "row 2" in r.stderr and "leaves such rows out" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "new").exists()
+    idx = tmp_path / "idx"
+    assert _index(runner, _corpus(tmp_path), idx).exit_code == 0
+    good = store.computed_source(
+        model, _corpus(tmp_path, CORPUS[:3], "more.txt"), ["cls", "sent", "ner"], "text", None, 32, "fail"
+    )
+
+    def rows_then_a_bad_one(first):  # the first rows are handed to lance before the error
+        yield from first
+        raise SentmtlError("more.txt row 9: a bad row")
+
+    good.batches = rows_then_a_bad_one(good.batches)
+    with pytest.raises(SentmtlError, match="row 9"):
+        store._append(idx, model, good)
+    assert store.Index(idx).current().count_rows() == len(CORPUS)  # nothing of the stopped --add

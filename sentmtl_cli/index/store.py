@@ -222,7 +222,10 @@ def computed_source(
     def batches():
         for u in units:
             rows = read_unit(u, text_column, id_column)
-            table, _ = out.unit_table(model, all_tasks, u, rows, on_error, batch_size, id_column, progress=tick[0])
+            try:
+                table, _ = out.unit_table(model, all_tasks, u, rows, on_error, batch_size, id_column, progress=tick[0])
+            except SentmtlError as e:  # batch's wording names its _errors.jsonl, which an index has not
+                raise SentmtlError(str(e).replace("lists such rows in _errors.jsonl", "leaves such rows out")) from None
             if tick[0] is not None and rows.problems:
                 tick[0](len(rows.problems))
             yield from table.to_batches()
@@ -437,15 +440,30 @@ def _reader(model, source: Source):
     import pyarrow as pa
 
     schema = index_schema(model, source)
-    counted = [0]
+    counted: list = [0, None]  # rows given, and the error that stopped them
 
     def batches():
-        for b in source.batches:
-            out = to_index_batch(b, schema, source)
-            counted[0] += out.num_rows
-            yield out
+        try:
+            for b in source.batches:
+                out = to_index_batch(b, schema, source)
+                counted[0] += out.num_rows
+                yield out
+        except BaseException as e:  # kept for the caller: lance would wrap it in its own error
+            counted[1] = e
+            raise
 
     return pa.RecordBatchReader.from_batches(schema, batches()), counted
+
+
+def _write(reader, counted, uri: str, mode: str):
+    """write_dataset, one commit; an error while the rows were made (a bad row, Ctrl-C) aborts it
+    and is raised as it was, not inside lance's message."""
+    try:
+        return _lance().write_dataset(reader, uri, mode=mode)
+    except BaseException:
+        if counted[1] is not None:
+            raise counted[1] from None
+        raise
 
 
 def _write_new(index: Path, model, source: Source, force: bool) -> int:
@@ -460,7 +478,7 @@ def _write_new(index: Path, model, source: Source, force: bool) -> int:
     tmp.mkdir()
     try:
         reader, counted = _reader(model, source)
-        table = _lance().write_dataset(reader, table_uri(tmp), mode="create")
+        table = _write(reader, counted, table_uri(tmp), "create")
         if counted[0] == 0:
             raise SentmtlError("the input has no rows to index")
         meta = {
@@ -510,7 +528,7 @@ def _append(index: Path, model, source: Source) -> int:
     reader, counted = _reader(model, source)
     open_table(index)  # a damaged table is one line before any work
     try:
-        table = _lance().write_dataset(reader, table_uri(index), mode="append")
+        table = _write(reader, counted, table_uri(index), "append")
     except SentmtlError:
         raise
     except Exception as e:  # noqa: BLE001 - lance's own errors: one line
