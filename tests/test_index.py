@@ -295,6 +295,10 @@ def test_serve_search_answers_as_the_cli_and_sees_rows_added_while_it_runs(runne
         assert r.status_code == 422 and r.json()["error"]["param"] == "query", r.text
         r = c.post("/search", json={"query": "x", "top_k": 0})
         assert r.status_code == 422
+        r = c.post("/search", json={"query": "x", "where": "cls_score > 0 " + "OR cls_score > 0 " * 200})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "where", r.text
+        r = c.post("/search", json={"query": "x", "entities": ["ORG:" + "x" * 600]})
+        assert r.status_code == 422 and r.json()["error"]["param"] == "entities", r.text
         assert _index(runner, _corpus(tmp_path, CORPUS[10:], "more.txt"), idx, "--add").exit_code == 0
         r = c.post("/search", json={"query": "x", "top_k": 100})
         assert len(r.json()["results"]) == len(CORPUS)  # the committed rows, seen without a restart
@@ -382,6 +386,8 @@ def test_a_bad_row_is_one_line_and_an_add_it_stops_commits_nothing(runner, tmp_p
     assert r.exit_code == 2 and len(r.stderr.strip().splitlines()) == 1, r.output
     assert "row 2" in r.stderr and "leaves such rows out" in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "new").exists()
+    r = _index(runner, bad, tmp_path / "new", "--on-error", "skip")
+    assert r.exit_code == 0 and json.loads(r.stdout)["skipped"] == 1 and json.loads(r.stdout)["rows"] == 1, r.output
     idx = tmp_path / "idx"
     assert _index(runner, _corpus(tmp_path), idx).exit_code == 0
     good = store.computed_source(

@@ -169,6 +169,7 @@ class Source:
     columns: dict[str, list[str]] = field(default_factory=dict)  # each head task's stored columns
     tick: list = field(default_factory=lambda: [None])  # [progress(n)], set while the rows are written
     scratch: Path | None = None  # a folder of shards made for this index only, removed after
+    skipped: list = field(default_factory=lambda: [0])  # bad rows left out (--on-error skip)
 
 
 def batch_output_source(model, folder: Path, tasks: list[str] | None) -> Source:
@@ -223,15 +224,19 @@ def computed_source(
         for u in units:
             rows = read_unit(u, text_column, id_column)
             try:
-                table, _ = out.unit_table(model, all_tasks, u, rows, on_error, batch_size, id_column, progress=tick[0])
+                table, errors = out.unit_table(
+                    model, all_tasks, u, rows, on_error, batch_size, id_column, progress=tick[0]
+                )
             except SentmtlError as e:  # batch's wording names its _errors.jsonl, which an index has not
                 raise SentmtlError(str(e).replace("lists such rows in _errors.jsonl", "leaves such rows out")) from None
             if tick[0] is not None and rows.problems:
                 tick[0](len(rows.problems))
+            skipped[0] += len(errors)
             yield from table.to_batches()
 
+    skipped: list = [0]
     columns = {t: [f.name for f in model.heads[t].arrow_fields()] for t in heads}
-    return Source(batches(), heads, sum(u.rows for u in units), True, columns, tick)
+    return Source(batches(), heads, sum(u.rows for u in units), True, columns, tick, skipped=skipped)
 
 
 def index_schema(model, source: Source):
@@ -287,7 +292,9 @@ def entity_key(spec: str) -> str:
     """`--entity LABEL:TEXT` as the stored key; one line when it is not LABEL:TEXT."""
     label, sep, text = spec.partition(":")
     if not sep or not label.strip() or not text.strip():
-        raise SentmtlError(f"--entity {spec!r}: give LABEL:TEXT, e.g. ORG:Tesla")
+        raise SentmtlError(f"--entity {spec[:80]!r}: give LABEL:TEXT, e.g. ORG:Tesla")
+    if len(spec) > 500:
+        raise SentmtlError(f"--entity {spec[:40]!r}...: {len(spec):,} characters is over the limit of 500")
     return f"{label.strip()}:{text.strip()}".lower()
 
 
@@ -431,6 +438,7 @@ def _report(index: Path, source: Source, rows: int, what: str, t0: float) -> dic
         "rows": total,
         "tasks": source.tasks,
         "computed": source.computed,
+        "skipped": source.skipped[0],
         "ann": total >= ANN_ROWS,
         "seconds": time.perf_counter() - t0,
     }

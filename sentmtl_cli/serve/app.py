@@ -99,8 +99,9 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     query: str
     top_k: int = Field(5, ge=1, le=1000)
-    where: str | None = None  # a filter on the stored columns, as `sentmtl search --where`
-    entities: list[str] = Field(default_factory=list, max_length=32)  # LABEL:TEXT, as --entity
+    # a filter on the stored columns, as `sentmtl search --where` (Lance's SQL expressions: read only)
+    where: str | None = Field(None, max_length=2000)
+    entities: list[str] = Field(default_factory=list, max_length=32)  # LABEL:TEXT, as --entity (each ≤ 500 chars)
 
 
 class _State:
