@@ -54,3 +54,12 @@ class ReportFmt(Choice):
 
     table = "table"
     json = "json"
+
+
+class Overflow(Choice):
+    """What a text longer than the backbone's max_seq_length gets: read in overlapping windows
+    whose outputs are merged, cut to its first tokens (as the model was trained), or refused."""
+
+    window = "window"
+    truncate = "truncate"
+    error = "error"

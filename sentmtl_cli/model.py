@@ -12,13 +12,14 @@ This is the Python API the CLI stands on:
 from __future__ import annotations
 
 import sys
+from bisect import bisect_left
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from .backbone.folder import read_model_config, resolve_folder
-from .choices import Metric
+from .choices import Metric, Overflow
 from .config.model import ModelConfig, load_config
 from .defaults import BATCH_SIZE
 from .errors import SentmtlError
@@ -26,8 +27,10 @@ from .heads.base import BatchView, Head
 from .registry import BACKENDS, HEADS
 from .text.inputs import check_texts
 from .text.tokenizer import Tokenizer, warn_truncated
+from .text.windows import Piece, pieces_of
 
 METRICS = tuple(m.value for m in Metric)  # similarity metrics
+OVERFLOWS = tuple(o.value for o in Overflow)
 # a batch is cut where padding would pass this share of its real tokens (see length_batches): a
 # forward pass over padding costs as much as over text, and a server's batches mix lengths
 MAX_PADDING = 0.1
@@ -81,6 +84,8 @@ class MultiTaskModel:
             head.attach(self.embed_for_heads)
             self.heads[task] = head
         self.threads = threads
+        # what run() does with a text past max_seq_length unless told (batch and index set it)
+        self.overflow: str = Overflow.window
         self._backbone = None
         self.backend, self.onnx_path = self._choose_backend(str(backend or cfg.backbone.backend))
 
@@ -145,38 +150,64 @@ class MultiTaskModel:
         word_tags: bool = False,
         encoded: list | None = None,
         warn: bool = True,
+        overflow: str | list[str] | None = None,
     ) -> tuple[np.ndarray | None, list[dict]]:
         """Embeddings [N, dim] and one result dict per text, in input order.
 
         Texts are sorted by length so a batch holds similar lengths (little padding), then put
         back. `offset` is the index of texts[0] in the whole input, for warnings. `encoded`: the
-        texts' `tokenizer.encode_raw` output, when the caller has it already (the server does).
-        `warn`: a stderr line per text cut at max_seq_length (the server counts them instead)."""
+        texts' `tokenizer.encode_raw` output (truncated or not), when the caller has it already
+        (the server does). `warn`: a stderr line per text cut at max_seq_length (the server counts
+        them instead). `overflow` (one for all texts, or one per text): what a text longer than
+        max_seq_length gets (text/windows.py): `window` reads all of it in overlapping windows
+        and the heads merge them (the result says how many, under "windows"); `truncate` cuts it;
+        `error` refuses it. None: the model's `overflow` (window unless set)."""
         texts = check_texts(texts)
         if batch_size < 1:
             raise SentmtlError("--batch-size must be at least 1")
+        overflow = self.overflow if overflow is None else overflow
+        modes = [str(overflow)] * len(texts) if isinstance(overflow, str) else [str(o) for o in overflow]
+        if len(modes) != len(texts) or not set(modes) <= set(OVERFLOWS):
+            raise SentmtlError(f"overflow: one of {', '.join(OVERFLOWS)} for each text")
         from threadpoolctl import threadpool_limits
 
         # The heads' small matrix products run in numpy; BLAS threads left spinning after them
         # would compete with the backbone's own threads, so numpy gets one thread here.
         with threadpool_limits(limits=1, user_api="blas"):
             return self._run(
-                texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded, warn
+                texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded, warn, modes
             )
 
-    def _run(self, texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded, warn):
-        heads = [self.heads[t] for t in tasks]
-        layers = {i for h in heads for i in h.hidden_layers()}
-        # tokenize once, then batch texts of similar token counts: little padding to compute
-        raw = self.tokenizer.encode_raw(texts) if encoded is None else encoded
+    def _pieces(self, texts: list[str], encoded: list | None, modes: list[str]) -> list[Piece]:
+        """Every backbone input: a whole text, or the windows of a long one read in windows."""
+        L = self.tokenizer.max_seq_length
+        full_needed = [i for i, m in enumerate(modes) if m != Overflow.truncate]
+        if encoded is None:  # whole, when some text may be read in windows (pieces_of cuts the rest)
+            encoded = self.tokenizer.encode_raw(texts, truncate=not full_needed)
+        raw = list(encoded)
         if len(raw) != len(texts):
             raise SentmtlError(f"{len(raw)} encodings for {len(texts)} texts")
-        order = sorted(range(len(texts)), key=lambda i: len(raw[i][0]))
+        # a text the caller's encoding cut is tokenized again, whole, when it is to be read in windows
+        again = [i for i in full_needed if raw[i][3]]
+        for i, item in zip(again, self.tokenizer.encode_raw([texts[i] for i in again], truncate=False)):
+            raw[i] = item
+        overlap = self.cfg.backbone.window_overlap
+        return [p for i, t in enumerate(texts) for p in pieces_of(i, t, raw[i], L, modes[i], overlap)]
+
+    def _run(self, texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded, warn, modes):
+        heads = [self.heads[t] for t in tasks]
+        layers = {i for h in heads for i in h.hidden_layers()}
+        pieces = self._pieces(texts, encoded, modes)
         emb = np.zeros((len(texts), self.dim), dtype=np.float32) if want_embeddings else None
         results: list[dict] = [{"text": t} for t in texts]
-        for start, stop in length_batches([len(raw[i][0]) for i in order], batch_size):
-            idx = order[start:stop]
-            batch = self.tokenizer.pad([raw[i] for i in idx])
+        # windows go in batches of their own (full windows are all max_seq_length long): a whole
+        # text's batch is the one it had before windows existed
+        whole = sorted((p for p in pieces if p.window is None), key=lambda p: len(p.item[0]))
+        parts = sorted((p for p in pieces if p.window is not None), key=lambda p: len(p.item[0]))
+        for start, stop in length_batches([len(p.item[0]) for p in whole], batch_size):
+            group = whole[start:stop]
+            idx = [p.text for p in group]
+            batch = self.tokenizer.pad([p.item for p in group])
             if warn:
                 warn_truncated(batch, [offset + i for i in idx], self.tokenizer.max_seq_length)
             feats = self.backbone.encode(batch, layers)
@@ -189,7 +220,56 @@ class MultiTaskModel:
                     results[i][head.task] = out
             if progress:
                 progress(len(idx))
+        if parts:
+            self._run_windows(texts, parts, heads, layers, batch_size, top_k, word_tags, emb, results, progress)
         return emb, results
+
+    def _run_windows(self, texts, parts, heads, layers, batch_size, top_k, word_tags, emb, results, progress):
+        """The windows of long texts through the backbone; each head merges a text's windows."""
+        from .text.words import split_words
+
+        count = {p.text: p.window[1] for p in parts}
+        outputs: dict[int, dict[str, list]] = {i: {h.task: [None] * n for h in heads} for i, n in count.items()}
+        sizes = {i: [0] * n for i, n in count.items()}
+        words = {i: split_words(texts[i]) for i in count} if any(h.reads_words() for h in heads) else {}
+        starts = {i: [s for s, _ in w] for i, w in words.items()}
+        acc = {i: np.zeros(self.dim, dtype=np.float64) for i in count} if emb is not None else {}
+        left = dict(count)
+        for start, stop in length_batches([len(p.item[0]) for p in parts], batch_size):
+            group = parts[start:stop]
+            batch = self.tokenizer.pad([p.item for p in group])
+            feats = self.backbone.encode(batch, layers)
+            spans = None
+            if words:  # each window's words: those whose start lies between its first and last token
+                spans = []
+                for p in group:
+                    offs = [o for o, sp in zip(p.item[1], p.item[2]) if not sp]
+                    lo, hi = bisect_left(starts[p.text], offs[0][0]), bisect_left(starts[p.text], offs[-1][1])
+                    spans.append(words[p.text][lo:hi])
+            view = BatchView([texts[p.text] for p in group], batch, feats, word_spans=spans)
+            for head in heads:
+                for p, out in zip(group, head.window_outputs(view)):
+                    outputs[p.text][head.task][p.window[0]] = out
+            done = 0
+            for b, p in enumerate(group):
+                sizes[p.text][p.window[0]] = p.window[2]
+                if p.text in acc:
+                    acc[p.text] += p.window[2] * feats["sentence_embedding"][b].astype(np.float64)
+                left[p.text] -= 1
+                done += left[p.text] == 0
+            if progress and done:
+                progress(done)
+        for i, n in count.items():
+            results[i]["windows"] = n
+            for head in heads:
+                out = head.merge_windows(texts[i], outputs[i][head.task], sizes[i], top_k=top_k, word_tags=word_tags)
+                out["untrained"] = not head.trained
+                results[i][head.task] = out
+            if emb is not None:  # the token-weighted mean of the windows' vectors
+                v = acc[i] / max(sum(sizes[i]), 1)
+                if self.cfg.backbone.normalize:
+                    v = v / max(float(np.linalg.norm(v)), 1e-12)
+                emb[i] = v.astype(np.float32)
 
     def head_inputs(self, texts: list[str], head, batch_size: int = BATCH_SIZE, progress=None) -> np.ndarray:
         """The rows [N, features] a sentence head reads for each text, by the inference path
@@ -243,23 +323,42 @@ class MultiTaskModel:
 
     # ---- the public API -----------------------------------------------------------------------
     def embed(
-        self, texts: Iterable[str] | str, batch_size: int = BATCH_SIZE, progress=None, offset: int = 0
+        self,
+        texts: Iterable[str] | str,
+        batch_size: int = BATCH_SIZE,
+        progress=None,
+        offset: int = 0,
+        overflow: str = Overflow.truncate,
     ) -> np.ndarray:
-        """[N, dim] float32 for a list of texts; [dim] for one string (as sentence-transformers does)."""
-        emb, _ = self.run(check_texts(texts), [], batch_size=batch_size, progress=progress, offset=offset)
+        """[N, dim] float32 for a list of texts; [dim] for one string (as sentence-transformers does).
+        A text past max_seq_length is cut to it, as the model was trained (`overflow="window"`:
+        the token-weighted mean of its windows' vectors, normalized)."""
+        emb, _ = self.run(
+            check_texts(texts), [], batch_size=batch_size, progress=progress, offset=offset, overflow=overflow
+        )
         assert emb is not None  # run() returns embeddings unless told not to
         return emb[0] if isinstance(texts, str) else emb
 
-    def similarity(self, texts_a, texts_b, metric: str = "cosine", batch_size: int = BATCH_SIZE) -> np.ndarray:
+    def similarity(
+        self, texts_a, texts_b, metric: str = "cosine", batch_size: int = BATCH_SIZE, overflow: str = Overflow.truncate
+    ) -> np.ndarray:
         """[len(a), len(b)] scores; a string on either side counts as one text."""
         a, b = check_texts(texts_a), check_texts(texts_b)
-        emb = self.embed(a + b, batch_size=batch_size)
+        emb = self.embed(a + b, batch_size=batch_size, overflow=overflow)
         return pairwise(emb[: len(a)], emb[len(a) :], metric)
 
     def predict(
-        self, texts, tasks=None, top_k: int = 1, batch_size: int = BATCH_SIZE, progress=None, offset: int = 0
+        self,
+        texts,
+        tasks=None,
+        top_k: int = 1,
+        batch_size: int = BATCH_SIZE,
+        progress=None,
+        offset: int = 0,
+        overflow: str = Overflow.window,
     ) -> list[dict] | dict:
-        """One result dict per text (the CLI's JSONL objects); one dict for one string."""
+        """One result dict per text (the CLI's JSONL objects); one dict for one string. A text past
+        max_seq_length is read whole, in windows (see run)."""
         _, res = self.run(
             check_texts(texts),
             self.resolve_tasks(tasks),
@@ -268,6 +367,7 @@ class MultiTaskModel:
             want_embeddings=False,
             progress=progress,
             offset=offset,
+            overflow=overflow,
         )
         return res[0] if isinstance(texts, str) else res
 

@@ -125,10 +125,10 @@ def test_tokenizing_and_parsing_run_off_the_event_loop(model, monkeypatch):
     started, health_answered = threading.Event(), threading.Event()
     real = model.tokenizer.encode_raw
 
-    def held(texts):
+    def held(texts, **kw):
         started.set()
         assert health_answered.wait(20), "/health did not answer while a request was being tokenized"
-        return real(texts)
+        return real(texts, **kw)
 
     monkeypatch.setattr(model.tokenizer, "encode_raw", held)
     with TestClient(create_app(Settings(), model=model)) as c:
@@ -167,14 +167,23 @@ def test_tokenizing_and_parsing_run_off_the_event_loop(model, monkeypatch):
 
 
 def test_long_texts_are_counted_with_one_log_line_per_request(model, capfd):
+    """Cut texts ("overflow": "truncate", /embed's default) are counted, one log line a request;
+    /predict reads them whole by default (in windows: nothing cut, nothing logged)."""
     with TestClient(create_app(Settings(max_chars_per_text=len(LONG) + 1), model=model)) as c:
         capfd.readouterr()
-        r = c.post("/predict", json={"texts": [LONG] * 12 + ["short"]})
+        r = c.post("/predict", json={"texts": [LONG] * 12 + ["short"], "overflow": "truncate"})
         assert r.status_code == 200
         err = capfd.readouterr().err
         lines = [line for line in err.splitlines() if "max_seq_length" in line]
         assert len(lines) == 1 and "12 of 13" in lines[0], err
         assert _metric(c.get("/metrics").text, "sentmtl_truncated_texts_total") == 12
+        r = c.post("/predict", json={"texts": [LONG, "short"], "tasks": ["ner"]})
+        assert r.status_code == 200 and "max_seq_length" not in capfd.readouterr().err
+        whole, short = r.json()["results"]
+        assert whole["windows"] == 30 and "windows" not in short  # one window a sentence
+        assert _metric(c.get("/metrics").text, "sentmtl_truncated_texts_total") == 12
+        r = c.post("/v1/embeddings", json={"input": [LONG], "overflow": "error"})
+        assert r.status_code == 422 and "texts[0]" in r.json()["error"]["message"], r.text
 
 
 def test_a_cancelled_job_leaves_the_queue_and_a_running_batch_drops_it(model):

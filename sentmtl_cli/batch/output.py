@@ -54,7 +54,9 @@ def schema(model, tasks: list[str], id_column: str | None):
 
 def task_columns(model, tasks: list[str], texts: list[str], batch_size: int, progress=None) -> tuple[list, list]:
     """The fields and arrays the tasks add for texts (all valid): one forward pass for the
-    embedding and every head, exactly `sentmtl embed` and `sentmtl predict`'s numbers."""
+    embedding and every head, exactly `sentmtl predict`'s numbers, and `sentmtl embed`'s for a
+    text within max_seq_length (a longer one is read in windows unless the model's overflow is
+    truncate: `embed --overflow window`'s vector)."""
     import pyarrow as pa
 
     heads = [t for t in tasks if t != EMBED]
@@ -134,7 +136,12 @@ def model_fingerprint(model) -> dict:
     for task, h in model.cfg.heads.items():
         if h.weights is not None:
             files[task] = sha256_file(Path(h.weights))
-    return {"config": fingerprint(cfg), "model": fingerprint(files), "backend": model.backend}
+    return {
+        "config": fingerprint(cfg),
+        "model": fingerprint(files),
+        "backend": model.backend,
+        "overflow": model.overflow,
+    }
 
 
 def job_record(files: list[InputFile], units: list[Unit], tasks, model_fp: dict, text_column, id_column, shard_rows):

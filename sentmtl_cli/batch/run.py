@@ -34,6 +34,7 @@ class BatchJob:
     shard_rows: int = SHARD_ROWS
     backend: str | None = None
     threads: int | None = None
+    overflow: str = "window"  # a text past max_seq_length: window | truncate | error
 
 
 def run_batch(job: BatchJob, progress=None, worker_class=None) -> dict:
@@ -42,7 +43,7 @@ def run_batch(job: BatchJob, progress=None, worker_class=None) -> dict:
     from ..model import load
     from . import output as out
     from .inputs import plan, read_unit
-    from .worker import add_extra_heads, resolve_batch_tasks
+    from .worker import add_extra_heads, check_overflow, resolve_batch_tasks
 
     if job.on_error not in ("fail", "skip"):
         raise SentmtlError(f"--on-error must be fail or skip, not {job.on_error!r}")
@@ -56,6 +57,7 @@ def run_batch(job: BatchJob, progress=None, worker_class=None) -> dict:
     t0 = time.perf_counter()
     threads = 1 if job.engine == "ray" else job.threads
     model = load(job.config, threads=threads, backend=job.backend)
+    model.overflow = check_overflow(job.overflow)
     add_extra_heads(model, job.extra_heads)
     tasks = resolve_batch_tasks(model, job.tasks)
     files, units = plan(Path(job.input), job.shard_rows, job.text_column, job.id_column)
@@ -226,6 +228,7 @@ def _run_on_ray(ray, job: BatchJob, tasks: list[str], todo, worker_class=None) -
                 "batch_size": job.batch_size,
                 "backend": job.backend,
                 "extra_heads": job.extra_heads,
+                "overflow": job.overflow,
             },
             batch_size=1,
             num_cpus=1,

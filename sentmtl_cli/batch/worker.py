@@ -18,6 +18,14 @@ def load_model(config, threads: int, backend: str | None):
     return load(config, threads=threads, backend=backend)
 
 
+def check_overflow(overflow: str) -> str:
+    from ..choices import Overflow
+
+    if str(overflow) not in {o.value for o in Overflow}:
+        raise SentmtlError(f"--overflow must be window, truncate or error, not {overflow!r}")
+    return str(overflow)
+
+
 def add_extra_heads(model, extra_heads: dict | None) -> None:
     """Heads made on the fly (`batch --labels`: a zero-shot head), the same on every worker."""
     from ..config.model import HeadConfig
@@ -57,8 +65,10 @@ class Predictor:
         backend: str | None = None,
         threads: int = 1,
         batch_size: int = BATCH_SIZE,
+        overflow: str = "window",
     ):
         self.model = load_model(config, threads, backend)
+        self.model.overflow = check_overflow(overflow)
         self.tasks = resolve_batch_tasks(self.model, tasks)
         self.text_column, self.batch_size = text_column, batch_size
 
@@ -101,9 +111,21 @@ class ShardWriter:
     the unit's shard whole (see batch/output.py). A retried unit writes the same shard again."""
 
     def __init__(
-        self, config, tasks, output, text_column, id_column, on_error, batch_size, backend, threads=1, extra_heads=None
+        self,
+        config,
+        tasks,
+        output,
+        text_column,
+        id_column,
+        on_error,
+        batch_size,
+        backend,
+        threads=1,
+        extra_heads=None,
+        overflow="window",
     ):
         self.model = load_model(config, threads, backend)
+        self.model.overflow = check_overflow(overflow)
         add_extra_heads(self.model, extra_heads)
         self.tasks = resolve_batch_tasks(self.model, tasks)
         self.output = Path(output)

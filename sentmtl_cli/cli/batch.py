@@ -16,10 +16,12 @@ from .options import (
     LabelsFileOpt,
     LabelsOpt,
     MultiLabelOpt,
+    Overflow,
     TemplateOpt,
     ThreadsOpt,
     ThresholdOpt,
     handles_errors,
+    overflow_option,
     zero_shot_head,
 )
 
@@ -53,6 +55,7 @@ def batch(
     verbose: bool = typer.Option(False, "--verbose", help="Show Ray's own logs and progress (quiet by default)."),
     force: bool = typer.Option(False, "--force", help="Replace an OUTPUT that holds another batch."),
     shard_rows: int = typer.Option(10_000, "--shard-rows", min=1, help="Input rows per output shard."),
+    overflow: Overflow = overflow_option(Overflow.window),
     labels: Optional[str] = LabelsOpt,
     labels_file: Optional[str] = LabelsFileOpt,
     template: Optional[list[str]] = TemplateOpt,
@@ -86,6 +89,7 @@ def batch(
         shard_rows=shard_rows,
         backend=backend.value if backend else None,
         threads=threads,
+        overflow=overflow.value,
         extra_heads={ZERO_SHOT_TASK: zero_shot.model_dump(mode="json")} if zero_shot is not None else None,
     )
     m = run_batch(job, progress=lambda total: render.Progress(total, "rows"))

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from .options import Backend, BackendOpt, BatchOpt, ConfigOpt, ThreadsOpt, handles_errors
+from .options import Backend, BackendOpt, BatchOpt, ConfigOpt, Overflow, ThreadsOpt, handles_errors, overflow_option
 
 
 @handles_errors
@@ -30,6 +30,7 @@ def index(
         None, "--id-column", help="A column of ids to keep (as strings); default: the row's position."
     ),
     on_error: str = typer.Option("fail", "--on-error", help="fail | skip: a bad row stops the build, or is left out."),
+    overflow: Overflow = overflow_option(Overflow.window),
     engine: str = typer.Option("local", "--engine", help="local | ray: the rows computed here, or on Ray Data actors."),
     address: Optional[str] = typer.Option(
         None, "--address", help="Ray cluster to join (auto, ray://host:10001); default: a local Ray."
@@ -67,6 +68,7 @@ def index(
         workers=workers,
         config=config,
         backend=backend.value if backend else None,
+        overflow=overflow.value,
     )
     rep = build(m, job, progress=lambda total: render.Progress(total, "indexing"))
     typer.echo(json.dumps(rep))

@@ -22,14 +22,17 @@ from .options import (
     Metric,
     MultiLabelOpt,
     OutputOpt,
+    Overflow,
     ReportFmt,
     TemplateOpt,
     TextsArg,
     ThreadsOpt,
     ThresholdOpt,
+    WindowOverlapOpt,
     default_format,
     fmt_option,
     handles_errors,
+    overflow_option,
     zero_shot_head,
 )
 
@@ -45,10 +48,12 @@ def gather_texts(texts: Optional[list[str]], file: Optional[str]) -> list[str]:
     return list(source)
 
 
-def load_model(config: Optional[Path], threads: Optional[int], backend=None):
+def load_model(config: Optional[Path], threads: Optional[int], backend=None, window_overlap: Optional[int] = None):
     from ..model import load
 
     m = load(config, threads=threads, backend=backend.value if backend else None)
+    if window_overlap is not None:
+        m.cfg.backbone.window_overlap = window_overlap
     if m.backend == "torch" and (backend is None or backend.value == "auto") and m.cfg.backbone.backend == "auto":
         src = m.cfg.source
         typer.echo(
@@ -59,6 +64,19 @@ def load_model(config: Optional[Path], threads: Optional[int], backend=None):
     return m
 
 
+def refuse_long(m, source, overflow) -> None:
+    """--overflow error: every text is checked before anything is written, so stdout never holds
+    half a JSON document."""
+    if overflow != Overflow.error:
+        return
+    from ..text.windows import pieces_of
+
+    L = m.tokenizer.max_seq_length
+    for start, chunk in source.chunks(CHUNK):
+        for i, (t, item) in enumerate(zip(chunk, m.tokenizer.encode_raw(chunk, truncate=False))):
+            pieces_of(start + i, t, item, L, Overflow.error, 0)
+
+
 @handles_errors
 def embed(
     texts: Optional[list[str]] = TextsArg,
@@ -66,11 +84,14 @@ def embed(
     config: Optional[Path] = ConfigOpt,
     fmt: Optional[EmbedFmt] = fmt_option(EmbedFmt),
     output: Optional[str] = OutputOpt,
+    overflow: Overflow = overflow_option(Overflow.truncate),
+    window_overlap: Optional[int] = WindowOverlapOpt,
     batch_size: int = BatchOpt,
     threads: Optional[int] = ThreadsOpt,
     backend: Optional[Backend] = BackendOpt,
 ):
-    """Embed texts into fixed-length vectors."""
+    """Embed texts into fixed-length vectors. A text past max_seq_length is cut to it, as the
+    model was trained and as sentence-transformers does, unless --overflow window."""
     from ..files.read import TextSource
     from ..files.sink import Sink
     from . import render
@@ -80,18 +101,23 @@ def embed(
         raise SentmtlError("--format npy needs --output FILE (or --output - for stdout)")
     source = TextSource(texts, file)
     total = source.count()
-    m = load_model(config, threads, backend)
+    m = load_model(config, threads, backend, window_overlap)
+    refuse_long(m, source, overflow)
     head = {"model": m.name, "dimension": m.dim, "normalized": m.cfg.backbone.normalize}
     with (
         Sink(f, output, json_head=head, json_key="embeddings", rows=total, dim=m.dim) as out,
         render.Progress(total, "embedding") as p,
     ):
         for start, chunk in source.chunks(CHUNK):
-            emb = m.embed(chunk, batch_size=batch_size, progress=p, offset=start)
+            emb, res = m.run(chunk, [], batch_size=batch_size, progress=p, offset=start, overflow=overflow)
+            assert emb is not None
             if f == "npy":
                 out.matrix(emb)
-            else:
-                out.rows({"text": t, "embedding": e.tolist()} for t, e in zip(chunk, emb))
+            else:  # a text read in windows says how many
+                out.rows(
+                    {"text": t, "embedding": e.tolist(), **({"windows": r["windows"]} if "windows" in r else {})}
+                    for t, e, r in zip(chunk, emb, res)
+                )
     if f == "table":
         import numpy as np
 
@@ -108,6 +134,7 @@ def similarity(
     metric: Metric = typer.Option(Metric("cosine"), "--metric", help=" | ".join(m.value for m in Metric) + "."),
     config: Optional[Path] = ConfigOpt,
     fmt: Optional[Fmt] = fmt_option(Fmt),
+    overflow: Overflow = overflow_option(Overflow.truncate),
     batch_size: int = BatchOpt,
     threads: Optional[int] = ThreadsOpt,
     backend: Optional[Backend] = BackendOpt,
@@ -121,7 +148,7 @@ def similarity(
         raise SentmtlError("similarity needs at least two texts")
     m = load_model(config, threads, backend)
     with render.Progress(len(texts), "embedding") as p:
-        emb = m.embed(texts, batch_size=batch_size, progress=p)
+        emb = m.embed(texts, batch_size=batch_size, progress=p, overflow=overflow)
     matrix = pairwise(emb, emb, metric.value)
     f = default_format(fmt)
     if f == "json":
@@ -148,6 +175,8 @@ def predict(
     config: Optional[Path] = ConfigOpt,
     fmt: Optional[Fmt] = fmt_option(Fmt),
     output: Optional[str] = OutputOpt,
+    overflow: Overflow = overflow_option(Overflow.window),
+    window_overlap: Optional[int] = WindowOverlapOpt,
     batch_size: int = BatchOpt,
     threads: Optional[int] = ThreadsOpt,
     backend: Optional[Backend] = BackendOpt,
@@ -160,7 +189,7 @@ def predict(
     from . import render
 
     zero_shot = zero_shot_head(labels, labels_file, template, multi_label, threshold)
-    m = load_model(config, threads, backend)
+    m = load_model(config, threads, backend, window_overlap)
     if zero_shot is not None:
         if ZERO_SHOT_TASK in m.heads:
             raise SentmtlError(f"the config has a task named {ZERO_SHOT_TASK!r} already: --labels would replace it")
@@ -171,13 +200,24 @@ def predict(
         task_list = m.resolve_tasks(tasks.split(",") if tasks is not None else None)
     source = TextSource(texts, file)
     total = source.count()
+    refuse_long(m, source, overflow)
     f = default_format(fmt, output)
     with (
         Sink(f, output, json_head={"model": m.cfg.name, "tasks": task_list}, json_key="predictions") as out,
         render.Progress(total, "predicting") as p,
     ):
         for start, chunk in source.chunks(CHUNK):
-            out.rows(m.predict(chunk, tasks=task_list, top_k=top_k, batch_size=batch_size, progress=p, offset=start))
+            out.rows(
+                m.predict(
+                    chunk,
+                    tasks=task_list,
+                    top_k=top_k,
+                    batch_size=batch_size,
+                    progress=p,
+                    offset=start,
+                    overflow=overflow,
+                )
+            )
     if f == "table":
         con = render.stdout_console()
         for t in render.predict_tables(out.kept, task_list, m.heads, top_k):

@@ -13,7 +13,7 @@ from typing import Any, Optional
 
 import typer
 
-from ..choices import Backend, EmbedFmt, Fmt, Metric, ReportFmt  # noqa: F401  (the commands' choices)
+from ..choices import Backend, EmbedFmt, Fmt, Metric, Overflow, ReportFmt  # noqa: F401  (the commands' choices)
 from ..defaults import BATCH_SIZE
 from ..errors import SentmtlError
 
@@ -31,6 +31,21 @@ OutputOpt = typer.Option(
     "--output",
     "-o",
     help="Write to this file (atomically; '-' = stdout) instead of stdout. Needed for --format npy.",
+)
+
+
+def overflow_option(default: Overflow) -> Any:
+    """--overflow: what a text longer than the backbone's max_seq_length gets."""
+    return typer.Option(
+        default,
+        "--overflow",
+        help="A text past max_seq_length: window (read all of it in overlapping windows, merged) | "
+        "truncate (cut it, as the model was trained) | error (refuse it).",
+    )
+
+
+WindowOverlapOpt = typer.Option(
+    None, "--window-overlap", min=0, help="Tokens consecutive windows share (default: the config's, 32)."
 )
 
 

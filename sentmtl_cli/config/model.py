@@ -53,6 +53,8 @@ class BackboneConfig(_Strict):
     pooling: Literal["mean", "cls", "max"] = "mean"
     normalize: bool = True
     max_seq_length: int = Field(256, ge=8, le=8192)
+    # a longer text read in windows (--overflow window): the tokens consecutive windows share
+    window_overlap: int = Field(32, ge=0, le=4096)
     backend: Backend = Backend.auto
     weights: Path | None = None  # a fine-tuned backbone's safetensors (overrides the folder's)
     export: Path | None = None  # an ONNX export folder to run (default: <config name>.onnx beside it)

@@ -48,6 +48,14 @@ def sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
+def merge_windows_mean(parts: list[np.ndarray], sizes: list[int]) -> np.ndarray:
+    """Windows' rows (probabilities [labels]) merged into one: their mean weighted by each window's
+    tokens. Measured on long texts against the mean of logits, the most confident window and the
+    first window alone (bench/windows_bench.py; docs/DISCUSSION.md), it is right most often."""
+    w = np.asarray(sizes, dtype=np.float64)
+    return (np.stack(parts).astype(np.float64) * (w / w.sum())[:, None]).sum(0)
+
+
 class Examples(Protocol):
     """A head type's labelled examples: texts plus whatever targets the type needs."""
 
@@ -79,6 +87,9 @@ class BatchView:
     texts: list[str]
     batch: Batch
     features: dict
+    # per row, the words of the text it holds (a window of a long text: the words inside it,
+    # split once for the whole text); None: split each row's text here
+    word_spans: list[list[tuple[int, int]]] | None = None
     _words: list | None = field(default=None, repr=False)
 
     @property
@@ -89,7 +100,7 @@ class BatchView:
 
             self._words = []
             for b, text in enumerate(self.texts):
-                spans = split_words(text)
+                spans = split_words(text) if self.word_spans is None else self.word_spans[b]
                 first = align_first_subtokens(spans, self.batch.offsets[b], self.batch.special[b])
                 self._words.append([(sp, t) for sp, t in zip(spans, first) if t >= 0])
         return self._words
@@ -208,6 +219,20 @@ class Head:
     # ---- inference -----------------------------------------------------------------------------------
     def predict_batch(self, view: BatchView, top_k: int = 1, word_tags: bool = False) -> list[dict]:
         """One result dict per text of the batch: what `predict` prints under this task's name."""
+        raise NotImplementedError
+
+    # ---- long texts: a text read in windows (text/windows.py) --------------------------------------
+    def reads_words(self) -> bool:
+        """Whether window_outputs reads view.words (the model then splits a long text once)."""
+        return False
+
+    def window_outputs(self, view: BatchView) -> list:
+        """Per row of the batch (each one window of a long text): what merge_windows needs."""
+        raise NotImplementedError
+
+    def merge_windows(self, text: str, parts: list, sizes: list[int], top_k: int = 1, word_tags: bool = False) -> dict:
+        """The result dict for a whole text from its windows' window_outputs, in order; sizes:
+        each window's content tokens."""
         raise NotImplementedError
 
     # ---- data, training, scoring ---------------------------------------------------------------------

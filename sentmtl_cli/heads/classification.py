@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..registry import HEADS
-from .base import BatchView, TrainingRows, sigmoid, softmax
+from .base import BatchView, TrainingRows, merge_windows_mean, sigmoid, softmax
 from .mlp import MLPHead, attention_pool
 
 if TYPE_CHECKING:
@@ -123,8 +123,23 @@ class SentenceClassificationHead(MLPHead):
         return float(-logp[np.arange(len(y)), y].mean())
 
     def predict_batch(self, view: BatchView, top_k: int = 1, word_tags: bool = False) -> list[dict]:
-        probs = self.probabilities(self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask)))
+        return self.decode_logits(
+            self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask)), top_k
+        )
+
+    def decode_logits(self, logits: np.ndarray, top_k: int) -> list[dict]:
+        """Result dicts from logits [N, labels], the temperature applied here."""
+        return self.decode_probabilities(self.probabilities(logits), top_k)
+
+    def decode_probabilities(self, probs: np.ndarray, top_k: int) -> list[dict]:
         return decode_sentences(self.outputs, probs, top_k, self.cfg.multi_label)
+
+    def window_outputs(self, view: BatchView) -> list:
+        """Per window, its calibrated probabilities."""
+        return list(self.probabilities(self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask))))
+
+    def merge_windows(self, text: str, parts: list, sizes: list[int], top_k: int = 1, word_tags: bool = False) -> dict:
+        return self.decode_probabilities(merge_windows_mean(parts, sizes)[None], top_k)[0]
 
     # ---- data and training ---------------------------------------------------------------------------
     def read_examples(self, data: DataConfig):

@@ -97,35 +97,97 @@ class TokenClassificationHead(MLPHead):
         are mixed, so padding and word pieces cost nothing."""
         return [features["hidden_states"][i][rows] for i in self.hidden_layers()]
 
-    def predict_batch(self, view: BatchView, top_k: int = 1, word_tags: bool = False) -> list[dict]:
+    def reads_words(self) -> bool:
+        return True
+
+    def word_logits(self, view: BatchView) -> tuple[list[int], np.ndarray]:
+        """Each row's word count, and the logits [words, tags] of all rows' words in order."""
         words = view.words
         rows_b = np.array([b for b, ws in enumerate(words) for _ in ws], dtype=np.int64)
         rows_t = np.array([t for ws in words for _, t in ws], dtype=np.int64)
-        names = self.outputs
-        if len(rows_b):
-            shapes = None
-            if self.cfg.word_shape:
-                shapes = np.concatenate([word_shapes(t, [sp for sp, _ in ws]) for t, ws in zip(view.texts, words)])
-            logits = self.forward_numpy(
-                self.token_features(view.features, (rows_b, rows_t)), shapes, [len(ws) for ws in words]
-            )
-            probs = softmax(logits / self.temperature)
-        else:
-            probs = np.zeros((0, len(names)))
         lengths = [len(ws) for ws in words]
+        if not len(rows_b):
+            return lengths, np.zeros((0, len(self.outputs)), dtype=np.float32)
+        shapes = None
+        if self.cfg.word_shape:
+            shapes = np.concatenate([word_shapes(t, [sp for sp, _ in ws]) for t, ws in zip(view.texts, words)])
+        return lengths, self.forward_numpy(self.token_features(view.features, (rows_b, rows_t)), shapes, lengths)
+
+    def predict_batch(self, view: BatchView, top_k: int = 1, word_tags: bool = False) -> list[dict]:
+        lengths, logits = self.word_logits(view)
+        spans = [[sp for sp, _ in ws] for ws in view.words]
+        return self.decode_words(view.texts, spans, lengths, logits, word_tags)
+
+    def decode_words(
+        self,
+        texts: list[str],
+        spans: list[list[tuple[int, int]]],
+        lengths: list[int],
+        logits: np.ndarray,
+        word_tags: bool,
+    ) -> list[dict]:
+        """Valid BIO paths over each text's words, then its entities (and, asked, every word's tag)."""
+        names = self.outputs
+        probs = softmax(logits / self.temperature) if len(logits) else np.zeros((0, len(names)))
         paths = bio_paths(probs, lengths, names)
         path_probs = probs[np.arange(len(probs)), np.concatenate(paths)].tolist() if len(probs) else []
         out, pos = [], 0
-        for b, text in enumerate(view.texts):
+        for b, text in enumerate(texts):
             n = lengths[b]
-            spans = [sp for sp, _ in words[b]]
             tags = [names[k] for k in paths[b].tolist()]
-            r: dict = {"entities": decode_entities(text, spans, tags, path_probs[pos : pos + n])}
+            r: dict = {"entities": decode_entities(text, spans[b], tags, path_probs[pos : pos + n])}
             if word_tags:  # per word (start, end, BIO tag, the tag's probability)
-                r["words"] = [(s, e, t, p) for (s, e), t, p in zip(spans, tags, path_probs[pos : pos + n])]
+                r["words"] = [(s, e, t, p) for (s, e), t, p in zip(spans[b], tags, path_probs[pos : pos + n])]
             out.append(r)
             pos += n
         return out
+
+    def window_outputs(self, view: BatchView) -> list:
+        """Per window: its words' spans, their logits, and how far (in tokens) each word's first
+        sub-token sits from the window's nearer edge."""
+        from ..text.windows import special_ends
+
+        lengths, logits = self.word_logits(view)
+        out, pos = [], 0
+        for b, ws in enumerate(view.words):
+            lead, tail = special_ends(view.batch.special[b])
+            last = len(view.batch.special[b]) - tail - 1
+            margin = [min(t - lead, last - t) for _, t in ws]
+            out.append(([sp for sp, _ in ws], logits[pos : pos + lengths[b]], margin))
+            pos += lengths[b]
+        return out
+
+    def merge_windows(self, text: str, parts: list, sizes: list[int], top_k: int = 1, word_tags: bool = False) -> dict:
+        """Each word's logits from the window where it sits farthest from an edge; then a BIO
+        path over the words, one across overlapping windows (spans stay valid across the join)
+        and a new one where a window starts a sentence of its own (no entity runs from one
+        sentence into the next); no word, so no entity, is reported twice."""
+        best: dict[int, tuple[int, tuple[int, int], np.ndarray]] = {}
+        breaks, last = set(), -1
+        for spans, logits, margin in parts:
+            if spans and spans[0][0] > last >= 0:  # shares no word with the window before
+                breaks.add(spans[0][0])
+            for sp, row, m in zip(spans, logits, margin):
+                seen = best.get(sp[0])
+                if seen is None or m > seen[0]:
+                    best[sp[0]] = (m, sp, row)
+            if spans:
+                last = max(last, spans[-1][0])
+        keys = sorted(best)
+        spans = [best[k][1] for k in keys]
+        names = self.outputs
+        if not keys:
+            return self.decode_words([text], [spans], [0], np.zeros((0, len(names)), dtype=np.float32), word_tags)[0]
+        probs = softmax(np.stack([best[k][2] for k in keys]) / self.temperature)
+        cut = [i for i, k in enumerate(keys) if k in breaks]
+        lengths = np.diff([0] + cut + [len(keys)]).tolist()
+        path = np.concatenate(bio_paths(probs, lengths, names))
+        tags = [names[k] for k in path.tolist()]
+        path_probs = probs[np.arange(len(probs)), path].tolist()
+        r: dict = {"entities": decode_entities(text, spans, tags, path_probs)}
+        if word_tags:
+            r["words"] = [(s, e, t, p) for (s, e), t, p in zip(spans, tags, path_probs)]
+        return r
 
     # ---- data and training ---------------------------------------------------------------------------
     def read_examples(self, data: DataConfig):

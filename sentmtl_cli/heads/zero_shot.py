@@ -117,9 +117,11 @@ class ZeroShotHead(SentenceClassificationHead):
     def predict_embeddings(self, embeddings: np.ndarray, top_k: int = 1) -> list[dict]:
         """The results for sentence embeddings [N, dim] computed already (the server's requests
         with labels of their own share the backbone batches and score them after)."""
+        return self.decode_logits(self.forward_numpy(np.asarray(embeddings, dtype=np.float32)), top_k)
+
+    def decode_probabilities(self, probs: np.ndarray, top_k: int) -> list[dict]:
         from .classification import decode_sentences
 
-        probs = self.probabilities(self.forward_numpy(np.asarray(embeddings, dtype=np.float32)))
         out = decode_sentences(self.outputs, probs, top_k, False)
         for r in out:
             if self.cfg.multi_label:  # every label whose probability reaches the threshold (the best one at least)

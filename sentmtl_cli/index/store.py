@@ -315,6 +315,7 @@ class IndexJob:
     workers: int = 2
     config: str | Path | None = None  # the model's config, for the Ray workers to load
     backend: str | None = None
+    overflow: str = "window"  # a text past max_seq_length: window | truncate | error
 
 
 def is_batch_output(path: Path) -> bool:
@@ -336,7 +337,10 @@ def build(model, job: IndexJob, progress=None) -> dict:
     a context manager for the progress bar of rows embedded (none when a batch output's are taken)."""
     import time
 
+    from ..batch.worker import check_overflow
+
     t0 = time.perf_counter()
+    model.overflow = check_overflow(job.overflow)
     index, src_path = Path(job.index), Path(job.input)
     if job.tasks is not None:
         unknown = [t for t in job.tasks if t not in model.heads and t != "embed"]
@@ -421,6 +425,7 @@ def _ray_source(model, job: IndexJob, src: Path, tasks) -> Source:
             on_error=job.on_error,
             force=True,
             backend=job.backend,
+            overflow=job.overflow,
         )
     )
     source = batch_output_source(model, work, heads)

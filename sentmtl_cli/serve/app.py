@@ -31,6 +31,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import SentmtlError
 from ..heads.zero_shot import ZERO_SHOT_TASK
+from ..text.windows import truncate
 from .batcher import MicroBatcher, QueueFull, ShuttingDown
 from .guard import (
     BODY,
@@ -78,6 +79,8 @@ class EmbeddingsRequest(BaseModel):
     model: str | None = None
     encoding_format: Literal["float", "base64"] = "float"
     dimensions: int | None = None
+    # a text past max_seq_length: read in windows and merged | cut to it | refused (422)
+    overflow: Literal["window", "truncate", "error"] = "truncate"
 
 
 class PredictRequest(BaseModel):
@@ -87,12 +90,16 @@ class PredictRequest(BaseModel):
     labels: list[str] | None = None  # zero-shot labels of the request's own ("name" or "name: description")
     multi_label: bool = False
     threshold: float = 0.5
+    # a text past max_seq_length: read in windows and merged | cut to it | refused (422)
+    overflow: Literal["window", "truncate", "error"] = "window"
 
 
 class SimilarityRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     texts: list[str]
     metric: Literal["cosine", "dot", "euclidean"] = "cosine"
+    # a text past max_seq_length: read in windows and merged | cut to it | refused (422)
+    overflow: Literal["window", "truncate", "error"] = "truncate"
 
 
 class SearchRequest(BaseModel):
@@ -313,13 +320,29 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         if gone is not None and gone.is_set():
             raise ApiError(499, "the client closed the connection before the answer", None, "client_closed")
 
-    def tokenize(request: Request, m, texts: list[str]):
+    def tokenize(request: Request, m, texts: list[str], overflow: str):
+        """Every text's tokens (whole, or cut to max_seq_length with `truncate`); `error` refuses
+        the first text past it."""
         left(request)
-        return m.tokenizer.encode_raw(texts)
+        encoded = m.tokenizer.encode_raw(texts, truncate=False)
+        L = m.tokenizer.max_seq_length
+        if overflow == "truncate":
+            return [truncate(item, L) for item in encoded]
+        if overflow == "error":
+            for i, item in enumerate(encoded):
+                if len(item[0]) > L:
+                    raise ApiError(
+                        422,
+                        f"texts[{i}]: {len(item[0]):,} tokens is longer than max_seq_length={L} "
+                        '("overflow": "window" reads it in windows; "truncate" cuts it)',
+                        "overflow",
+                    )
+        return encoded
 
-    async def run(request: Request, texts: list[str], tasks: list[str], want_embeddings: bool):
+    async def run(request: Request, texts: list[str], tasks: list[str], want_embeddings: bool, overflow="truncate"):
         m, batcher = loaded()
-        encoded = await asyncio.to_thread(tokenize, request, m, texts)  # off the loop: long texts take seconds
+        # off the loop: long texts take seconds
+        encoded = await asyncio.to_thread(tokenize, request, m, texts, overflow)
         left(request)
         tokens = [len(ids) for ids, *_ in encoded]
         cut = sum(1 for *_, dropped in encoded if dropped)
@@ -331,7 +354,7 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
                 file=sys.stderr,
             )
         try:
-            fut = batcher.submit(texts, tasks, want_embeddings, encoded)
+            fut = batcher.submit(texts, tasks, want_embeddings, encoded, overflow)
         except QueueFull as e:
             raise ApiError(429, f"the server is busy ({e}); retry shortly", None, "rate_limit_error") from None
         except ShuttingDown as e:
@@ -391,7 +414,7 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         texts = [req.input] if isinstance(req.input, str) else req.input
         if req.dimensions is not None and req.dimensions != m.dim:
             raise ApiError(422, f"dimensions: this model gives {m.dim} dimensions, not {req.dimensions}", "dimensions")
-        answer, tokens = await run(request, texts, [], True)
+        answer, tokens = await run(request, texts, [], True, req.overflow)
         emb = np.asarray(answer.embeddings, dtype="<f4")
         data = [
             {
@@ -429,7 +452,7 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
             made, _ = await run(request, [t for texts in prompt_lists for t in texts], [], True)
             zero_shot.use_prompt_embeddings(made.embeddings)
             remember(zero_shot)
-        answer, _ = await run(request, req.texts, tasks, zero_shot is not None)
+        answer, _ = await run(request, req.texts, tasks, zero_shot is not None, req.overflow)
         if zero_shot is not None:  # scored on the same pass's embeddings
             for r, z in zip(answer.results, zero_shot.predict_embeddings(answer.embeddings)):
                 r[ZERO_SHOT_TASK] = z
@@ -445,7 +468,7 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         if len(req.texts) < 2:
             raise ApiError(422, "texts: give at least two texts to compare", "texts")
         await asyncio.to_thread(check_texts, req.texts, "texts")
-        answer, _ = await run(request, req.texts, [], True)
+        answer, _ = await run(request, req.texts, [], True, req.overflow)
         emb = np.asarray(answer.embeddings)
         return FastJSON(similarity_json(req.metric, req.texts, pairwise(emb, emb, req.metric)))
 

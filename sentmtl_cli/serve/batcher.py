@@ -60,6 +60,7 @@ class Job:
     encoded: list
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
+    overflow: str = "truncate"  # what a text past max_seq_length gets (model.run's overflow)
     pieces_left: int = 0  # pieces not yet run
     queued_pieces: int = 0  # pieces still in the queue
     failed: bool = False  # failed, dropped or aborted: its other pieces are not run
@@ -116,10 +117,15 @@ class MicroBatcher:
         """Requests submitted and not yet answered (queued or running)."""
         return len(self._live)
 
-    def submit(self, texts: list[str], tasks: list[str], want_embeddings: bool, encoded: list) -> asyncio.Future:
-        """Queue a job; its future gets an Answer (or the batch's exception). QueueFull when full."""
+    def submit(
+        self, texts: list[str], tasks: list[str], want_embeddings: bool, encoded: list, overflow: str = "truncate"
+    ) -> asyncio.Future:
+        """Queue a job; its future gets an Answer (or the batch's exception). QueueFull when full.
+        `encoded`: the texts' tokens as model.run takes them (a text to be read in windows whole)."""
         loop = asyncio.get_running_loop()
-        job = Job(texts, tasks, want_embeddings, encoded, loop.create_future(), loop, results=[None] * len(texts))
+        job = Job(
+            texts, tasks, want_embeddings, encoded, loop.create_future(), loop, overflow, results=[None] * len(texts)
+        )
         if want_embeddings:  # filled by the pieces, maybe by several workers at once
             job.embeddings = np.empty((len(texts), self.model.dim), dtype=np.float32)
         pieces = self._cut(job, [len(e[0]) for e in encoded])
@@ -233,7 +239,13 @@ class MicroBatcher:
             want = any(p.job.want_embeddings for p in pieces)
             try:
                 emb, results = self.model.run(
-                    texts, tasks, batch_size=self.batch_size, want_embeddings=want, encoded=encoded, warn=False
+                    texts,
+                    tasks,
+                    batch_size=self.batch_size,
+                    want_embeddings=want,
+                    encoded=encoded,
+                    warn=False,
+                    overflow=[p.job.overflow for p in pieces for _ in p.rows],
                 )
             except BaseException as e:  # noqa: BLE001 (any failure fails this batch's jobs, not the server)
                 with self._cond:
@@ -252,7 +264,8 @@ class MicroBatcher:
                     start += n
                     continue
                 for i, r in zip(p.rows, results[start : start + n]):
-                    job.results[i] = {"text": r["text"], **{t: r[t] for t in job.tasks}}
+                    windows = {"windows": r["windows"]} if "windows" in r else {}  # read in windows: how many
+                    job.results[i] = {"text": r["text"], **windows, **{t: r[t] for t in job.tasks}}
                 if job.embeddings is not None and emb is not None:
                     job.embeddings[p.rows] = emb[start : start + n]
                 start += n

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SentmtlError
+from .windows import truncate as truncate_item
 
 
 @dataclass
@@ -44,24 +45,16 @@ class Tokenizer:
             pad = self._tok.token_to_id("<pad>")
         self.pad_id = 0 if pad is None else pad
 
-    def encode_raw(self, texts: list[str]) -> list[tuple[list[int], list[tuple[int, int]], list[int], int]]:
-        """Per text, unpadded: ids, char offsets, special-token mask, tokens dropped by truncation."""
+    def encode_raw(
+        self, texts: list[str], truncate: bool = True
+    ) -> list[tuple[list[int], list[tuple[int, int]], list[int], int]]:
+        """Per text, unpadded: ids, char offsets, special-token mask, tokens dropped by truncation
+        (`truncate`: cut to max_seq_length; otherwise every token, for windows)."""
         encs = self._tok.encode_batch(list(texts), add_special_tokens=True)
-        L = self.max_seq_length
         out = []
         for enc in encs:
-            i, o, s = list(enc.ids), list(enc.offsets), list(enc.special_tokens_mask)
-            cut = 0
-            if len(i) > L:
-                # keep the trailing special tokens ([SEP]); cut content from the end, as HF does
-                tail = 0
-                while tail < len(s) and s[len(s) - 1 - tail] == 1:
-                    tail += 1
-                cut = len(i) - L
-                i = i[: L - tail] + i[len(i) - tail :]
-                o = o[: L - tail] + o[len(o) - tail :]
-                s = s[: L - tail] + s[len(s) - tail :]
-            out.append((i, [(int(a), int(b)) for a, b in o], s, cut))
+            item = (list(enc.ids), [(int(a), int(b)) for a, b in enc.offsets], list(enc.special_tokens_mask), 0)
+            out.append(truncate_item(item, self.max_seq_length) if truncate else item)
         return out
 
     def pad(self, items) -> Batch:
