@@ -66,6 +66,7 @@ bench: setup
 	$(BIN)/python bench/fewshot.py --seeds 3 --json build/fewshot.json --markdown docs/experiments/fewshot.md
 	$(BIN)/python bench/setfit_bench.py --k 8 --seeds 3
 	$(BIN)/python bench/index_bench.py --json docs/experiments/index_1m.json
+	$(BIN)/python bench/windows_bench.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -85,6 +85,7 @@ def main() -> None:
     reports = {
         "sent_sst2_unseen": evaluate("sent", sst2, "--label-map", "0=negative,1=positive"),
         "ner_social": evaluate("ner", social),
+        "ner_ewt_dev": evaluate("ner", DATA / "ner_sentences" / "dev_uner_ewt.conll"),
     }
     keep = ("accuracy", "macro_recall", "macro_f1", "entity_f1", "precision", "recall", "ece")
     keep += ("false_alarm_rate", "entity_free", "n")
@@ -93,6 +94,10 @@ def main() -> None:
             "data": f"SST-2 train.tsv: {n_sst2:,} phrases after the first {n_trained:,} (trained on), unseen in them"
         },
         "ner_social": {"data": f"ner_sentences/social.conll, first {n_social:,} tweets (not trained on)"},
+        "ner_ewt_dev": {
+            "data": "ner_sentences/dev_uner_ewt.conll (web text; not trained on, but the head's validation set, "
+            "which chose its epoch, temperature and min_score)"
+        },
     }
     for name, rep in reports.items():
         rep = rep.get("report", rep)

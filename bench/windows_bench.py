@@ -322,7 +322,7 @@ def main() -> None:
         [sst_labels[r[1].strip()] for r in rows],
         a.doc_tokens,
         a.docs,
-        "SST-2 phrases past the first 40,000, same-label phrases joined",
+        "SST-2 phrases past the first 40,000 the head trained on",
     )
     rows = [line.split("\t") for line in (DATA / "ag_news" / "train_10k.tsv").read_text(encoding="utf-8").splitlines()]
     topic = {"World": "world", "Sports": "sports", "Business": "business", "Sci/Tech": "sci_tech"}
@@ -334,7 +334,7 @@ def main() -> None:
         [topic[r[1].strip()] for r in rows],
         a.doc_tokens,
         a.docs,
-        "AG News train_10k (the topic head trained on it), same-topic texts joined",
+        "AG News train_10k, which the topic head trained on",
     )
     with token_windows():
         for task in ("sent", "cls"):

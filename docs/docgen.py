@@ -59,8 +59,8 @@ TARGETS = [
     ),
     ("heldout", "sent_sst2_unseen", "accuracy", "sentiment accuracy", "{data}", 86, True),
     (
-        "val",
-        "ner",
+        "heldout",
+        "ner_ewt_dev",
         "entity_f1",
         "entity F1",
         "UNER English-EWT dev: {n:,} web-text sentences (never trained on)",
@@ -68,8 +68,8 @@ TARGETS = [
         True,
     ),
     (
-        "val",
-        "ner",
+        "heldout",
+        "ner_ewt_dev",
         "false_alarm_rate",
         "entity found where there is none",
         "its {entity_free:,} sentences with no entity",
@@ -170,3 +170,61 @@ def index_figures(path: str = "docs/experiments/index_1m.json") -> None:
     cog.outl("|---|---|---|")
     for row in rows:
         cog.outl("| " + " | ".join(row) + " |")
+
+
+def window_figures(path: str = "docs/experiments/windows.json") -> None:
+    """bench/windows_bench.py's results (make bench): long texts read in windows, against the same
+    sentences one by one, against truncation and against 256-token windows; then how the sentence
+    heads' windows are merged."""
+    import json
+
+    r = json.loads((ROOT / path).read_text(encoding="utf-8"))
+    n = r["ner"]
+    cog.outl(
+        f"NER on {n['documents']} texts of {n['mean_doc_tokens']:.0f} word pieces on average ({n['data']}; "
+        f"{n['gold_entities']} gold entities, {n['gold_after_256']} past the 256th token; {path}):"
+    )
+    cog.outl("")
+    cog.outl(
+        "| how the texts are read | entity F1 | recall before / after token 256 | backbone tokens per text token | tokens/s against the sentences one by one |"
+    )
+    cog.outl("|---|---|---|---|---|")
+
+    def row(name: str, d: dict, part: str = "window") -> None:
+        s = d[part]
+        cost = f"{d['tokens_processed_per_doc_token']:.2f}x" if part == "window" else ""
+        speed = f"{d['throughput_ratio']:.2f}x" if part == "window" else ""
+        cog.outl(
+            f"| {name} | {s['all']['f1']:.4f} | {s['recall_before_256']:.3f} / {s['recall_after_256']:.3f} | {cost} | {speed} |"
+        )
+
+    row("the sentences one by one (the reference)", n, "sentences_one_by_one")
+    row(f"one window a sentence (ships; {n['mean_windows']:.0f} windows a text)", n)
+    row("the same, sentences joined by a space, not a line break", r["ner_run_on"])
+    row("windows of 256 tokens, sentences ignored", r["ner_token_windows"])
+    row("truncated at 256 tokens (before windows)", n, "truncate")
+    cog.outl("")
+    names = {
+        "token_weighted_probabilities": "token-weighted mean of probabilities (ships)",
+        "mean_probabilities": "mean of probabilities",
+        "token_weighted_logits": "token-weighted mean of logits",
+        "mean_logits": "mean of logits",
+        "most_confident_window": "the most confident window",
+        "first_window": "the first window alone",
+    }
+    c, s = r["cls"], r["sent"]
+    cog.outl(
+        f"Sentence heads: {c['documents']} long texts a task, each 60% of one label and 40% of others "
+        f"(sentiment: {s['data']}; topic: {c['data']}); accuracy / log-loss against the majority label:"
+    )
+    cog.outl("")
+    cog.outl(
+        "| merge | sent, one window a sentence | cls, one window a sentence | sent, 256-token windows | cls, 256-token windows |"
+    )
+    cog.outl("|---|---|---|---|---|")
+    for key, name in names.items():
+        cells = [
+            f"{d['merges'][key]['accuracy']:.3f} / {d['merges'][key]['log_loss']:.3f}"
+            for d in (s, c, r["sent_token_windows"], r["cls_token_windows"])
+        ]
+        cog.outl(f"| {name} | " + " | ".join(cells) + " |")

@@ -82,6 +82,11 @@ class HeadConfig(_Strict):
     # token heads: a bidirectional LSTM of this size (per direction) over the sentence's words,
     # between the mix and the MLP, so each word's tag sees its neighbours (0: none)
     lstm: int = Field(0, ge=0, le=4096)
+    # token heads: an entity whose score (its words' mean tag probability) is below min_score is
+    # not reported (its words are O); min_score_capitals for one written all in capitals (a
+    # heading, a table row, an acronym), where an uncased backbone guesses most
+    min_score: float = Field(0.0, ge=0.0, lt=1.0)
+    min_score_capitals: float = Field(0.0, ge=0.0, lt=1.0)
     # sentence heads: read the mean and max over the text's tokens of these hidden layers instead of
     # the pooled sentence embedding (empty: the sentence embedding)
     pool_layers: list[int] = Field(default_factory=list)

@@ -59,6 +59,8 @@ class SentenceClassificationHead(MLPHead):
             return "word_shape: word-shape features are for token heads"
         if cfg.lstm:
             return "lstm: a sequence layer over words is for token heads"
+        if cfg.min_score or cfg.min_score_capitals:
+            return "min_score: a floor on entity scores is for token heads"
         if cfg.pool == "attention" and not cfg.pool_layers:
             return "pool: attention pools pool_layers' tokens; give pool_layers (e.g. [2, 4, 6])"
         if cfg.with_embedding and (not cfg.pool_layers or cfg.pool != "mean_max"):

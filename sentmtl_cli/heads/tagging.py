@@ -72,6 +72,24 @@ class TokenClassificationHead(MLPHead):
             return "with_embedding: the sentence embedding is for sentence heads"
         return None
 
+    def drop_weak(
+        self, text: str, spans: list[tuple[int, int]], tags: list[str], probs: list[float], rows: np.ndarray
+    ) -> tuple[list[str], list[float]]:
+        """Tags and their probabilities with each entity under its min_score (min_score_capitals
+        for one written in capitals) made O, at O's probability (rows: the words' tag probabilities)."""
+        low, caps = self.cfg.min_score, self.cfg.min_score_capitals
+        if not (low or caps):
+            return tags, probs
+        out, p = list(tags), list(probs)
+        o = self.outputs.index("O")
+        for s, e, _, score in word_entities(tags, probs):
+            written = text[spans[s][0] : spans[e - 1][1]]
+            floor = max(low, caps) if written.isupper() and len(written) > 1 else low
+            if score < floor:
+                out[s:e] = ["O"] * (e - s)
+                p[s:e] = rows[s:e, o].tolist()
+        return out, p
+
     @property
     def outputs(self) -> list[str]:
         key = tuple(self.cfg.labels)
@@ -134,10 +152,12 @@ class TokenClassificationHead(MLPHead):
         out, pos = [], 0
         for b, text in enumerate(texts):
             n = lengths[b]
-            tags = [names[k] for k in paths[b].tolist()]
-            r: dict = {"entities": decode_entities(text, spans[b], tags, path_probs[pos : pos + n])}
+            tags, word_probs = self.drop_weak(
+                text, spans[b], [names[k] for k in paths[b].tolist()], path_probs[pos : pos + n], probs[pos : pos + n]
+            )
+            r: dict = {"entities": decode_entities(text, spans[b], tags, word_probs)}
             if word_tags:  # per word (start, end, BIO tag, the tag's probability)
-                r["words"] = [(s, e, t, p) for (s, e), t, p in zip(spans[b], tags, path_probs[pos : pos + n])]
+                r["words"] = [(s, e, t, p) for (s, e), t, p in zip(spans[b], tags, word_probs)]
             out.append(r)
             pos += n
         return out
@@ -182,8 +202,9 @@ class TokenClassificationHead(MLPHead):
         cut = [i for i, k in enumerate(keys) if k in breaks]
         lengths = np.diff([0] + cut + [len(keys)]).tolist()
         path = np.concatenate(bio_paths(probs, lengths, names))
-        tags = [names[k] for k in path.tolist()]
-        path_probs = probs[np.arange(len(probs)), path].tolist()
+        tags, path_probs = self.drop_weak(
+            text, spans, [names[k] for k in path.tolist()], probs[np.arange(len(probs)), path].tolist(), probs
+        )
         r: dict = {"entities": decode_entities(text, spans, tags, path_probs)}
         if word_tags:
             r["words"] = [(s, e, t, p) for (s, e), t, p in zip(spans, tags, path_probs)]

@@ -50,6 +50,8 @@ class ZeroShotHead(SentenceClassificationHead):
         ):
             if value != empty:
                 return f"{key}: a zero_shot head has no trained layers (its labels' embeddings are its parameters)"
+        if cfg.min_score or cfg.min_score_capitals:
+            return "min_score: a floor on entity scores is for token heads"
         if cfg.word_shape or cfg.lstm:
             return "word_shape: a zero_shot head reads the sentence embedding only"
         if len(cfg.labels) < 2:
