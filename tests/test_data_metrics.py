@@ -7,8 +7,8 @@ from sentmtl_cli.config import DataConfig
 from sentmtl_cli.data.examples import split_examples, to_conll_tags, token_examples
 from sentmtl_cli.data.readers import read_sentence_data, read_token_data
 from sentmtl_cli.errors import SentmtlError
-from sentmtl_cli.eval.metrics import classification_report, entity_report, pearson, spearman
 from sentmtl_cli.heads.bio import bio_tags
+from sentmtl_cli.metrics import classification_report, entity_report, pearson, spearman
 
 LABELS = ["negative", "neutral", "positive"]
 
@@ -99,7 +99,7 @@ def test_spearman_matches_scipy_with_ties():
 
 
 def test_expected_calibration_error():
-    from sentmtl_cli.eval.metrics import expected_calibration_error
+    from sentmtl_cli.metrics import expected_calibration_error
 
     conf = np.full(10, 0.9)
     assert expected_calibration_error(conf, np.array([1] * 9 + [0])) == pytest.approx(0.0)

@@ -346,7 +346,7 @@ heads:
 def test_temperature_scaling_recovers_an_overconfident_heads_temperature():
     """Logits that are 3x too sharp: the fitted temperature is near 3, the calibration error falls,
     the labels do not change, and the temperature survives a save and a load."""
-    from sentmtl_cli.eval.metrics import expected_calibration_error
+    from sentmtl_cli.metrics import expected_calibration_error
 
     head = _head("sentence_classification")
     rng = np.random.default_rng(5)

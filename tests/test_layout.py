@@ -1,7 +1,8 @@
-"""The shape of the package, checked statically: data flows one way (cli -> training/ray ->
-eval/export/batch -> model -> heads -> backbone/data -> config -> text/files -> errors), no module imports a module above
-it or reaches for another module's private name, there is no import cycle (function-local imports
-included), and no module is named after a standard-library one."""
+"""The shape of the package, checked statically: data flows one way (cli -> serve -> training/ray/index ->
+eval/export/batch -> model -> heads -> backbone/data -> config -> text/files/metrics/shapes -> errors), no
+module imports a room above its own or reaches for another module's private name, there is no import
+cycle between modules or between rooms (function-local imports included), and no module is named
+after a standard-library one."""
 
 import ast
 import sys
@@ -13,9 +14,10 @@ from conftest import ROOT
 
 PKG = ROOT / "sentmtl_cli"
 
-# the layer of each module (the longest matching prefix decides); a module may import its own layer or below
+# the layer of each room (a sub-package or a top-level module of sentmtl_cli); a module may import
+# its own room, or a room of a lower layer. A room has one layer: no module inside it is placed apart.
 LAYERS = {
-    "sentmtl_cli": 9,  # the package's own __init__: the Python API's load(), above everything
+    "sentmtl_cli": 10,  # the package's own __init__: the Python API's load(), above everything
     "sentmtl_cli.defaults": 0,
     "sentmtl_cli.errors": 0,
     "sentmtl_cli.choices": 0,
@@ -23,7 +25,8 @@ LAYERS = {
     "sentmtl_cli.registry": 0,
     "sentmtl_cli.text": 1,
     "sentmtl_cli.files": 1,
-    "sentmtl_cli.eval.metrics": 1,
+    "sentmtl_cli.metrics": 1,  # pure scores: the heads score with them, evaluate reports them
+    "sentmtl_cli.shapes": 1,  # the JSON shapes the CLI, serve and batch share
     "sentmtl_cli.config": 2,
     "sentmtl_cli.backbone": 3,
     "sentmtl_cli.data": 3,
@@ -33,19 +36,24 @@ LAYERS = {
     "sentmtl_cli.export": 6,
     "sentmtl_cli.batch": 6,
     "sentmtl_cli.ray": 7,  # public: Predictor for users' own Ray Data pipelines
-    "sentmtl_cli.serve": 8,  # beside the CLI: another front end on the Python API
     "sentmtl_cli.training": 7,
     "sentmtl_cli.index": 7,  # a corpus's rows (batch's readers and shards) in a LanceDB table
-    "sentmtl_cli.cli": 8,
-    "sentmtl_cli.__main__": 8,
+    "sentmtl_cli.serve": 8,  # another front end on the Python API, below the CLI that starts it
+    "sentmtl_cli.cli": 9,
+    "sentmtl_cli.__main__": 9,
 }
 
 
+def _room(module: str) -> str:
+    """sentmtl_cli.heads.tagging -> sentmtl_cli.heads; the package itself is its own room."""
+    return ".".join(module.split(".")[:2])
+
+
 def _layer(module: str) -> int:
-    best = max((p for p in LAYERS if module == p or module.startswith(p + ".")), key=len)
-    if best == "sentmtl_cli" and module != "sentmtl_cli":
-        raise AssertionError(f"{module} has no layer in LAYERS: add it")
-    return LAYERS[best]
+    room = _room(module)
+    if room not in LAYERS:
+        raise AssertionError(f"{room} has no layer in LAYERS: add it (and a line in docs/ARCHITECTURE.md)")
+    return LAYERS[room]
 
 
 def _modules() -> dict[str, Path]:
@@ -116,6 +124,35 @@ def test_no_import_cycles():
         if node not in state:
             visit(node, [node])
     assert cycles == []
+
+
+def test_layers_are_given_to_rooms_only():
+    assert [r for r in LAYERS if _room(r) != r] == []
+
+
+def test_no_two_rooms_import_each_other():
+    """At the level of rooms: no loop, of any length (heads -> eval -> model -> heads was one)."""
+    modules = _modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        for target, names, _ in _imports(name, path):
+            for t in _resolve(target, names, modules):
+                a, b = _room(name), _room(t)
+                if a != b and b != "sentmtl_cli":
+                    graph.setdefault(a, set()).add(b)
+    loops = []
+
+    def reach(start: str, node: str, seen: set[str]) -> None:
+        for nxt in graph.get(node, ()):
+            if nxt == start:
+                loops.append(f"{start} -> ... -> {node} -> {start}")
+            elif nxt not in seen:
+                seen.add(nxt)
+                reach(start, nxt, seen)
+
+    for room in graph:
+        reach(room, room, {room})
+    assert loops == []
 
 
 def test_no_module_reaches_for_another_modules_private_names():

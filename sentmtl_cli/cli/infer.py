@@ -94,6 +94,7 @@ def embed(
     model was trained and as sentence-transformers does, unless --overflow window."""
     from ..files.read import TextSource
     from ..files.sink import Sink
+    from ..shapes import embeddings_head
     from . import render
 
     f = default_format(fmt, output)
@@ -103,7 +104,7 @@ def embed(
     total = source.count()
     m = load_model(config, threads, backend, window_overlap)
     refuse_long(m, source, overflow)
-    head = {"model": m.name, "dimension": m.dim, "normalized": m.cfg.backbone.normalize}
+    head = embeddings_head(m.name, m.dim, m.cfg.backbone.normalize)
     with (
         Sink(f, output, json_head=head, json_key="embeddings", rows=total, dim=m.dim) as out,
         render.Progress(total, "embedding") as p,
@@ -141,6 +142,7 @@ def similarity(
 ):
     """Score how similar texts are: two texts print one score, more print the matrix."""
     from ..model import pairwise
+    from ..shapes import similarity_json, similarity_pairs
     from . import render
 
     texts = gather_texts(texts, file)
@@ -152,9 +154,9 @@ def similarity(
     matrix = pairwise(emb, emb, metric.value)
     f = default_format(fmt)
     if f == "json":
-        render.write_json(render.similarity_json(metric.value, texts, matrix))
+        render.write_json(similarity_json(metric.value, texts, matrix))
     elif f == "jsonl":
-        render.write_jsonl(render.similarity_pairs(texts, matrix))
+        render.write_jsonl(similarity_pairs(texts, matrix))
     else:
         render.stdout_console().print(render.similarity_table(metric.value, texts, matrix))
 

@@ -57,21 +57,6 @@ def embed_table(texts: list[str], emb: np.ndarray) -> rich.table.Table:
 
 
 # ---- similarity ---------------------------------------------------------------------------------
-def similarity_json(metric: str, texts: list[str], matrix: np.ndarray) -> dict:
-    doc: dict = {"metric": metric, "texts": texts, "matrix": [[float(x) for x in row] for row in matrix]}
-    if len(texts) == 2:
-        doc["score"] = float(matrix[0, 1])
-    return doc
-
-
-def similarity_pairs(texts: list[str], matrix: np.ndarray) -> list[dict]:
-    return [
-        {"a": texts[i], "b": texts[j], "score": float(matrix[i, j])}
-        for i in range(len(texts))
-        for j in range(i + 1, len(texts))
-    ]
-
-
 def similarity_table(metric: str, texts: list[str], matrix: np.ndarray) -> rich.table.Table:
     if len(texts) == 2:
         t = new_table(title=f"{metric} similarity")

@@ -11,9 +11,9 @@ import numpy as np
 from ..config.data import DataConfig
 from ..errors import SentmtlError
 from ..files.read import read_text
+from ..metrics import pearson, spearman
 from ..model import MultiTaskModel, normalize_rows
 from ..progress import NullProgress
-from .metrics import pearson, spearman
 
 
 def evaluate_task(

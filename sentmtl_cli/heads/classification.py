@@ -212,7 +212,7 @@ class SentenceClassificationHead(MLPHead):
         return [(index[x["label"]], x["score"]) for x in r]
 
     def score(self, ex: Any, predictions: list, metric: str | None = None) -> dict:
-        from ..eval.metrics import classification_report, expected_calibration_error, multilabel_report
+        from ..metrics import classification_report, expected_calibration_error, multilabel_report
 
         metric = self.check_metric(metric)
         if self.cfg.multi_label:

@@ -281,7 +281,7 @@ class TokenClassificationHead(MLPHead):
         """Entity P/R/F1 on the data's own tokens (CoNLL-style): a token's tag is its first word's;
         a word the model did not tag (cut by truncation) counts as O."""
         from ..data.examples import to_conll_tags
-        from ..eval.metrics import entity_report, expected_calibration_error
+        from ..metrics import entity_report, expected_calibration_error
 
         metric = self.check_metric(metric)
         gold, pred, confidence, correct = [], [], [], []

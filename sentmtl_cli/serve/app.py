@@ -461,8 +461,8 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
     @app.post("/similarity", openapi_extra=openapi_body(SimilarityRequest))
     async def similarity(request: Request) -> FastJSON:
         """The same JSON as `sentmtl similarity --format json`."""
-        from ..cli.render import similarity_json
         from ..model import pairwise
+        from ..shapes import similarity_json
 
         req = await body(request, SimilarityRequest, None)
         if len(req.texts) < 2:

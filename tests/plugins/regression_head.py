@@ -13,9 +13,9 @@ import numpy as np
 from sentmtl_cli.config import DataConfig, HeadConfig
 from sentmtl_cli.data.examples import SentenceExamples
 from sentmtl_cli.data.readers import parse_rows, read_rows
-from sentmtl_cli.eval.metrics import pearson
 from sentmtl_cli.heads import BatchView, TrainingRows
 from sentmtl_cli.heads.mlp import MLPHead
+from sentmtl_cli.metrics import pearson
 from sentmtl_cli.registry import HEADS
 
 
