@@ -1,12 +1,12 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-DOCS := README.md docs/DISCUSSION.md docs/CLI.md docs/SCALE.md
+DOCS := README.md docs/DISCUSSION.md docs/CLI.md docs/SCALE.md docs/BENCHMARKS.md docs/guide/train.md
 EXPERIMENTS := configs/experiments/q1_freeze.yaml configs/experiments/q1_trap.yaml \
                configs/experiments/q2_shared.yaml configs/experiments/q3_imbalance.yaml \
                configs/experiments/q4_heads.yaml
 
-.PHONY: setup test test-fast lint docs heads validate experiments bench clean
+.PHONY: setup test test-fast lint docs docs-site heads validate experiments bench clean
 
 setup: $(BIN)/sentmtl configs/default.onnx/export.json
 
@@ -36,10 +36,17 @@ lint: setup
 	$(BIN)/ruff format --check sentmtl_cli tests bench
 	$(BIN)/mypy
 	$(BIN)/cog --check -I docs $(DOCS)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
-# regenerate the docs' tables and CLI reference from the last results files and `--help`
+# regenerate the docs' tables, pictures and CLI reference from the last results files and `--help`
 docs: setup
 	$(BIN)/cog -r -I docs $(DOCS)
+	$(BIN)/python docs/docgen.py pictures
+
+# the documentation site, offline, from README's pages under docs/ (mkdocs, material theme)
+docs-site: setup
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
+	@echo "the site is in build/site/ (open build/site/index.html)"
 
 # Reproduce the shipped head weights from ../shared/data (under 30 minutes on 2 cores), then score
 # them on data unlike their training data (configs/heads/heldout.json; the README quotes both).

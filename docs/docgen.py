@@ -5,9 +5,13 @@ that `make bench` or `make experiments` wrote, or `sentmtl COMMAND --help`."""
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
-import cog
+try:
+    import cog  # present when cog runs this file
+except ImportError:  # `python docs/docgen.py pictures` (make docs)
+    cog = None  # type: ignore[assignment]
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -228,3 +232,127 @@ def window_figures(path: str = "docs/experiments/windows.json") -> None:
             for d in (s, c, r["sent_token_windows"], r["cls_token_windows"])
         ]
         cog.outl(f"| {name} | " + " | ".join(cells) + " |")
+
+
+# ---- pictures: made from the results files, so they cannot drift (tests/test_docs_examples.py) ----
+def peer_ratios() -> list[tuple[str, str, float, str]]:
+    """(what, peer, ratio: how many times better sentmtl is, how) from the bench results files."""
+    import json
+    import statistics
+
+    r = json.loads((ROOT / "bench/results.json").read_text(encoding="utf-8"))
+    s = json.loads((ROOT / "bench/serve.json").read_text(encoding="utf-8"))
+    f = json.loads((ROOT / "docs/experiments/setfit_k8.json").read_text(encoding="utf-8"))
+    one = r["one_shot"]
+    st_one = one["sentence-transformers one-liner (similarity)"]["median_s"]
+    fit = statistics.median(v["setfit"]["seconds"] / v["sentmtl"]["seconds"] for v in f.values())
+    fit_acc = statistics.mean(v["sentmtl"]["accuracy"] for v in f.values())
+    setfit_acc = statistics.mean(v["setfit"]["accuracy"] for v in f.values())
+    return [
+        ("embed, bulk (ONNX)", "sentence-transformers", r["bulk"]["onnx"]["vs_st"]["median"], "texts per second"),
+        ("embed, bulk (int8)", "sentence-transformers", r["bulk"]["onnx-int8"]["vs_st"]["median"], "texts per second"),
+        ("`similarity a b`, one shot", "sentence-transformers", st_one / one["sentmtl similarity a b"]["median_s"], "whole command"),
+        ("three heads and the embedding", "three single-task passes", r["bulk"]["three_passes_vs_predict"], "time for all tasks"),
+        ("serve, 16 clients", "FastAPI + sentence-transformers", s["sentmtl_to_peer"], "texts per second"),
+        ("serve, one text: p99 latency", "FastAPI + sentence-transformers", s["peer_latency_ms"]["p99"] / s["sentmtl_latency_ms"]["p99"], "lower latency"),
+        (
+            f"`fit`, 8 examples a label (accuracy {fit_acc:.1f} vs {setfit_acc:.1f})",
+            "SetFit 1.2",
+            fit,
+            "training time",
+        ),
+    ]
+
+
+def peer_table() -> None:
+    """The ratios against the peers, as a table, then the chart of them."""
+    cog.outl("| sentmtl | against | how many times better | measured as |")
+    cog.outl("|---|---|---|---|")
+    for what, peer, ratio, how in peer_ratios():
+        cog.outl(f"| {what} | {peer} | {ratio:.1f}x | {how} |")
+
+
+def _svg(fig, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.rcParams["svg.hashsalt"] = "sentmtl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, format="svg", metadata={"Date": None, "Creator": None}, bbox_inches="tight")
+
+
+def ratio_chart(path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    import matplotlib.pyplot as plt
+
+    rows = peer_ratios()[::-1]
+    fig, ax = plt.subplots(figsize=(8, 3.6))
+    labels = [f"{w.replace('`', '')}\nvs {p}" for w, p, _, _ in rows]
+    ax.barh(labels, [r for _, _, r, _ in rows], color="#3f51b5")
+    ax.set_xscale("log")
+    ax.axvline(1.0, color="black", linewidth=0.8)
+    for i, (_, _, r, _) in enumerate(rows):
+        ax.text(r * 1.05, i, f"{r:.1f}x", va="center", fontsize=9)
+    from matplotlib.ticker import FuncFormatter, LogLocator
+
+    ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}x"))
+    ax.set_xlabel("times better than the peer, same machine, same run (log scale; 1x = a tie)")
+    ax.tick_params(axis="y", labelsize=8)
+    ax.set_xlim(0.5, max(r for _, _, r, _ in rows) * 2.5)
+    for side in ("top", "right"):
+        ax.spines[side].set_visible(False)
+    _svg(fig, path)
+    plt.close(fig)
+
+
+def pass_diagram(path: Path) -> None:
+    """One backbone pass feeding every head."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    matplotlib.rcParams["svg.fonttype"] = "none"
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import FancyBboxPatch
+
+    fig, ax = plt.subplots(figsize=(9, 3.4))
+    ax.set_xlim(0, 10)
+    ax.set_ylim(0, 4)
+    ax.axis("off")
+
+    def box(x, y, w, text, color):
+        ax.add_patch(FancyBboxPatch((x, y), w, 0.55, boxstyle="round,pad=0.05", fc=color, ec="#333333"))
+        ax.text(x + w / 2, y + 0.27, text, ha="center", va="center", fontsize=8)
+
+    def arrow(x0, y0, x1, y1):
+        ax.annotate("", xy=(x1, y1), xytext=(x0, y0), arrowprops={"arrowstyle": "->", "color": "#333333"})
+
+    box(0.1, 1.7, 1.3, "texts\n(long: windows)", "#eeeeee")
+    box(1.8, 1.7, 1.2, "tokenizer", "#eeeeee")
+    box(3.4, 1.7, 1.8, "backbone\none forward pass", "#c5cae9")
+    arrow(1.45, 1.97, 1.75, 1.97)
+    arrow(3.05, 1.97, 3.35, 1.97)
+    outs = [
+        (3.3, "sentence embedding -> embed, similarity, search"),
+        (2.55, "cls: topic (layers 2, 4, 6)"),
+        (1.8, "sent: sentiment (layers 2, 4, 6)"),
+        (1.05, "zero_shot, fit heads: your labels"),
+        (0.3, "ner: entities (layers 2-4, per word)"),
+    ]
+    for y, text in outs:
+        box(5.9, y, 4.0, text, "#e8f5e9")
+        arrow(5.25, 1.97, 5.95, y + 0.27)
+    _svg(fig, path)
+    plt.close(fig)
+
+
+def pictures(folder: str = "docs/img") -> None:
+    """Write the pictures (a cog block calls this; the test compares them with a fresh copy)."""
+    ratio_chart(ROOT / folder / "ratios.svg")
+    pass_diagram(ROOT / folder / "one_pass.svg")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["pictures"]:
+    pictures()
