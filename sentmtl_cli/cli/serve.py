@@ -25,6 +25,12 @@ def serve(
     max_texts_per_request: int = typer.Option(
         256, "--max-texts-per-request", min=1, help="Texts a request may send (413 above)."
     ),
+    max_chars_per_text: int = typer.Option(
+        20_000,
+        "--max-chars-per-text",
+        min=1,
+        help="Characters a text may have (413 above); a text past the model's 256 tokens is read in windows.",
+    ),
     api_key: Optional[str] = typer.Option(
         None,
         "--api-key",
@@ -71,6 +77,7 @@ def serve(
         max_batch_tokens=max_batch_tokens,
         max_queue=max_queue,
         max_texts_per_request=max_texts_per_request,
+        max_chars_per_text=max_chars_per_text,
         api_key=api_key,
         allowed_hosts=hosts,
         grace_period=grace_period,
