@@ -83,8 +83,6 @@ def fit_linear(
 def _fit_logistic(x64, offset, y, n_classes, l2, prior, weights):
     """The weighted, class-balanced logistic regression of fit_linear, logits offset + x W^T + b,
     by L-BFGS from W = prior."""
-    from scipy.optimize import minimize
-
     n, d = x64.shape
     counts = np.bincount(y, minlength=n_classes).astype(np.float64)
     sample = np.ones(n) if weights is None else weights.astype(np.float64)
@@ -111,9 +109,60 @@ def _fit_logistic(x64, offset, y, n_classes, l2, prior, weights):
         return loss, np.concatenate([gW.ravel(), gb])
 
     theta0 = np.concatenate([prior.ravel(), np.zeros(n_classes)])
-    res = minimize(loss_and_grad, theta0, jac=True, method="L-BFGS-B", options={"maxiter": 500, "gtol": 1e-8})
-    theta = res.x
+    theta = lbfgs(loss_and_grad, theta0)
     return theta[: n_classes * d].reshape(n_classes, d), theta[n_classes * d :]
+
+
+def lbfgs(
+    fg, x0: np.ndarray, gtol: float = 1e-8, ftol: float = 2.220446049250313e-09, maxiter: int = 500, memory: int = 10
+) -> np.ndarray:
+    """Unconstrained L-BFGS (the two-loop recursion, a backtracking Armijo line search), stopping
+    as scipy's L-BFGS-B does by default: the largest gradient entry under gtol, or a relative
+    decrease of the loss under ftol. scipy's costs about 40 ms an iteration at Banking77's 38,000
+    parameters (its bound handling), more than the loss itself; this costs a few vector products."""
+    x = np.array(x0, dtype=np.float64)
+    f, g = fg(x)
+    S: list[np.ndarray] = []
+    Y: list[np.ndarray] = []
+    for _ in range(maxiter):
+        if np.abs(g).max() <= gtol:
+            break
+        q = g.copy()
+        alphas = []
+        for s, y in zip(reversed(S), reversed(Y)):
+            rho = 1.0 / float(y @ s)
+            a = rho * float(s @ q)
+            q -= a * y
+            alphas.append((rho, a))
+        if S:
+            q *= float(S[-1] @ Y[-1]) / float(Y[-1] @ Y[-1])
+        else:
+            q /= max(float(np.linalg.norm(g)), 1e-12)
+        for (s, y), (rho, a) in zip(zip(S, Y), reversed(alphas)):
+            q += s * (a - rho * float(y @ q))
+        d = -q
+        slope = float(g @ d)
+        if slope >= 0:  # not a descent direction (rounding): fall back to the gradient
+            d, slope = -g, -float(g @ g)
+        step = 1.0
+        while True:
+            x_new = x + step * d
+            f_new, g_new = fg(x_new)
+            if f_new <= f + 1e-4 * step * slope or step < 1e-12:
+                break
+            step *= 0.5
+        s, y = x_new - x, g_new - g
+        if float(s @ y) > 1e-12:
+            S.append(s)
+            Y.append(y)
+            if len(S) > memory:
+                S.pop(0)
+                Y.pop(0)
+        done = (f - f_new) <= ftol * max(abs(f), abs(f_new), 1.0)
+        x, f, g = x_new, f_new, g_new
+        if done:
+            break
+    return x
 
 
 def softmax(z: np.ndarray) -> np.ndarray:
