@@ -206,3 +206,17 @@ def test_min_score_is_for_token_heads(tmp_path, runner):
     )
     r = invoke(runner, ["predict", "--config", str(cfg), "hello"])
     assert r.exit_code == 2 and "min_score" in r.stderr and "token heads" in r.stderr
+
+
+def test_batch_overflow_truncate_cuts_and_a_resume_with_another_overflow_is_refused(runner, tmp_path, model):
+    import pyarrow.parquet as pq
+
+    src = tmp_path / "in.jsonl"
+    src.write_text(json.dumps({"text": LONG}) + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    r = invoke(runner, ["batch", str(src), str(out), "--tasks", "ner", "--overflow", "truncate"])
+    assert r.exit_code == 0, r.output
+    ents = pq.read_table(next(out.glob("part-*.parquet"))).column("ner_entities").to_pylist()[0]
+    assert max(e["end"] for e in ents) <= token_offsets(model, LONG)[254][1]
+    r = invoke(runner, ["batch", str(src), str(out), "--tasks", "ner"])  # window, the default
+    assert r.exit_code == 2 and "--force" in r.stderr, r.output
