@@ -15,7 +15,6 @@ from dataclasses import dataclass
 
 from ..choices import Overflow
 from ..errors import SentmtlError
-from .words import split_words
 
 # an item as Tokenizer.encode_raw gives it: ids, char offsets, special-token mask, tokens dropped
 Item = tuple[list[int], list[tuple[int, int]], list[int], int]
@@ -69,6 +68,8 @@ def window_bounds(text: str, offsets: list[tuple[int, int]], size: int, overlap:
     (cut at a line break, or after . ! ? and a space; a sentence of fewer than MIN_SENTENCE
     tokens joins the next), and a sentence longer than `size` tokens in windows of at most
     `size`, cut before a word's first token, consecutive ones sharing about `overlap` tokens."""
+    from .words import split_words  # the regex module: imported only when a text is this long
+
     n = len(offsets)
     if n <= size:
         return [(0, n)]
