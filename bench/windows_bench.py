@@ -50,22 +50,10 @@ def read_conll(path: Path) -> list[tuple[list[str], list[str]]]:
 
 
 def entities(spans: list[tuple[int, int]], tags: list[str]) -> set[tuple[int, int, str]]:
-    """Gold (start, end, type) char spans from BIO tags over word spans."""
-    out, cur = set(), None
-    for (s, e), t in zip(spans, tags):
-        if t.startswith("B-") or (t.startswith("I-") and (cur is None or cur[2] != t[2:])):
-            if cur:
-                out.add(tuple(cur))
-            cur = [s, e, t[2:]]
-        elif t.startswith("I-") and cur:
-            cur[1] = e
-        else:
-            if cur:
-                out.add(tuple(cur))
-            cur = None
-    if cur:
-        out.add(tuple(cur))
-    return out
+    """Gold (start, end, type) char spans from BIO tags over word spans (the heads' own grouping)."""
+    from sentmtl_cli.heads.bio import word_entities
+
+    return {(spans[s][0], spans[e - 1][1], t) for s, e, t, _ in word_entities(tags)}
 
 
 def prf(gold: set, pred: set) -> dict:
