@@ -216,3 +216,32 @@ def test_sigterm_during_shutdown_after_the_work_is_done(tmp_path):
         assert p.returncode in (0, 143), (delay, p.returncode, err[-1500:])
         assert "Traceback" not in err and "Terminated" not in err and "Exception ignored" not in err, err
         assert (tmp_path / "out" / "model.yaml").exists()
+
+
+def test_a_sigterm_landing_inside_a_finalizer_still_ends_the_command_cleanly():
+    """A SIGTERM can arrive while the garbage collector runs a weakref callback, where Python
+    swallows the handler's exception ("Exception ignored", with a traceback, and the command goes
+    on). The unraisable hook delivers it again, so it is raised in the command's own code."""
+    code = """
+import gc, signal, sys, time, weakref
+from sentmtl_cli.cli import options
+signal.signal(signal.SIGTERM, options.on_sigterm)
+sys.unraisablehook = options.on_unraisable
+class Thing: pass
+def callback(ref):
+    signal.raise_signal(signal.SIGTERM)  # the handler runs here, inside the finalizer
+    for _ in range(1000): pass
+thing = Thing()
+keep = weakref.ref(thing, callback)
+try:
+    del thing
+    gc.collect()
+    deadline = time.monotonic() + 10  # the command's work, which the signal must interrupt
+    while time.monotonic() < deadline: pass
+    print("not terminated")
+except options.Terminated:
+    print("terminated in the command")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip() == "terminated in the command", (r.stdout, r.stderr)
+    assert "Exception ignored" not in r.stderr and "Traceback" not in r.stderr, r.stderr

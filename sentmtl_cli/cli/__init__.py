@@ -63,6 +63,7 @@ def main() -> None:
     import signal
 
     signal.signal(signal.SIGTERM, options.on_sigterm)
+    sys.unraisablehook = options.on_unraisable  # a SIGTERM caught inside a finalizer is delivered again
     if sys.stdout is None:  # started with stdout closed
         sys.stdout = options.ClosedStdout()
     try:

@@ -210,6 +210,28 @@ def on_sigterm(signum, frame):
     raise Terminated()
 
 
+def on_unraisable(unraisable) -> None:
+    """sys.unraisablehook: a SIGTERM whose Terminated was raised inside a finalizer (a weakref
+    callback, a __del__ run by the garbage collector) is swallowed there and printed as "Exception
+    ignored", with a traceback. Deliver the signal again instead: its handler then raises in the
+    code the finalizer interrupted, and the cleanup runs as for any SIGTERM. Others as Python does."""
+    global _TERMINATING
+    if isinstance(unraisable.exc_value, Terminated) and not _OVER:
+        import signal
+        import threading
+
+        # a few ms from now, from another thread: raised here, it would land in this hook, and be
+        # swallowed again (should it still, this hook runs again and re-sends it)
+        _TERMINATING = False
+        timer = threading.Timer(0.005, os.kill, (os.getpid(), signal.SIGTERM))
+        timer.daemon = True
+        timer.start()
+        return
+    if isinstance(unraisable.exc_value, Terminated):  # the command is over: exit 143 as finished() will
+        return
+    sys.__unraisablehook__(unraisable)
+
+
 def command_over() -> None:
     """The command's work is done (or its error reported): a SIGTERM from here on is ignored, not
     raised into click's exit path or the interpreter's shutdown, where it would end the process
