@@ -356,7 +356,10 @@ def test_the_vector_index_of_a_large_table_finds_what_exact_search_finds(tmp_pat
     ix = store.Index(idx, model, fresh=True)
     assert store.has_ann(ix.current())
     kinds = sorted(i.index_type for i in ix.current().describe_indices())
-    assert kinds == ["Bitmap", "IVF_HNSW_SQ"], kinds  # cls_label is indexed for --where
+    assert kinds == ["Bitmap", "IVF_RQ"], kinds  # cls_label is indexed for --where
+    stored = ix.current().to_table(columns=["id", "cls_label"])
+    assert stored["cls_label"].to_pylist() == sorted(labels[:5000])  # one label's rows after another
+    assert sorted(map(int, stored["id"].to_pylist())) == list(range(5000))  # every row, once
     assert len(ix.search(vectors[0], top_k=50)) == 50  # more than the graph's default candidates
     queries = vectors[rng.choice(5000, 50, replace=False)] + rng.normal(scale=0.05, size=(50, model.dim)).astype(
         np.float32
@@ -402,3 +405,22 @@ def test_a_bad_row_is_one_line_and_an_add_it_stops_commits_nothing(runner, tmp_p
     with pytest.raises(SentmtlError, match="row 9"):
         store._append(idx, model, good)
     assert store.Index(idx).current().count_rows() == len(CORPUS)  # nothing of the stopped --add
+
+
+def test_a_one_shot_search_imports_lance_without_pandas_and_pandas_still_works_after():
+    """`sentmtl search --index` keeps pandas (0.15-0.3 s of imports) out of its process; pyarrow's
+    own to_pandas still finds pandas when something asks for it later."""
+    import sys
+
+    code = (
+        "import sys\n"
+        "from sentmtl_cli.index import store\n"
+        "store.import_for_one_shot()\n"
+        "assert 'lance' in sys.modules and 'pandas' not in sys.modules, sorted(sys.modules)[:5]\n"
+        "assert not any(type(f).__name__ == '_NoPandas' for f in sys.meta_path)\n"
+        "import pyarrow as pa\n"
+        "assert pa.table({'a': [1, 2]}).to_pandas()['a'].sum() == 3\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -258,8 +258,9 @@ def search(
         raise SentmtlError("--where and --entity filter an index's stored columns: give --index")
     f = default_format(fmt)
     if index is not None:
-        from ..index.store import Index
+        from ..index.store import Index, import_for_one_shot
 
+        import_for_one_shot()
         m = load_model(config, threads, backend)
         ix = Index(index, m)
         hits = ix.search(m.embed([query])[0], top_k=top_k, where=where, entities=entity or [])

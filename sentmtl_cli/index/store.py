@@ -12,8 +12,7 @@ killed at any point leaves INDEX as it was. `--add` is one LanceDB commit (the r
 new data files; the table's manifest names them only when all are written), so a kill leaves the
 table at the version before; searches read one version, so rows being added are all there or none.
 A writer holds an exclusive lock on INDEX/.lock: a second one is refused. The vector index
-(IVF partitions, an HNSW graph of scalar-quantized vectors in each, exact re-ranking) is built once
-the table has ANN_ROWS rows; below that, search is an exact scan, which takes milliseconds.
+(IVF partitions of RaBitQ codes, exact re-ranking) is built once the table has ANN_ROWS rows; below that, search is an exact scan, which takes milliseconds.
 
 The table is a Lance dataset (`rows.lance`), read and written by `lance` itself: LanceDB's Python
 package opens the same folder (`lancedb.connect(INDEX).open_table("rows")`), but importing it
@@ -40,6 +39,7 @@ META = "sentmtl-index.json"
 TABLE = "rows"
 LOCK = ".lock"
 ANN_ROWS = 100_000  # from here on a vector index (an exact scan of 100k vectors takes about 15 ms)
+PARTITION_ROWS = 8192  # rows per IVF partition
 KEYS = "_keys"  # a token head's column of "label:text" entity keys: <task>_keys
 
 
@@ -145,6 +145,32 @@ def _lance():
     import lance
 
     return lance
+
+
+class _NoPandas:
+    """An import finder that keeps pandas out while lance is imported: pyarrow.dataset, which
+    lance imports, loads pandas (0.15-0.3 s) only to ask whether it is there."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "pandas":
+            raise ModuleNotFoundError("pandas is kept out of a one-shot search", name=name)
+        return None
+
+
+def import_for_one_shot() -> None:
+    """Import lance for a one-shot command, without pandas, which it does not use. Only the CLI's
+    own process does this: pyarrow then takes pandas for absent until something imports it (its
+    to_pandas still does), which a user's program beside `open_index` should not meet."""
+    import sys
+
+    if "lance" in sys.modules or "pandas" in sys.modules:
+        return
+    finder = _NoPandas()
+    sys.meta_path.insert(0, finder)
+    try:
+        _lance()
+    finally:
+        sys.meta_path.remove(finder)
 
 
 def table_uri(index: Path) -> str:
@@ -494,6 +520,10 @@ def _write_new(index: Path, model, source: Source, force: bool) -> int:
         table = _write(reader, counted, table_uri(tmp), "create")
         if counted[0] == 0:
             raise SentmtlError("the input has no rows to index")
+        if counted[0] >= ANN_ROWS and (column := label_column(table, source)):
+            os.replace(table_uri(tmp), tmp / "unsorted.lance")
+            table = _rows_by(_lance().dataset(str(tmp / "unsorted.lance")), table_uri(tmp), column)
+            shutil.rmtree(tmp / "unsorted.lance")
         meta = {
             "format": FORMAT,
             "identity": identity(model),
@@ -515,6 +545,36 @@ def _write_new(index: Path, model, source: Source, force: bool) -> int:
         return counted[0]
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def label_column(table, source: Source) -> str | None:
+    """The first sentence head's label column (`cls_label` for the shipped model), if any."""
+    import pyarrow as pa
+
+    for t in source.tasks:
+        c = f"{t}_label"
+        if c in source.columns[t] and table.schema.field(c).type == pa.string():
+            return c
+    return None
+
+
+def _rows_by(unsorted, uri: str, column: str):
+    """The rows written again at `uri`, those of one `column` value after another. A filter on
+    that column (the one users give most) then keeps runs of rows, not rows scattered over the
+    whole table: on the million rows of bench/index_bench.py a filtered query took 12 ms against
+    17 ms, for 10-15 s more of building."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    values = pc.unique(unsorted.to_table(columns=[column])[column]).to_pylist()
+
+    def batches():
+        for v in sorted(values, key=lambda x: (x is None, x or "")):
+            cond = f"{column} IS NULL" if v is None else f"{column} = '{v.replace(chr(39), chr(39) * 2)}'"
+            yield from unsorted.scanner(filter=cond, batch_size=8192).to_batches()
+
+    reader = pa.RecordBatchReader.from_batches(unsorted.schema, batches())
+    return _lance().write_dataset(reader, uri, mode="create")
 
 
 def _clean_stale(index: Path) -> None:
@@ -551,17 +611,17 @@ def _append(index: Path, model, source: Source) -> int:
 
 
 def _refresh_ann(table) -> None:
-    """A vector index once the table is large enough (IVF partitions of about 8,192 rows, an HNSW
-    graph over 8-bit scalar-quantized vectors in each: on the corpus of bench/index_bench.py it
-    found the exact top 10 far more often than IVF-PQ at the same latency); rows appended later
-    folded into it."""
+    """A vector index once the table is large enough: IVF partitions of about PARTITION_ROWS rows
+    holding RaBitQ codes (5 bits a dimension), whose candidates are re-ranked by exact distance.
+    Rows appended later are folded into it. Why this kind, measured on the million rows of
+    bench/index_bench.py, in docs/ARCHITECTURE.md."""
     n = table.count_rows()
     if n < ANN_ROWS:
         return
     if has_ann(table):
         table.optimize.optimize_indices()
         return
-    table.create_index("vector", index_type="IVF_HNSW_SQ", metric="cosine", num_partitions=partitions(n))
+    table.create_index("vector", index_type="IVF_RQ", metric="cosine", num_partitions=partitions(n))
     # what --where and --entity filter on most, indexed, so that a filter is not a scan of every row
     for f in table.schema:
         if f.name.endswith("_label") and str(f.type) == "string":
@@ -571,7 +631,7 @@ def _refresh_ann(table) -> None:
 
 
 def partitions(n: int) -> int:
-    return max(8, n // 8192)
+    return max(8, n // PARTITION_ROWS)
 
 
 def has_ann(table) -> bool:
@@ -586,7 +646,7 @@ def open_table(index: Path):
 
 
 # ---- searching -----------------------------------------------------------------------------------------
-NPROBES, EF, REFINE = 48, 64, 4  # partitions searched, HNSW candidates, exact re-ranking of k x REFINE
+NPROBES, REFINE = 48, 2  # partitions searched, exact re-ranking of the best k x REFINE
 
 
 class Index:
@@ -671,8 +731,7 @@ class Index:
                 probes = NPROBES
                 if cond:  # a filter leaves fewer rows a partition: more partitions, to find k of them
                     probes = int(np.ceil(NPROBES / np.sqrt(max(self.kept(table, cond), 1e-4))))
-                # HNSW must keep at least the k x REFINE candidates that are re-ranked
-                nearest.update(nprobes=min(parts, probes), ef=max(EF, top_k * REFINE), refine_factor=REFINE)
+                nearest.update(nprobes=min(parts, probes), refine_factor=REFINE)
             got = table.to_table(columns=["id", "text", *keys], nearest=nearest, filter=cond, prefilter=bool(cond))
         except Exception as e:  # noqa: BLE001 - a bad --where is lance's parse error: one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
