@@ -232,7 +232,9 @@ def _run_on_ray(ray, job: BatchJob, tasks: list[str], todo, worker_class=None) -
             },
             batch_size=1,
             num_cpus=1,
-            compute=ray.data.ActorPoolStrategy(size=job.workers),
+            # one unit an actor at a time: else the first actor up queues every unit while the
+            # others start, and the pool runs on one CPU
+            compute=ray.data.ActorPoolStrategy(size=job.workers, max_tasks_in_flight_per_actor=1),
         )
         nodes = set()
         for row in ds.iter_rows():

@@ -40,6 +40,7 @@ TABLE = "rows"
 LOCK = ".lock"
 ANN_ROWS = 100_000  # from here on a vector index (an exact scan of 100k vectors takes about 15 ms)
 PARTITION_ROWS = 8192  # rows per IVF partition
+RAY_UNIT_ROWS = 2048  # rows of a unit of work on a Ray worker (--engine ray)
 KEYS = "_keys"  # a token head's column of "label:text" entity keys: <task>_keys
 
 
@@ -452,6 +453,9 @@ def _ray_source(model, job: IndexJob, src: Path, tasks) -> Source:
             force=True,
             backend=job.backend,
             overflow=job.overflow,
+            # small units, so that no worker idles while another ends a unit of longer texts
+            # (two units of 10,000 left one of two workers idle for 70 s of 110)
+            shard_rows=RAY_UNIT_ROWS,
         )
     )
     source = batch_output_source(model, work, heads)
