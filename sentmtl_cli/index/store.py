@@ -735,7 +735,9 @@ class Index:
                 probes = NPROBES
                 if cond:  # a filter leaves fewer rows a partition: more partitions, to find k of them
                     probes = int(np.ceil(NPROBES / np.sqrt(max(self.kept(table, cond), 1e-4))))
-                nearest.update(nprobes=min(parts, probes), refine_factor=REFINE)
+                # ef: an index built with HNSW graphs (before IVF_RQ) keeps at least the k x REFINE
+                # candidates re-ranked; IVF_RQ ignores it
+                nearest.update(nprobes=min(parts, probes), refine_factor=REFINE, ef=max(64, top_k * REFINE))
             got = table.to_table(columns=["id", "text", *keys], nearest=nearest, filter=cond, prefilter=bool(cond))
         except Exception as e:  # noqa: BLE001 - a bad --where is lance's parse error: one line
             msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
