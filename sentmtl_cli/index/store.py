@@ -12,7 +12,8 @@ killed at any point leaves INDEX as it was. `--add` is one LanceDB commit (the r
 new data files; the table's manifest names them only when all are written), so a kill leaves the
 table at the version before; searches read one version, so rows being added are all there or none.
 A writer holds an exclusive lock on INDEX/.lock: a second one is refused. The vector index
-(IVF partitions of RaBitQ codes, exact re-ranking) is built once the table has ANN_ROWS rows; below that, search is an exact scan, which takes milliseconds.
+(IVF partitions of RaBitQ codes, exact re-ranking) is built once the table has ANN_ROWS rows;
+below that, search is an exact scan, which takes milliseconds.
 
 The table is a Lance dataset (`rows.lance`), read and written by `lance` itself: LanceDB's Python
 package opens the same folder (`lancedb.connect(INDEX).open_table("rows")`), but importing it
@@ -566,7 +567,7 @@ def _rows_by(unsorted, uri: str, column: str):
     """The rows written again at `uri`, those of one `column` value after another. A filter on
     that column (the one users give most) then keeps runs of rows, not rows scattered over the
     whole table: on the million rows of bench/index_bench.py a filtered query took 12 ms against
-    17 ms, for 10-15 s more of building."""
+    17 ms, for about 1 s more of building (33 s in all)."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
