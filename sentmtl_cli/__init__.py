@@ -7,12 +7,14 @@ from .defaults import BATCH_SIZE
 from .defaults import VERSION as __version__
 
 
-def load(config=None, threads=None, backend=None):
+def load(config=None, threads=None, backend=None, soon=False):
     """Load the multi-task model from a YAML config (default: the shipped configs/default.yaml).
-    backend: torch | onnx | onnx-int8 | auto (the ONNX export when one exists, else torch)."""
+    backend: torch | onnx | onnx-int8 | auto (the ONNX export when one exists, else torch).
+    soon: start building the ONNX backbone now, in a thread, rather than at the first call that
+    needs it (what the CLI's one-shot commands do; its threads then sleep between runs)."""
     from .model import load as _load
 
-    return _load(config, threads=threads, backend=backend)
+    return _load(config, threads=threads, backend=backend, soon=soon)
 
 
 def open_index(path, model=None, config=None):

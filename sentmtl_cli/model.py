@@ -12,8 +12,10 @@ This is the Python API the CLI stands on:
 from __future__ import annotations
 
 import sys
+import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
@@ -57,7 +59,9 @@ def length_batches(
 
 
 class MultiTaskModel:
-    def __init__(self, cfg: ModelConfig, threads: int | None = None, backend: str | None = None):
+    def __init__(self, cfg: ModelConfig, threads: int | None = None, backend: str | None = None, soon: bool = False):
+        """soon: start building the backbone now, in a thread (open_backbone_soon), for a
+        command that will run it."""
         self.cfg = cfg
         self.folder = resolve_folder(cfg.backbone)
         mcfg = read_model_config(self.folder)
@@ -72,6 +76,12 @@ class MultiTaskModel:
                 file=sys.stderr,
             )
             cfg.backbone.max_seq_length = limit
+        self.threads = threads
+        self._backbone = None
+        self._opening: Future | None = None
+        self.backend, self.onnx_path = self._choose_backend(str(backend or cfg.backbone.backend))
+        if soon:
+            self.open_backbone_soon()
         self.tokenizer = Tokenizer(self.folder, cfg.backbone.max_seq_length)
         self.heads: dict[str, Head] = {}
         for task, hcfg in cfg.heads.items():
@@ -83,11 +93,8 @@ class MultiTaskModel:
             head.threads = threads
             head.attach(self.embed_for_heads)
             self.heads[task] = head
-        self.threads = threads
         # what run() does with a text past max_seq_length unless told (batch and index set it)
         self.overflow: str = Overflow.window
-        self._backbone = None
-        self.backend, self.onnx_path = self._choose_backend(str(backend or cfg.backbone.backend))
 
     def _choose_backend(self, wanted: str) -> tuple[str, Path | None]:
         """auto: the ONNX export when a fresh one exists, else torch. Any other name: that backend,
@@ -101,10 +108,34 @@ class MultiTaskModel:
         raise SentmtlError("no backend can run this config")  # torch always can: not reached
 
     # ---- the backbone is built on first use, so `info` and config errors stay fast ----------
+    def _open_backbone(self, spin: bool = True):
+        return BACKENDS.get(self.backend).open(self.cfg, self.folder, self.threads, self.num_layers, spin=spin)
+
+    def open_backbone_soon(self) -> None:
+        """Build the ONNX backbone in a thread while the caller goes on (reading the tokenizer and
+        the heads' weights, importing lance): ONNX Runtime builds its session without holding the
+        GIL, so the two overlap. The first use of `backbone` waits for it and raises what it met.
+        The thread is not a daemon: a command that fails first still waits for it (tens of ms)
+        before the interpreter shuts down under it. torch builds with the GIL held: nothing gained.
+        This is for a command's few runs: the backbone's threads sleep between runs, not spin."""
+        if self._backbone is not None or self._opening is not None or self.backend == "torch":
+            return
+        done: Future = Future()
+
+        def work() -> None:
+            try:
+                done.set_result(self._open_backbone(spin=False))
+            except BaseException as e:  # noqa: BLE001 - raised again where the backbone is used
+                done.set_exception(e)
+
+        self._opening = done
+        threading.Thread(target=work, name="sentmtl-backbone").start()
+
     @property
     def backbone(self):
         if self._backbone is None:
-            self._backbone = BACKENDS.get(self.backend).open(self.cfg, self.folder, self.threads, self.num_layers)
+            opening, self._opening = self._opening, None
+            self._backbone = opening.result() if opening is not None else self._open_backbone()
         return self._backbone
 
     @backbone.setter
@@ -477,7 +508,10 @@ def pairwise(a: np.ndarray, b: np.ndarray, metric: str) -> np.ndarray:
     raise SentmtlError(f"unknown metric {metric!r} (use {', '.join(METRICS)})")
 
 
-def load(config: str | Path | None = None, threads: int | None = None, backend: str | None = None) -> MultiTaskModel:
+def load(
+    config: str | Path | None = None, threads: int | None = None, backend: str | None = None, soon: bool = False
+) -> MultiTaskModel:
     """Load a model from a YAML config (default: the shipped one). backend: torch | onnx |
-    onnx-int8 | auto (default: the config's, which defaults to auto)."""
-    return MultiTaskModel(load_config(config), threads=threads, backend=backend)
+    onnx-int8 | auto (default: the config's, which defaults to auto). soon: start building the
+    backbone now, in a thread, for a caller that will run it (MultiTaskModel.open_backbone_soon)."""
+    return MultiTaskModel(load_config(config), threads=threads, backend=backend, soon=soon)

@@ -239,3 +239,60 @@ def test_the_pre_optimized_graph_is_opened_and_computes_model_onnx_numbers(expor
         assert onnx_backbone.loaded_graph(copy) is None, key
     (copy / "export.json").write_text(json.dumps({k: v for k, v in meta.items() if k != "loaded"}))
     assert onnx_backbone.loaded_graph(copy) is None
+
+
+def test_backbone_built_in_a_thread_gives_the_same_numbers_and_its_errors(exported, tmp_path):
+    """A one-shot command builds the ONNX session in a thread while the tokenizer and heads load
+    (load(soon=True)): the same vectors and predictions, to the bit; its threads do not spin
+    between runs; an error met in the thread is raised, as one SentmtlError, where the backbone
+    is first used, not lost with the thread."""
+    from sentmtl_cli.errors import SentmtlError
+
+    texts = fixture_texts()[:24]
+    soon, plain = sentmtl_cli.load(backend="onnx", soon=True), sentmtl_cli.load(backend="onnx")
+    assert soon._opening is not None and plain._opening is None
+    np.testing.assert_array_equal(soon.embed(texts), plain.embed(texts))
+    assert soon.predict(texts) == plain.predict(texts)
+    assert soon._opening is None
+
+    def spinning(m) -> str:
+        try:
+            return m.backbone.session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+        except RuntimeError:  # not set: onnxruntime's default, spinning
+            return "default"
+
+    assert (spinning(soon), spinning(plain)) == ("0", "default")
+
+    model = sentmtl_cli.load(backend="onnx", soon=True)
+    model._opening.result()  # built; now break it as a vanished export would have
+    from concurrent.futures import Future
+
+    broken: Future = Future()
+    broken.set_exception(SentmtlError("cannot load the ONNX model x.onnx: gone"))
+    model._backbone, model._opening = None, broken
+    with pytest.raises(SentmtlError, match="gone"):
+        model.embed(["hello"])
+    torch_m = sentmtl_cli.load(backend="torch", soon=True)
+    assert torch_m._opening is None  # torch builds holding the GIL: nothing to overlap
+
+
+def test_one_shot_commands_exit_quickly_with_all_their_output(exported, tmp_path):
+    """embed, similarity, predict and search end with os._exit once done (no interpreter
+    teardown): every line they write still arrives, the status is theirs, and a failure after the
+    backbone's thread started is still one line and exit 2."""
+    from conftest import sentmtl_exe
+
+    texts = tmp_path / "t.txt"
+    texts.write_text("".join(f"sentence number {i} about the markets\n" for i in range(300)))
+    run = [sentmtl_exe(), "embed", "--file", str(texts), "--format", "jsonl"]
+    r = subprocess.run(run, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines()]
+    assert len(rows) == 300 and rows[-1]["text"] == "sentence number 299 about the markets"
+    r = subprocess.run([sentmtl_exe(), "similarity", "a cat", "a dog"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and 0 < json.loads(r.stdout)["score"] < 1, r.stdout + r.stderr
+    r = subprocess.run(
+        [sentmtl_exe(), "predict", "--tasks", "nope", "hello"], capture_output=True, text=True, timeout=120
+    )
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    assert r.stderr.strip().count("\n") == 0 and "unknown task 'nope'" in r.stderr, r.stderr

@@ -448,3 +448,25 @@ def test_no_pickle_and_no_remote_code_in_the_package():
     ]
     assert hits == []
     assert "trust_remote_code=False" in (pkg / "backbone" / "torch_backbone.py").read_text()
+
+
+def test_quick_exit_only_for_commands_that_asked_and_started_no_ray(monkeypatch):
+    """options.quick_exit skips the interpreter's teardown (os._exit) only after exit_quickly, only
+    with an integer status, and never once Ray is imported: ray's atexit hook stops what it started."""
+    from sentmtl_cli.cli import options
+
+    exits: list[int] = []
+    monkeypatch.setattr(options.os, "_exit", exits.append)
+    monkeypatch.setattr(options, "_QUICK_EXIT", False)
+    options.quick_exit(0)
+    assert exits == []
+    options.exit_quickly()
+    monkeypatch.setitem(sys.modules, "ray", sys.modules.get("ray") or object())
+    options.quick_exit(0)
+    assert exits == []
+    monkeypatch.delitem(sys.modules, "ray")
+    options.quick_exit("a message for stderr")
+    assert exits == []
+    options.quick_exit(None)
+    options.quick_exit(2)
+    assert exits == [0, 2]

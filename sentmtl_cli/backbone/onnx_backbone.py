@@ -160,19 +160,31 @@ class OnnxBackbone:
         return find_export(cfg, folder, cls.int8)[0]
 
     @classmethod
-    def open(cls, cfg: ModelConfig, folder: Path, threads: int | None, num_layers: int) -> OnnxBackbone:
+    def open(
+        cls, cfg: ModelConfig, folder: Path, threads: int | None, num_layers: int, spin: bool = True
+    ) -> OnnxBackbone:
         path, why = find_export(cfg, folder, cls.int8)
         if path is None:
             raise SentmtlError(why)
         fast = None if cls.int8 else loaded_graph(path.parent)
-        return cls(path, threads, num_layers, cfg.backbone, fast)
+        return cls(path, threads, num_layers, cfg.backbone, fast, spin=spin)
 
-    # onnxruntime's threads spin for a while after each run, waiting for the next: right for bulk work
-    # (runs back to back), wasteful for a server, where that spinning takes the cores its event loop
-    # and the next requests need (sentmtl serve turns it off)
+    # onnxruntime's threads spin for a while after each run, waiting for the next: meant for runs back
+    # to back, wasteful for a server, where that spinning takes the cores its event loop and the next
+    # requests need (sentmtl serve turns it off), and for a one-shot command, where it takes the core
+    # the rest of start-up needs (open(spin=False)). Embedding 3,000 texts took the same time with
+    # it or without (18.3-19.3 s either way, 2 cores).
     spinning = True
 
-    def __init__(self, path: Path, threads: int | None, num_layers: int, cfg, loaded: Path | None = None):
+    def __init__(
+        self,
+        path: Path,
+        threads: int | None,
+        num_layers: int,
+        cfg,
+        loaded: Path | None = None,
+        spin: bool = True,
+    ):
         """`path`: the export's .onnx (what fingerprints name); `loaded`: its pre-optimized graph,
         opened instead when given (loaded_graph)."""
         self.path = path
@@ -184,7 +196,7 @@ class OnnxBackbone:
         level = ort.GraphOptimizationLevel
         opts.graph_optimization_level = level.ORT_DISABLE_ALL if loaded else level.ORT_ENABLE_ALL
         opts.log_severity_level = 3
-        if not self.spinning:
+        if not (self.spinning and spin):
             opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(str(loaded or path), opts, providers=["CPUExecutionProvider"])

@@ -19,7 +19,9 @@ class TorchBackbone:
         return None  # torch runs any folder the config names
 
     @classmethod
-    def open(cls, cfg: ModelConfig, folder: Path, threads: int | None, num_layers: int) -> TorchBackbone:
+    def open(
+        cls, cfg: ModelConfig, folder: Path, threads: int | None, num_layers: int, spin: bool = True
+    ) -> TorchBackbone:
         import torch
 
         torch.manual_seed(cfg.seed)

@@ -30,6 +30,7 @@ from .options import (
     ThresholdOpt,
     WindowOverlapOpt,
     default_format,
+    exit_quickly,
     fmt_option,
     handles_errors,
     overflow_option,
@@ -48,10 +49,22 @@ def gather_texts(texts: Optional[list[str]], file: Optional[str]) -> list[str]:
     return list(source)
 
 
-def load_model(config: Optional[Path], threads: Optional[int], backend=None, window_overlap: Optional[int] = None):
+def load_model(
+    config: Optional[Path],
+    threads: Optional[int],
+    backend=None,
+    window_overlap: Optional[int] = None,
+    one_shot: bool = False,
+):
+    """one_shot: a command that will run the backbone and then end (embed, similarity, predict,
+    search) starts building it now, in a thread, while the tokenizer and heads are read
+    (MultiTaskModel.open_backbone_soon), and ends the process without its teardown once done
+    (exit_quickly)."""
     from ..model import load
 
-    m = load(config, threads=threads, backend=backend.value if backend else None)
+    m = load(config, threads=threads, backend=backend.value if backend else None, soon=one_shot)
+    if one_shot:
+        exit_quickly()
     if window_overlap is not None:
         m.cfg.backbone.window_overlap = window_overlap
     if m.backend == "torch" and (backend is None or backend.value == "auto") and m.cfg.backbone.backend == "auto":
@@ -102,7 +115,7 @@ def embed(
         raise SentmtlError("--format npy needs --output FILE (or --output - for stdout)")
     source = TextSource(texts, file)
     total = source.count()
-    m = load_model(config, threads, backend, window_overlap)
+    m = load_model(config, threads, backend, window_overlap, one_shot=True)
     refuse_long(m, source, overflow)
     head = embeddings_head(m.name, m.dim, m.cfg.backbone.normalize)
     with (
@@ -148,7 +161,7 @@ def similarity(
     texts = gather_texts(texts, file)
     if len(texts) < 2:
         raise SentmtlError("similarity needs at least two texts")
-    m = load_model(config, threads, backend)
+    m = load_model(config, threads, backend, one_shot=True)
     with render.Progress(len(texts), "embedding") as p:
         emb = m.embed(texts, batch_size=batch_size, progress=p, overflow=overflow)
     matrix = pairwise(emb, emb, metric.value)
@@ -191,7 +204,7 @@ def predict(
     from . import render
 
     zero_shot = zero_shot_head(labels, labels_file, template, multi_label, threshold)
-    m = load_model(config, threads, backend, window_overlap)
+    m = load_model(config, threads, backend, window_overlap, one_shot=True)
     if zero_shot is not None:
         if ZERO_SHOT_TASK in m.heads:
             raise SentmtlError(f"the config has a task named {ZERO_SHOT_TASK!r} already: --labels would replace it")
@@ -260,8 +273,8 @@ def search(
     if index is not None:
         from ..index.store import Index, import_for_one_shot
 
-        import_for_one_shot()
-        m = load_model(config, threads, backend)
+        m = load_model(config, threads, backend, one_shot=True)
+        import_for_one_shot()  # while ONNX Runtime builds the backbone's session in its thread
         ix = Index(index, m)
         hits = ix.search(m.embed([query])[0], top_k=top_k, where=where, entities=entity or [])
         if f == "json":
@@ -277,7 +290,7 @@ def search(
     numbered = read_lines(corpus)
     if not numbered:
         raise SentmtlError(f"corpus {corpus} has no non-empty lines")
-    m = load_model(config, threads, backend)
+    m = load_model(config, threads, backend, one_shot=True)
     with render.Progress(len(numbered) + 1, "embedding corpus") as p:
         hits = m.search(
             query,
