@@ -23,7 +23,7 @@ def _one_model(monkeypatch):
     """Every invocation gets the same loaded model: the model's loading is not what is fuzzed here."""
     real = sentmtl_cli.model.load
 
-    def cached(config=None, threads=None, backend=None):
+    def cached(config=None, threads=None, backend=None, soon=False):  # soon: the cached model is built
         key = (str(config), backend)
         if key not in _loaded:
             _loaded[key] = real(config, threads=threads, backend=backend)
