@@ -357,8 +357,13 @@ def test_the_vector_index_of_a_large_table_finds_what_exact_search_finds(tmp_pat
     assert store.has_ann(ix.current())
     kinds = sorted(i.index_type for i in ix.current().describe_indices())
     assert kinds == ["Bitmap", "IVF_RQ"], kinds  # cls_label is indexed for --where
+    vector_index = next(i.name for i in ix.current().describe_indices() if i.index_type == "IVF_RQ")
+    codes = ix.current().stats.index_stats(vector_index)["indices"][0]["sub_index"]
+    assert codes["num_bits"] == store.RQ_BITS == 3, codes["num_bits"]
     stored = ix.current().to_table(columns=["id", "cls_label"])
     assert stored["cls_label"].to_pylist() == sorted(labels[:5000])  # one label's rows after another
+    pure = [set(f.to_table(columns=["cls_label"])["cls_label"].to_pylist()) for f in ix.current().get_fragments()]
+    assert sorted(min(p) for p in pure) == sorted(set(labels)) and all(len(p) == 1 for p in pure), pure
     assert sorted(map(int, stored["id"].to_pylist())) == list(range(5000))  # every row, once
     assert len(ix.search(vectors[0], top_k=50)) == 50  # more than the graph's default candidates
     queries = vectors[rng.choice(5000, 50, replace=False)] + rng.normal(scale=0.05, size=(50, model.dim)).astype(
@@ -424,3 +429,25 @@ def test_a_one_shot_search_imports_lance_without_pandas_and_pandas_still_works_a
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_rows_are_regrouped_a_fragment_a_label_or_in_one_past_the_limit(tmp_path, monkeypatch):
+    """store._rows_by writes the rows again one label after another: a fragment of their own for
+    each label (a filter on it then keeps whole fragments), or, past GROUP_FRAGMENTS labels, in
+    one run of fragments; no row lost or doubled either way, and a NULL label last."""
+    import pyarrow as pa
+
+    from sentmtl_cli.index import store
+
+    labels = ["b", None, "a", "c", "a", "b", "c", "a", None, "b"]
+    src = store._lance().write_dataset(
+        pa.table({"id": [str(i) for i in range(10)], "cls_label": labels}), str(tmp_path / "src.lance")
+    )
+    order = sorted(range(10), key=lambda i: (labels[i] is None, labels[i] or ""))
+    for limit, fragments in [(store.GROUP_FRAGMENTS, 4), (2, 1)]:
+        monkeypatch.setattr(store, "GROUP_FRAGMENTS", limit)
+        out = store._rows_by(src, str(tmp_path / f"out{limit}.lance"), "cls_label")
+        got = out.to_table(columns=["id", "cls_label"])
+        assert got["cls_label"].to_pylist() == [labels[i] for i in order]
+        assert sorted(got["id"].to_pylist(), key=int) == [str(i) for i in range(10)]
+        assert len(out.get_fragments()) == fragments

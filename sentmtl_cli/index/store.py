@@ -41,6 +41,7 @@ TABLE = "rows"
 LOCK = ".lock"
 ANN_ROWS = 100_000  # from here on a vector index (an exact scan of 100k vectors takes about 15 ms)
 PARTITION_ROWS = 8192  # rows per IVF partition
+RQ_BITS = 3  # bits a dimension in the RaBitQ codes: as good as 5 once re-ranked, and less to load
 RAY_UNIT_ROWS = 2048  # rows of a unit of work on a Ray worker (--engine ray)
 KEYS = "_keys"  # a token head's column of "label:text" entity keys: <task>_keys
 
@@ -167,6 +168,11 @@ def import_for_one_shot() -> None:
 
     if "lance" in sys.modules or "pandas" in sys.modules:
         return
+    # lance keeps cores back from its compute pool for I/O: on 2 cores it then loads the partitions
+    # of an IVF index one after another, and the one query of a one-shot command, which loads them
+    # all, takes a third longer. A server's warm queries are faster with lance's default (on 2
+    # cores, p50 5.4 against 6.3 ms, filtered 11.4 against 13.8 ms), so only this process sets it.
+    os.environ.setdefault("LANCE_CPU_THREADS", str(max(2, os.cpu_count() or 2)))
     finder = _NoPandas()
     sys.meta_path.insert(0, finder)
     try:
@@ -563,23 +569,37 @@ def label_column(table, source: Source) -> str | None:
     return None
 
 
+GROUP_FRAGMENTS = 64  # up to this many values of the label column, each value's rows a fragment of its own
+
+
 def _rows_by(unsorted, uri: str, column: str):
-    """The rows written again at `uri`, those of one `column` value after another. A filter on
-    that column (the one users give most) then keeps runs of rows, not rows scattered over the
-    whole table: on the million rows of bench/index_bench.py a filtered query took 12 ms against
-    17 ms, for about 1 s more of building (33 s in all)."""
+    """The rows written again at `uri`, those of one `column` value after another, each value's
+    rows in data files (fragments) of their own when there are at most GROUP_FRAGMENTS values. A
+    filter on that column (the one users give most) then keeps runs of rows, whole fragments, not
+    rows scattered over the whole table; measured on the million rows of bench/index_bench.py (4
+    values), a filtered query took 17 ms with the rows in input order, 12-16 ms grouped in one
+    fragment, and 12-13 ms grouped a fragment a value, the last two side by side. The table is new
+    and not yet in place (_write_new): that it takes a commit a value is seen by no reader."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
-    values = pc.unique(unsorted.to_table(columns=[column])[column]).to_pylist()
+    values = sorted(
+        pc.unique(unsorted.to_table(columns=[column])[column]).to_pylist(), key=lambda x: (x is None, x or "")
+    )
 
-    def batches():
-        for v in sorted(values, key=lambda x: (x is None, x or "")):
-            cond = f"{column} IS NULL" if v is None else f"{column} = '{v.replace(chr(39), chr(39) * 2)}'"
-            yield from unsorted.scanner(filter=cond, batch_size=8192).to_batches()
+    def rows(v):
+        cond = f"{column} IS NULL" if v is None else f"{column} = '{v.replace(chr(39), chr(39) * 2)}'"
+        yield from unsorted.scanner(filter=cond, batch_size=8192).to_batches()
 
-    reader = pa.RecordBatchReader.from_batches(unsorted.schema, batches())
-    return _lance().write_dataset(reader, uri, mode="create")
+    def reader(vs):
+        return pa.RecordBatchReader.from_batches(unsorted.schema, (b for v in vs for b in rows(v)))
+
+    if len(values) > GROUP_FRAGMENTS:
+        return _lance().write_dataset(reader(values), uri, mode="create")
+    table = None
+    for i, v in enumerate(values):
+        table = _lance().write_dataset(reader([v]), uri, mode="create" if i == 0 else "append")
+    return table
 
 
 def _clean_stale(index: Path) -> None:
@@ -617,7 +637,7 @@ def _append(index: Path, model, source: Source) -> int:
 
 def _refresh_ann(table) -> None:
     """A vector index once the table is large enough: IVF partitions of about PARTITION_ROWS rows
-    holding RaBitQ codes (5 bits a dimension), whose candidates are re-ranked by exact distance.
+    holding RaBitQ codes (RQ_BITS a dimension), whose candidates are re-ranked by exact distance.
     Rows appended later are folded into it. Why this kind, measured on the million rows of
     bench/index_bench.py, in docs/ARCHITECTURE.md."""
     n = table.count_rows()
@@ -626,7 +646,7 @@ def _refresh_ann(table) -> None:
     if has_ann(table):
         table.optimize.optimize_indices()
         return
-    table.create_index("vector", index_type="IVF_RQ", metric="cosine", num_partitions=partitions(n))
+    table.create_index("vector", index_type="IVF_RQ", metric="cosine", num_partitions=partitions(n), num_bits=RQ_BITS)
     # what --where and --entity filter on most, indexed, so that a filter is not a scan of every row
     for f in table.schema:
         if f.name.endswith("_label") and str(f.type) == "string":
