@@ -296,3 +296,40 @@ def test_one_shot_commands_exit_quickly_with_all_their_output(exported, tmp_path
     )
     assert r.returncode == 2 and r.stdout == "", r.stdout
     assert r.stderr.strip().count("\n") == 0 and "unknown task 'nope'" in r.stderr, r.stderr
+
+
+def test_an_export_records_its_graphs_hashes_for_the_index_check(exported, tmp_path, monkeypatch):
+    """export.json records each graph's sha256 with the file's size and modification time; an
+    index's model check (index/store.identity) takes it from there instead of reading the graph
+    again, but only while the file is the one it was taken from."""
+    import os
+    import shutil
+    from types import SimpleNamespace
+
+    from sentmtl_cli.backbone import folder as folder_mod
+    from sentmtl_cli.backbone import onnx_backbone
+    from sentmtl_cli.index import store
+
+    copy = tmp_path / "export"
+    shutil.copytree(exported, copy)
+    meta = json.loads((copy / "export.json").read_text())
+    meta["sha256"] = onnx_backbone.graph_hashes(copy)
+    (copy / "export.json").write_text(json.dumps(meta))
+    graph = copy / "model.onnx"
+    real = folder_mod.sha256_file(graph)
+    assert meta["sha256"]["model.onnx"][0] == real
+    assert onnx_backbone.recorded_hash(graph) == real
+    model = SimpleNamespace(
+        backend="onnx",
+        onnx_path=graph,
+        folder=copy,
+        dim=384,
+        cfg=SimpleNamespace(backbone=SimpleNamespace(pooling="mean", normalize=True, max_seq_length=256)),
+    )
+    read: list = []
+    monkeypatch.setattr(folder_mod, "sha256_file", lambda p: read.append(p) or real)
+    assert store.identity(model)["weights"] == real and read == []  # taken from export.json
+    st = graph.stat()
+    os.utime(graph, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000_000))  # not the file it was taken from
+    assert onnx_backbone.recorded_hash(graph) is None
+    assert store.identity(model)["weights"] == real and read == [graph]  # hashed again

@@ -40,6 +40,28 @@ def _stamp(path: Path) -> list:
     return [str(path), st.st_size, st.st_mtime_ns]
 
 
+def graph_hashes(export: Path) -> dict:
+    """The record for export.json of each graph's sha256, with the size and modification time of
+    the file it was taken from: what an index names the model by (index/store.identity), so that
+    opening an index after a new export need not read the graph again to hash it."""
+    from .folder import sha256_file
+
+    return {p.name: [sha256_file(p), *_stamp(p)[1:]] for p in (export / FP32, export / INT8) if p.is_file()}
+
+
+def recorded_hash(graph: Path) -> str | None:
+    """The sha256 export.json recorded for this graph, while the file is the one it was taken
+    from (the same size and modification time); None otherwise."""
+    try:
+        rec = json.loads((graph.parent / "export.json").read_text()).get("sha256", {}).get(graph.name)
+        st = graph.stat()
+        if isinstance(rec, list) and len(rec) == 3 and rec[1:] == [st.st_size, st.st_mtime_ns]:
+            return str(rec[0])
+    except (OSError, ValueError, AttributeError):
+        pass
+    return None
+
+
 def loaded_graph(export: Path) -> Path | None:
     """The fp32 graph as ONNX Runtime optimizes it at load, saved by `sentmtl export` (its weights
     beside it as external data), when it is still that of model.onnx and of this onnxruntime;

@@ -12,6 +12,7 @@ from ..backbone.onnx_backbone import (
     FP32,
     INT8,
     export_dir,
+    graph_hashes,
     remove_other_loaded_graphs,
     save_loaded_graph,
     source_identity,
@@ -107,6 +108,7 @@ def export(cfg: ModelConfig, folder: Path, int8: bool, out: Path | None = None, 
         "outputs": names,
         "int8": int8_info,
         "loaded": loaded,
+        "sha256": graph_hashes(out),
     }
     atomic_write_text(out / "export.json", json.dumps(meta, indent=1))
     remove_other_loaded_graphs(out, loaded)
