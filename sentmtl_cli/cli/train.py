@@ -89,6 +89,11 @@ def fit(
         "--contrastive",
         help="SetFit's contrastive step on the frozen embedding first (measured worse on the six sets; seconds more).",
     ),
+    no_word_pieces: bool = typer.Option(
+        False,
+        "--no-word-pieces",
+        help="Never read the examples' word-pieces as features (by default: when 16+ a label and the folds say they help).",
+    ),
     text_column: Optional[str] = typer.Option(
         None, "--text-column", help="The text's column: a name or a 0-based index (default: 'text' if named, else 0)."
     ),
@@ -114,6 +119,7 @@ def fit(
         label_prior=not no_label_prior,
         unlabeled=unlabeled,
         contrastive=contrastive,
+        word_pieces=not no_word_pieces,
         force=force,
         text_column=_column(text_column),
         label_column=_column(label_column),

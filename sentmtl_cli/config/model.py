@@ -99,6 +99,11 @@ class HeadConfig(_Strict):
     # token after [CLS]) at these layers, after the pooled ones: a question's wh-word, a command's
     # verb, which the mean over tokens averages away (`sentmtl fit` writes [4])
     first_token_layers: list[int] = Field(default_factory=list)
+    # sentence heads with pool_layers (mean_max): also one feature per listed word-piece of the
+    # backbone's vocabulary (1 when the text holds it, else 0), after the first token's: cue words
+    # ("wish", "would") that a paraphrase embedding does not separate (`sentmtl fit` lists the
+    # examples' word-pieces when its folds say they help)
+    word_pieces: list[str] = Field(default_factory=list)
     # zero_shot heads: a description per label (read with its name in the prompts), the prompt
     # templates ("{}" is the label; empty: the head type's own), and multi_label's threshold
     descriptions: dict[str, str] = Field(default_factory=dict)
@@ -113,6 +118,13 @@ class HeadConfig(_Strict):
             raise ValueError("labels must be unique")
         if any(not s.strip() for s in v):
             raise ValueError("labels must be non-empty strings")
+        return v
+
+    @field_validator("word_pieces")
+    @classmethod
+    def _unique_word_pieces(cls, v: list[str]) -> list[str]:
+        if len(set(v)) != len(v):
+            raise ValueError("word_pieces must be unique")
         return v
 
     @field_validator("templates")

@@ -142,6 +142,10 @@ class Head:
         """Called once the model is built, with its embed(texts); a head made from texts (the
         zero-shot head's label vectors) keeps it. Nothing for the others."""
 
+    def bind_tokenizer(self, tokenizer) -> None:
+        """Called once the model is built, with its tokenizer; a head that reads word-pieces
+        (sentence heads' `word_pieces`) looks their ids up. Nothing for the others."""
+
     def saves_weights(self) -> bool:
         """Whether a saved model folder holds this head's weights file."""
         return self.trained

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from ..errors import SentmtlError
 from ..registry import HEADS
 from .base import BatchView, TrainingRows, merge_windows_mean, sigmoid, softmax
 from .mlp import MLPHead, attention_pool
@@ -67,7 +68,29 @@ class SentenceClassificationHead(MLPHead):
             return "with_embedding: adds the sentence embedding to pool_layers' mean and max (pool: mean_max)"
         if cfg.first_token_layers and (not cfg.pool_layers or cfg.pool != "mean_max"):
             return "first_token_layers: adds the first token's vectors to pool_layers' mean and max (pool: mean_max)"
+        if cfg.word_pieces and (not cfg.pool_layers or cfg.pool != "mean_max"):
+            return "word_pieces: adds word-piece features to pool_layers' mean and max (pool: mean_max)"
         return None
+
+    def bind_tokenizer(self, tokenizer) -> None:
+        """word_pieces' ids: a table from vocabulary id to the feature's column (-1: not read)."""
+        self._piece_column = None
+        if self.cfg.word_pieces:
+            ids = tokenizer.piece_ids(list(self.cfg.word_pieces))
+            table = np.full(max(tokenizer.vocab_size, int(ids.max()) + 1), -1, dtype=np.int64)
+            table[ids] = np.arange(len(ids))
+            self._piece_column = table
+
+    def piece_features(self, input_ids: np.ndarray | None, mask: np.ndarray) -> np.ndarray:
+        """[B, len(word_pieces)]: 1 where the row's (unmasked) tokens hold the word-piece."""
+        table = getattr(self, "_piece_column", None)
+        if table is None or input_ids is None:
+            raise SentmtlError(f"{self.task}: a head with word_pieces needs the model's tokenizer and the batch's ids")
+        cols = table[np.clip(input_ids, 0, len(table) - 1)]
+        rows, pos = np.nonzero((cols >= 0) & (mask > 0))
+        out = np.zeros((input_ids.shape[0], len(self.cfg.word_pieces)), dtype=np.float32)
+        out[rows, cols[rows, pos]] = 1.0
+        return out
 
     def pooled_layers(self) -> list[int]:
         return self.resolve_layers(self.cfg.pool_layers, "pool_layers")
@@ -94,9 +117,9 @@ class SentenceClassificationHead(MLPHead):
             return self.input_dim
         return (
             2 * len(self.cfg.pool_layers) + self.cfg.with_embedding + len(self.cfg.first_token_layers)
-        ) * self.input_dim
+        ) * self.input_dim + len(self.cfg.word_pieces)
 
-    def inputs_numpy(self, features: dict, mask: np.ndarray) -> np.ndarray:
+    def inputs_numpy(self, features: dict, mask: np.ndarray, input_ids: np.ndarray | None = None) -> np.ndarray:
         if not self.cfg.pool_layers:
             return features["sentence_embedding"]
         if self.attention_pooling():  # [B, T, D]: the layers mixed, then the tokens pooled
@@ -110,7 +133,8 @@ class SentenceClassificationHead(MLPHead):
         first = [features["sentence_embedding"]] if self.cfg.with_embedding else []
         # position 1: the first word-piece ([SEP] for a text of no word-pieces); padding is on the right
         lead = [features["hidden_states"][i][:, 1] for i in self.first_token_layers()]
-        return np.concatenate(first + [pooled[i] for i in self.pooled_layers()] + lead, axis=1)
+        pieces = [self.piece_features(input_ids, mask)] if self.cfg.word_pieces else []
+        return np.concatenate(first + [pooled[i] for i in self.pooled_layers()] + lead + pieces, axis=1)
 
     def probabilities(self, logits: np.ndarray) -> np.ndarray:
         z = logits / self.temperature
@@ -126,7 +150,7 @@ class SentenceClassificationHead(MLPHead):
 
     def predict_batch(self, view: BatchView, top_k: int = 1, word_tags: bool = False) -> list[dict]:
         return self.decode_logits(
-            self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask)), top_k
+            self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask, view.batch.input_ids)), top_k
         )
 
     def decode_logits(self, logits: np.ndarray, top_k: int) -> list[dict]:
@@ -138,7 +162,11 @@ class SentenceClassificationHead(MLPHead):
 
     def window_outputs(self, view: BatchView) -> list:
         """Per window, its calibrated probabilities."""
-        return list(self.probabilities(self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask))))
+        return list(
+            self.probabilities(
+                self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask, view.batch.input_ids))
+            )
+        )
 
     def merge_windows(self, text: str, parts: list, sizes: list[int], top_k: int = 1, word_tags: bool = False) -> dict:
         return self.decode_probabilities(merge_windows_mean(parts, sizes)[None], top_k)[0]
@@ -176,6 +204,9 @@ class SentenceClassificationHead(MLPHead):
                 h = out["hidden_states"][i][rows]
                 parts += [(h * m).sum(1) / m.sum(1).clamp(min=1.0), h.masked_fill(m == 0, -1e4).max(1).values]
             parts += [out["hidden_states"][i][rows][:, 1] for i in self.first_token_layers()]
+            if self.cfg.word_pieces:
+                pieces = self.piece_features(batch.input_ids[rows], batch.attention_mask[rows])
+                parts.append(torch.from_numpy(pieces).to(parts[0].dtype))
             x = torch.cat(parts, 1)
         else:
             x = out["sentence_embedding"][rows]

@@ -45,6 +45,23 @@ class Tokenizer:
             pad = self._tok.token_to_id("<pad>")
         self.pad_id = 0 if pad is None else pad
 
+    def piece_ids(self, pieces: list[str]) -> np.ndarray:
+        """The vocabulary ids of these word-pieces; one that is not in the vocabulary is an error."""
+        ids = [self._tok.token_to_id(p) for p in pieces]
+        missing = [p for p, i in zip(pieces, ids) if i is None]
+        if missing:
+            shown = ", ".join(repr(p) for p in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise SentmtlError(f"word_pieces not in the backbone's vocabulary: {shown}")
+        return np.asarray(ids, dtype=np.int64)
+
+    def piece_names(self, ids: list[int]) -> list[str]:
+        """The word-pieces these vocabulary ids stand for."""
+        return [str(self._tok.id_to_token(int(i))) for i in ids]
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._tok.get_vocab_size(with_added_tokens=True))
+
     def encode_raw(
         self, texts: list[str], truncate: bool = True
     ) -> list[tuple[list[int], list[tuple[int, int]], list[int], int]]:

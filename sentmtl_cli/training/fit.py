@@ -9,7 +9,11 @@ prior centred on zero-shot rather than on zero), so that with few examples the h
 what the names say and with many the examples decide. `--unlabeled` adds the user's unlabeled
 texts by self-training: the head's confident predictions on them join the examples, weighted down,
 and the head is fitted again. The temperature is fitted on out-of-fold logits (each example
-scored by a head fitted without its fold), so the scores mean what they say.
+scored by a head fitted without its fold), so the scores mean what they say. Beside the backbone's
+features the head may read the examples' own word-pieces (one 0/1 feature each, listed in the
+head's config): cue words such as "wish" and "would" that a paraphrase embedding does not
+separate. They are tried with 16 or more examples a label and kept only when the folds' loss says
+they help by a clear margin (the same rule as the first token's scale).
 
 Measured against the alternatives (docs/DISCUSSION.md, from bench/fewshot.py).
 """
@@ -50,6 +54,14 @@ class FitOptions:
     # trained so that pairs of one label have cosine 1 and of two labels 0, before the head (off:
     # measured worse than without, docs/DISCUSSION.md; `sentmtl fit --contrastive`)
     contrastive: bool = False
+    # the examples' word-pieces as features of their own (1 when a text holds one), their scale
+    # chosen among these by out-of-fold loss as the first token's is (none unless a scale wins by
+    # first_token_evidence standard errors), tried only when every label has word_piece_min
+    # examples: with 8 a label the folds picked them once in 30 fits and that fit lost
+    # (docs/DISCUSSION.md); `sentmtl fit --no-word-pieces` turns them off
+    word_pieces: bool = True
+    word_piece_scales: tuple[float, ...] = (0.5, 1.0, 2.0)
+    word_piece_min: int = 16
     contrastive_pairs: int = 20  # rounds of one same-label and one other-label pair per example
     contrastive_lr: float = 1e-3
 
@@ -178,6 +190,7 @@ class FittedHead:
     temperature: float
     pseudo_labelled: int  # unlabeled texts that joined the examples
     first_token_scale: float = 0.0  # the first token block's scale chosen (0: no such block)
+    word_piece_scale: float = 0.0  # the word-pieces' scale chosen (0: not read; weight has no columns for them)
 
 
 def fit_head(
@@ -257,6 +270,7 @@ class FitJob:
     format: str = "auto"
     l2: float = FitOptions.l2
     contrastive: bool = False
+    word_pieces: bool = True
 
 
 def read_examples(job: FitJob) -> tuple[list[str], list[str]]:
@@ -369,11 +383,19 @@ def fit_features(
     label_vectors: np.ndarray | None = None,
     unlabeled: np.ndarray | None = None,
     lead: int = 0,
+    pieces: int = 0,
 ) -> FittedHead:
     """The head on raw features x = [sentence embedding (dim), pooled layers, the first token's
-    block (the last `lead` columns)]: standardized, the embedding's weights pulled toward the label
-    vectors' zero-shot weights, fitted, and the standardization folded back into the weights (so
-    inference reads the raw features). The first token's scale is chosen by out-of-fold loss."""
+    block (`lead` columns), word-pieces (the last `pieces` columns, 0/1)]: standardized, the
+    embedding's weights pulled toward the label vectors' zero-shot weights, fitted, and the
+    standardization folded back into the weights (so inference reads the raw features). The first
+    token's scale, then the word-pieces', are chosen by out-of-fold loss; with the word-pieces'
+    scale 0 the weight has no columns for them."""
+    xp = up = None
+    if pieces:
+        x, xp = x[:, :-pieces], x[:, -pieces:].astype(np.float64)
+        if unlabeled is not None:
+            unlabeled, up = unlabeled[:, :-pieces], unlabeled[:, -pieces:].astype(np.float64)
     projection = None
     if opts.contrastive:  # the embedding's columns mapped, and the label vectors with them
         projection = contrastive_projection(x[:, :dim], y, opts)
@@ -392,13 +414,54 @@ def fit_features(
     if lead:
         lead_scale, oof = choose_lead_scale(x, y, n_classes, dim, opts, prior, lead)
     shift, scale = standardizer(x, dim, opts.layers_scale, lead, lead_scale)
+    xs = (x - shift) * scale
     xu = None if unlabeled is None else (unlabeled - shift) * scale
-    f = fit_head((x - shift) * scale, y, n_classes, opts, w0, xu, oof)
+    piece_scale = 0.0
+    if xp is not None and opts.word_pieces and np.bincount(y, minlength=n_classes).min() >= opts.word_piece_min:
+        piece_scale, found = choose_piece_scale(xs, xp, y, n_classes, opts, prior, oof)
+        if piece_scale:
+            oof = found
+            xs = np.concatenate([xs, xp * piece_scale], 1)
+            xu = None if xu is None or up is None else np.concatenate([xu, up * piece_scale], 1)
+            shift = np.concatenate([shift, np.zeros(xp.shape[1])])
+            scale = np.concatenate([scale, np.full(xp.shape[1], piece_scale)])
+            w0 = with_pieces(w0, xp.shape[1])
+    f = fit_head(xs, y, n_classes, opts, w0, xu, oof)
     weight = f.weight.astype(np.float64) * scale[None, :]
     bias = f.bias.astype(np.float64) - weight @ shift
     if projection is not None:  # folded in: the head reads the embedding as it is
         weight[:, :dim] = weight[:, :dim] @ projection.astype(np.float64)
-    return FittedHead(weight.astype(np.float32), bias.astype(np.float32), f.temperature, f.pseudo_labelled, lead_scale)
+    return FittedHead(
+        weight.astype(np.float32), bias.astype(np.float32), f.temperature, f.pseudo_labelled, lead_scale, piece_scale
+    )
+
+
+def with_pieces(w0: np.ndarray | None, n: int) -> np.ndarray | None:
+    """The prior's weights with n more columns (word-pieces), centred on zero."""
+    return None if w0 is None else np.concatenate([w0, np.zeros((w0.shape[0], n))], 1)
+
+
+def choose_piece_scale(xs, xp, y, n_classes: int, opts: FitOptions, prior, oof):
+    """The word-pieces' scale (0: not read) and its out-of-fold logits, by the rule the first
+    token's scale is chosen by, against the fit without them (its out-of-fold logits `oof`)."""
+    if oof is None:
+        return 0.0, None
+    base = best_temperature(oof, y)[1]
+    best: tuple[float, np.ndarray, np.ndarray] | None = None
+    for s in sorted(opts.word_piece_scales):
+        logits = out_of_fold_logits(
+            np.concatenate([xs, xp * s], 1), y, n_classes, opts, with_pieces(prior, xp.shape[1])
+        )
+        if logits is None:
+            return 0.0, None
+        loss = best_temperature(logits, y)[1]
+        if best is None or loss.mean() < best[2].mean():
+            best = (s, logits, loss)
+    assert best is not None
+    gain = base - best[2]
+    if gain.mean() > opts.first_token_evidence * gain.std() / np.sqrt(len(gain)):
+        return best[0], best[1]
+    return 0.0, None
 
 
 def contrastive_projection(emb: np.ndarray, y: np.ndarray, opts: FitOptions | None = None) -> np.ndarray:
@@ -498,25 +561,37 @@ def run_fit(job: FitJob, progress=None) -> dict:
 
         unlabeled = [t for _, chunk in TextSource(None, str(job.unlabeled)).chunks(1 << 16) for t in chunk]
     model = MultiTaskModel(base)
-    hcfg = HeadConfig(
-        type="sentence_classification",
-        labels=labels,
-        description=f"fitted by sentmtl fit on {Path(job.data).name}",
-        pool_layers=POOL_LAYERS,
-        with_embedding=True,
-        first_token_layers=FIRST_TOKEN_LAYERS,
-    )
-    head = model.build_head(job.task, hcfg)
+    opts = FitOptions(l2=job.l2, prior=job.label_prior, contrastive=job.contrastive, word_pieces=job.word_pieces)
+    # the examples' word-pieces, read as features when the folds say they help (fit_features)
+    pieces: list[str] = []
+    if opts.word_pieces and np.bincount(y, minlength=len(labels)).min() >= opts.word_piece_min:
+        seen = {i for ids, _, special, _ in model.tokenizer.encode_raw(texts) for i, sp in zip(ids, special) if not sp}
+        pieces = model.tokenizer.piece_names(sorted(seen))
+
+    def head_config(word_pieces: list[str]) -> HeadConfig:
+        return HeadConfig(
+            type="sentence_classification",
+            labels=labels,
+            description=f"fitted by sentmtl fit on {Path(job.data).name}",
+            pool_layers=POOL_LAYERS,
+            with_embedding=True,
+            first_token_layers=FIRST_TOKEN_LAYERS,
+            word_pieces=word_pieces,
+        )
+
+    head = model.build_head(job.task, head_config(pieces))
     with progress(len(texts) + len(unlabeled)) if progress else _Quiet() as p:
         x = model.head_inputs(texts, head, progress=p)
         xu = model.head_inputs(unlabeled, head, progress=p) if unlabeled else None
-    opts = FitOptions(l2=job.l2, prior=job.label_prior, contrastive=job.contrastive)
     vectors = None
     if job.label_prior:
         names_head: Any = model.build_head("label_names", zero_shot_config(labels))
         vectors = names_head.label_vectors()
     lead = len(FIRST_TOKEN_LAYERS) * model.dim
-    fitted = fit_features(x, y, len(labels), model.dim, opts, vectors, xu, lead)
+    fitted = fit_features(x, y, len(labels), model.dim, opts, vectors, xu, lead, len(pieces))
+    if pieces and not fitted.word_piece_scale:  # the folds preferred the head without them
+        pieces = []
+        head = model.build_head(job.task, head_config(pieces))
     head.params = {"out.weight": fitted.weight, "out.bias": fitted.bias}
     head.temperature = fitted.temperature
     head.trained = True
@@ -531,6 +606,7 @@ def run_fit(job: FitJob, progress=None) -> dict:
         "label_prior": job.label_prior,
         "temperature": fitted.temperature,
         "first_token_scale": fitted.first_token_scale,
+        "word_pieces": len(pieces),
         "seconds": time.perf_counter() - t0,
     }
 
