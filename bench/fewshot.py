@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fewshot_features import DATA, SETS, _model, features, read_set  # noqa: E402
 
 from sentmtl_cli.heads.zero_shot import ZeroShotHead, zero_shot_config  # noqa: E402
-from sentmtl_cli.training.fit import FitOptions, fit_features, fit_linear  # noqa: E402
+from sentmtl_cli.training.fit import FitOptions, fit_features, fit_linear, piece_vocabulary  # noqa: E402
 
 
 def split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -121,7 +121,7 @@ def main() -> None:
             for seed in range(args.seeds):
                 tr = sample(y, pool, k, C, seed)
                 # the word-pieces fit would list: the examples' own; 0/1 columns after the first token
-                vocab = {v: j for j, v in enumerate(sorted(set().union(*(ids[i] for i in tr))))}
+                vocab = {v: j for j, v in enumerate(piece_vocabulary([ids[i] for i in tr], FitOptions()))}
                 with_pieces = partial(pieces_after, ids=ids, vocab=vocab)
 
                 t = time.perf_counter()

@@ -404,3 +404,12 @@ def test_a_fit_that_reads_word_pieces_writes_them_and_predict_reads_them(runner,
     assert r.exit_code == 0, r.output
     plain = yaml.safe_load((tmp_path / "plain" / "model.yaml").read_text(encoding="utf-8"))["heads"]["topic2"]
     assert "word_pieces" not in plain
+
+
+def test_the_pieces_offered_are_those_of_two_or_more_examples_and_at_most_the_commonest():
+    from sentmtl_cli.training.fit import FitOptions, piece_vocabulary
+
+    held = [{5, 7, 9}, {5, 7}, {5, 11}, {13}]
+    assert piece_vocabulary(held, FitOptions()) == [5, 7]  # 9, 11 and 13 name one text each
+    assert piece_vocabulary(held, FitOptions(word_piece_max=1)) == [5]
+    assert piece_vocabulary(held, FitOptions(word_piece_texts=1, word_piece_max=3)) == [5, 7, 9]  # ties by id
