@@ -413,8 +413,9 @@ def test_a_bad_row_is_one_line_and_an_add_it_stops_commits_nothing(runner, tmp_p
 
 
 def test_a_one_shot_search_imports_lance_without_pandas_and_pandas_still_works_after():
-    """`sentmtl search --index` keeps pandas (0.15-0.3 s of imports) out of its process; pyarrow's
-    own to_pandas still finds pandas when something asks for it later."""
+    """`sentmtl search --index` keeps pandas (0.15-0.3 s of imports) out of its process, and
+    pyarrow.compute until it is used; pyarrow's own to_pandas still finds pandas when something
+    asks for it later, and pyarrow.compute is the real module once used."""
     import sys
 
     code = (
@@ -423,12 +424,29 @@ def test_a_one_shot_search_imports_lance_without_pandas_and_pandas_still_works_a
         "store.import_for_one_shot()\n"
         "assert 'lance' in sys.modules and 'pandas' not in sys.modules, sorted(sys.modules)[:5]\n"
         "assert not any(type(f).__name__ == '_NoPandas' for f in sys.meta_path)\n"
+        # pyarrow.compute waits for its first use, and is then the real module for everyone
+        "assert type(sys.modules['pyarrow.compute']).__name__ == '_LaterCompute'\n"
         "import pyarrow as pa\n"
         "assert pa.table({'a': [1, 2]}).to_pandas()['a'].sum() == 3\n"
+        "import pyarrow.compute as pc, pyarrow.dataset as ds\n"
+        "assert str(ds.field('a')) == 'a' and pc.add(1, 2).as_py() == 3\n"
+        "assert type(sys.modules['pyarrow.compute']).__name__ == 'module' and pa.compute.sum([1, 2]).as_py() == 3\n"
         "print('ok')\n"
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=ENV, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_a_one_shot_search_process_answers_as_the_api_does(runner, tmp_path):
+    """The CLI's own process (lance without pandas, pyarrow.compute not yet imported, os._exit at
+    the end) gives the answer an in-process search gives, filters included."""
+    idx = tmp_path / "idx"
+    assert _index(runner, _corpus(tmp_path), idx).exit_code == 0
+    for extra in ([], ["--where", "cls_label = 'business'"], ["--entity", "ORG:Tesla"]):
+        args = ["search", "car maker in trouble", "--index", str(idx), "--format", "json", "--top-k", "3", *extra]
+        r = subprocess.run([sentmtl_exe(), *args], capture_output=True, text=True, env=ENV, timeout=120)
+        assert r.returncode == 0, r.stderr[-2000:]
+        assert json.loads(r.stdout) == _search(runner, idx, "car maker in trouble", "--top-k", "3", *extra), extra
 
 
 def test_rows_are_regrouped_a_fragment_a_label_or_in_one_past_the_limit(tmp_path, monkeypatch):
