@@ -71,6 +71,7 @@ METHODS = {
     "fit, first token scale by one standard error": ({"first_token_evidence": 1.0}, True, False, True),
     "fit, embedding only (no middle layers, no first token)": ({"layers_scale": 0.0}, True, False, False),
     "fit + self-training (1,000 unlabeled)": ({}, True, True, True),
+    "fit + the labels' prior among 1,000 unlabeled (EM, half its shift)": ({"unlabeled_prior": True}, True, True, True),
     "fit after a SetFit-style contrastive step (frozen features)": ({"contrastive": True}, True, False, True),
 }
 

@@ -413,3 +413,45 @@ def test_the_pieces_offered_are_those_of_two_or_more_examples_and_at_most_the_co
     assert piece_vocabulary(held, FitOptions()) == [5, 7]  # 9, 11 and 13 name one text each
     assert piece_vocabulary(held, FitOptions(word_piece_max=1)) == [5]
     assert piece_vocabulary(held, FitOptions(word_piece_texts=1, word_piece_max=3)) == [5, 7, 9]  # ties by id
+
+
+def test_the_labels_prior_among_unlabeled_texts_is_found_and_shifts_the_bias():
+    """em_prior recovers the prior of texts drawn 80/20 from a head calibrated on balanced
+    examples, and --unlabeled-prior moves the head's bias toward it (and does not self-train)."""
+    import numpy as np
+
+    from sentmtl_cli.training.fit import FitOptions, em_prior, fit_features
+
+    rng = np.random.default_rng(0)
+    y = (rng.random(20000) < 0.2).astype(int)  # 80% class 0
+    margin = np.where(y == 1, 1.0, -1.0) + rng.normal(size=len(y))  # log-odds 2*margin under a balanced prior
+    p1 = 1.0 / (1.0 + np.exp(-2.0 * margin))
+    assert abs(em_prior(np.stack([1 - p1, p1], 1))[1] - 0.2) < 0.02
+
+    def blobs(n, share):
+        yy = (rng.random(n) < share).astype(int)
+        x = rng.normal(size=(n, 16))
+        x[:, :8] /= np.linalg.norm(x[:, :8], axis=1, keepdims=True)
+        x[:, 8] += np.where(yy == 1, 1.0, -1.0)  # a pooled-layer column says the class, noisily
+        return x, yy
+
+    x, yy = blobs(64, 0.5)
+    xu, _ = blobs(2000, 0.2)
+    plain = fit_features(x, yy, 2, 8, FitOptions(prior=False), unlabeled=xu)
+    shifted = fit_features(x, yy, 2, 8, FitOptions(prior=False, unlabeled_prior=True), unlabeled=xu)
+    assert plain.unlabeled_prior is None and shifted.pseudo_labelled == 0
+    assert shifted.unlabeled_prior is not None and shifted.unlabeled_prior[1] < 0.35
+    np.testing.assert_allclose(shifted.weight, fit_features(x, yy, 2, 8, FitOptions(prior=False)).weight)
+    moved = (shifted.bias[1] - shifted.bias[0]) - (plain.bias[1] - plain.bias[0])
+    want = 0.5 * (np.log(shifted.unlabeled_prior[1]) - np.log(shifted.unlabeled_prior[0]))
+    assert moved < 0 and abs(moved - want) < 0.2  # toward the common class, by half the log ratio
+
+
+def test_unlabeled_prior_needs_unlabeled_texts(runner, tmp_path):
+    r = _fit(runner, tmp_path, "--unlabeled-prior")
+    assert r.exit_code == 2 and "give --unlabeled FILE" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    unlabeled = tmp_path / "unlabeled.txt"
+    unlabeled.write_text("".join(t + "\n" for t, _ in UNSEEN * 3), encoding="utf-8")
+    r = _fit(runner, tmp_path, "--unlabeled", str(unlabeled), "--unlabeled-prior", out="p")
+    assert r.exit_code == 0 and "the labels' prior among the unlabeled texts: sports" in r.stderr, r.output
+    _unseen_are_right(runner, tmp_path / "p")

@@ -89,6 +89,11 @@ def fit(
         "--contrastive",
         help="SetFit's contrastive step on the frozen embedding first (measured worse on the six sets; seconds more).",
     ),
+    unlabeled_prior: bool = typer.Option(
+        False,
+        "--unlabeled-prior",
+        help="Use --unlabeled texts for the labels' prior among them (EM), not self-training: gains where labels are imbalanced.",
+    ),
     no_word_pieces: bool = typer.Option(
         False,
         "--no-word-pieces",
@@ -120,6 +125,7 @@ def fit(
         unlabeled=unlabeled,
         contrastive=contrastive,
         word_pieces=not no_word_pieces,
+        unlabeled_prior=unlabeled_prior,
         force=force,
         text_column=_column(text_column),
         label_column=_column(label_column),
@@ -128,6 +134,9 @@ def fit(
     rep = run_fit(job, progress=lambda total: render.Progress(total, "features"))
     counts = ", ".join(f"{lab} {n}" for lab, n in rep["labels"].items())
     extra = f"; {rep['unlabeled_used']} unlabeled texts joined" if unlabeled is not None else ""
+    if rep["unlabeled_prior"] is not None:
+        shares = ", ".join(f"{lab} {p:.2f}" for lab, p in rep["unlabeled_prior"].items())
+        extra = f"; the labels' prior among the unlabeled texts: {shares}"
     typer.echo(f"{task}: {rep['examples']} examples ({counts}){extra} -> {output} in {rep['seconds']:.1f} s", err=True)
     typer.echo(f"use it: sentmtl predict --config {Path(output) / 'model.yaml'} --tasks {task} TEXT", err=True)
 

@@ -49,6 +49,12 @@ class FitOptions:
     self_training: bool = True  # with unlabeled texts: add the confident ones and fit again
     confidence: float = 0.9  # an unlabeled text's score needed to join
     unlabeled_weight: float = 0.5  # of a pseudo-labelled example, against a real one
+    # with unlabeled texts, instead of self-training: the classes' prior among them, estimated by
+    # EM over the head's calibrated probabilities (Saerens et al. 2002), shifts the bias (by
+    # prior_shift of its log against the examples' balanced prior). Off: it gains on the two-label
+    # sets and loses on some of the others (docs/DISCUSSION.md; `sentmtl fit --unlabeled-prior`)
+    unlabeled_prior: bool = False
+    prior_shift: float = 0.5
     folds: int = 4  # for the temperature's out-of-fold logits
     # SetFit's contrastive step on frozen features: a linear map of the embedding (from the identity)
     # trained so that pairs of one label have cosine 1 and of two labels 0, before the head (off:
@@ -196,6 +202,7 @@ class FittedHead:
     pseudo_labelled: int  # unlabeled texts that joined the examples
     first_token_scale: float = 0.0  # the first token block's scale chosen (0: no such block)
     word_piece_scale: float = 0.0  # the word-pieces' scale chosen (0: not read; weight has no columns for them)
+    unlabeled_prior: np.ndarray | None = None  # the classes' prior among the unlabeled texts, when estimated
 
 
 def fit_head(
@@ -276,6 +283,7 @@ class FitJob:
     l2: float = FitOptions.l2
     contrastive: bool = False
     word_pieces: bool = True
+    unlabeled_prior: bool = False
 
 
 def read_examples(job: FitJob) -> tuple[list[str], list[str]]:
@@ -431,14 +439,40 @@ def fit_features(
             shift = np.concatenate([shift, np.zeros(xp.shape[1])])
             scale = np.concatenate([scale, np.full(xp.shape[1], piece_scale)])
             w0 = with_pieces(w0, xp.shape[1])
-    f = fit_head(xs, y, n_classes, opts, w0, xu, oof)
+    f = fit_head(xs, y, n_classes, opts, w0, None if opts.unlabeled_prior else xu, oof)
     weight = f.weight.astype(np.float64) * scale[None, :]
     bias = f.bias.astype(np.float64) - weight @ shift
+    found = None
+    if opts.unlabeled_prior and xu is not None and len(xu):
+        found = em_prior(softmax((xu @ f.weight.T + f.bias).astype(np.float64) / f.temperature))
+        bias = bias + opts.prior_shift * np.log(np.maximum(found, 1e-6) * n_classes)
     if projection is not None:  # folded in: the head reads the embedding as it is
         weight[:, :dim] = weight[:, :dim] @ projection.astype(np.float64)
     return FittedHead(
-        weight.astype(np.float32), bias.astype(np.float32), f.temperature, f.pseudo_labelled, lead_scale, piece_scale
+        weight.astype(np.float32),
+        bias.astype(np.float32),
+        f.temperature,
+        f.pseudo_labelled,
+        lead_scale,
+        piece_scale,
+        found,
     )
+
+
+def em_prior(probs: np.ndarray, iterations: int = 200, tol: float = 1e-6) -> np.ndarray:
+    """The classes' prior among texts whose probabilities under a balanced prior are `probs`
+    [N, C]: the fixed point of re-weighting them by the prior and averaging (Saerens, Latinne and
+    Decaestecker, 2002)."""
+    n_classes = probs.shape[1]
+    prior = np.full(n_classes, 1.0 / n_classes)
+    for _ in range(iterations):
+        q = probs * (prior * n_classes)
+        new = (q / q.sum(1, keepdims=True)).mean(0)
+        done = np.abs(new - prior).max() < tol
+        prior = new
+        if done:
+            break
+    return prior
 
 
 def piece_vocabulary(held: list[set[int]], opts: FitOptions) -> list[int]:
@@ -577,7 +611,17 @@ def run_fit(job: FitJob, progress=None) -> dict:
 
         unlabeled = [t for _, chunk in TextSource(None, str(job.unlabeled)).chunks(1 << 16) for t in chunk]
     model = MultiTaskModel(base)
-    opts = FitOptions(l2=job.l2, prior=job.label_prior, contrastive=job.contrastive, word_pieces=job.word_pieces)
+    if job.unlabeled_prior and job.unlabeled is None:
+        raise SentmtlError(
+            "--unlabeled-prior estimates the classes' prior among --unlabeled texts: give --unlabeled FILE"
+        )
+    opts = FitOptions(
+        l2=job.l2,
+        prior=job.label_prior,
+        contrastive=job.contrastive,
+        word_pieces=job.word_pieces,
+        unlabeled_prior=job.unlabeled_prior,
+    )
     # the examples' word-pieces, read as features when the folds say they help (fit_features)
     pieces: list[str] = []
     if opts.word_pieces and np.bincount(y, minlength=len(labels)).min() >= opts.word_piece_min:
@@ -621,6 +665,9 @@ def run_fit(job: FitJob, progress=None) -> dict:
         "labels": {lab: int(c) for lab, c in zip(labels, counts)},
         "examples": int(len(y)),
         "unlabeled_used": fitted.pseudo_labelled,
+        "unlabeled_prior": None
+        if fitted.unlabeled_prior is None
+        else {lab: float(p) for lab, p in zip(labels, fitted.unlabeled_prior)},
         "label_prior": job.label_prior,
         "temperature": fitted.temperature,
         "first_token_scale": fitted.first_token_scale,
