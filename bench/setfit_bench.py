@@ -49,7 +49,8 @@ def mcc(y: np.ndarray, p: np.ndarray) -> float:
     return float(matthews_corrcoef(y, p))
 
 
-def run_sentmtl(texts, labels, eval_texts, names) -> tuple[float, np.ndarray]:
+def run_sentmtl(texts, labels, eval_texts, names, unlabeled=None) -> tuple[float, np.ndarray]:
+    """`sentmtl fit` as a whole command; `unlabeled`: texts for --unlabeled --unlabeled-prior."""
     import sentmtl_cli
 
     with tempfile.TemporaryDirectory() as d:
@@ -57,10 +58,16 @@ def run_sentmtl(texts, labels, eval_texts, names) -> tuple[float, np.ndarray]:
         data.write_text(
             "text\tlabel\n" + "".join(f"{t}\t{names[y]}\n" for t, y in zip(texts, labels)), encoding="utf-8"
         )
+        extra = []
+        if unlabeled is not None:
+            (Path(d) / "unlabeled.txt").write_text(
+                "".join(t.replace("\n", " ") + "\n" for t in unlabeled), encoding="utf-8"
+            )
+            extra = ["--unlabeled", f"{d}/unlabeled.txt", "--unlabeled-prior"]
         t0 = time.perf_counter()
         subprocess.run(
             [str(SENTMTL), "fit", "task", "--data", str(data), "--output", f"{d}/model",
-             "--text-column", "text", "--label-column", "label", "--labels", ",".join(names)],
+             "--text-column", "text", "--label-column", "label", "--labels", ",".join(names), *extra],
             check=True, capture_output=True, env=dict(os.environ, SENTMTL_NO_PROGRESS="1"),
         )  # fmt: skip
         seconds = time.perf_counter() - t0
@@ -89,6 +96,11 @@ def main() -> None:
     ap.add_argument("--sets", nargs="+", default=SETS)
     ap.add_argument("--json", type=Path, default=ROOT / "build" / "setfit.json")
     ap.add_argument("--redo-sentmtl", action="store_true", help="run sentmtl again on every sample, keep SetFit's")
+    ap.add_argument(
+        "--unlabeled-prior",
+        action="store_true",
+        help="also sentmtl fit with the 1,000 unlabeled texts bench/fewshot.py holds out, for the labels' prior",
+    )
     args = ap.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"bench: no few-shot data at {DATA} (../shared/data/fewshot); skipped")
@@ -119,6 +131,13 @@ def main() -> None:
                     "mcc": mcc(gold, s_pred),
                     "seconds": s_sec,
                 }
+                if args.unlabeled_prior:
+                    u_sec, u_pred = run_sentmtl(tt, ty, eval_texts, names, [texts[i] for i in unl])
+                    row["sentmtl_unlabeled_prior"] = {
+                        "accuracy": float((u_pred == gold).mean() * 100),
+                        "mcc": mcc(gold, u_pred),
+                        "seconds": u_sec,
+                    }
                 if "setfit" not in row:
                     f_sec, f_pred = run_setfit(tt, ty, eval_texts)
                     row["setfit"] = {
@@ -141,6 +160,9 @@ def main() -> None:
             print(
                 f"  {name:10s} k={k}: {metric} {a:.3g} / {b:.3g}; {ta:.1f} s / {tb:.1f} s: SetFit takes {tb / ta:.1f}x"
             )
+            if all("sentmtl_unlabeled_prior" in r for r in rows):
+                u = np.mean([r["sentmtl_unlabeled_prior"][metric] for r in rows])
+                print(f"  {'':10s} with 1,000 unlabeled texts' prior (--unlabeled-prior): {metric} {u:.3g}")
 
 
 if __name__ == "__main__":
