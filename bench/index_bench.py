@@ -147,10 +147,10 @@ QUERY = "rate cut by the central bank"  # the one-shot search's query (not among
 ROUNDS = 3  # rounds of the held-out queries, for the warm latencies
 
 
-def wall(args: list[str]) -> float:
+def wall(args: list[str], **extra: str) -> float:
     """A whole `sentmtl` command's wall time (bytecode cached, as an installed package has it)."""
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
-    env["SENTMTL_NO_PROGRESS"] = "1"
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONDONTWRITEBYTECODE", "SENTMTL_NO_PRELOAD")}
+    env.update(SENTMTL_NO_PROGRESS="1", **extra)
     t = time.perf_counter()
     subprocess.run([str(SENTMTL), *args], check=True, capture_output=True, env=env)
     return time.perf_counter() - t
@@ -264,15 +264,24 @@ def startup(index: Path | None) -> dict:
     """Whole one-shot commands that are mostly start-up, taken in turn (so that a busy spell of a
     shared machine falls on all of them): medians of 11. `index`: the bench's index, for `search
     --index` (skipped when there is none)."""
-    runs: dict[str, list[str]] = {"similarity": ["similarity", "a cat", "a dog"], "help": ["--help"]}
+    runs: dict[str, tuple[list[str], dict]] = {
+        "similarity": (["similarity", "a cat", "a dog"], {}),
+        "help": (["--help"], {}),
+    }
     if index is not None and index.is_dir():
-        runs["index"] = ["search", QUERY, "--index", str(index)]
+        search = ["search", QUERY, "--index", str(index)]
+        runs["index"] = (search, {})
+        # the same search in one process: without the process the console entry forks for lance's half
+        runs["index_one_process"] = (search, {"SENTMTL_NO_PRELOAD": "1"})
     times: dict[str, list[float]] = {k: [] for k in runs}
     for _ in range(11):
-        for k, args in runs.items():
-            times[k].append(wall(args))
+        for k, (args, env) in runs.items():
+            times[k].append(wall(args, **env))
     out = {f"oneshot_{k}_s" if k != "help" else "help_s": float(np.median(v)) for k, v in times.items()}
     print("one-shot, medians of 11: " + ", ".join(f"{k} {v:.2f} s" for k, v in out.items()), flush=True)
+    if "index" in runs:
+        ratio = out["oneshot_index_s"] / out["oneshot_index_one_process_s"]
+        print(f"search --index with the forked helper / in one process: {ratio:.2f}x", flush=True)
     return out
 
 

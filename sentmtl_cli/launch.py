@@ -8,7 +8,9 @@ libraries with ctypes while the main thread imports typer and reads the config; 
 comes later finds the library loaded and only initialises its module. `similarity a b` took 40-47
 ms less so (medians of 11 and 21 runs, interleaved, 0.58 against 0.54 s).
 Nothing is imported as a Python module here, and a library that fails to load is left for the
-import to report. SENTMTL_NO_PRELOAD=1 turns it off (to compare, or to rule it out)."""
+import to report. A `search --index` instead forks, first of all, the process that does lance's
+half of it (index/prefork.py). SENTMTL_NO_PRELOAD=1 turns both off (to compare, or to rule them
+out)."""
 
 from __future__ import annotations
 
@@ -74,6 +76,10 @@ def preload(paths: list[str]) -> None:
 
 def main() -> None:
     if sys.platform.startswith("linux") and not os.environ.get("SENTMTL_NO_PRELOAD"):
+        from .index import prefork
+
+        if prefork.wanted(sys.argv):  # before any thread: a search --index starts its lance half now
+            prefork.start()
         preload(libraries(sys.argv))
     from .cli import main as cli_main
 

@@ -41,7 +41,7 @@ LAYERS = {
     "sentmtl_cli.serve": 8,  # another front end on the Python API, below the CLI that starts it
     "sentmtl_cli.cli": 9,
     "sentmtl_cli.__main__": 9,
-    "sentmtl_cli.launch": 9,  # the console entry: a one-shot command's libraries loaded in a thread, then the CLI
+    "sentmtl_cli.launch": 9,  # the console entry: a one-shot command's libraries loaded ahead, then the CLI
 }
 
 

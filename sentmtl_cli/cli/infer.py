@@ -271,12 +271,21 @@ def search(
         raise SentmtlError("--where and --entity filter an index's stored columns: give --index")
     f = default_format(fmt)
     if index is not None:
-        from ..index.store import Index, import_for_one_shot
+        from ..index import prefork
+        from ..index.store import Index, import_for_one_shot, read_meta, same_model
 
+        ahead = prefork.helper()  # the console entry's forked process: lance's half of the work
+        if ahead is not None:
+            ahead.open(index)
         m = load_model(config, threads, backend, one_shot=True)
-        import_for_one_shot()  # while ONNX Runtime builds the backbone's session in its thread
-        ix = Index(index, m)
-        hits = ix.search(m.embed([query])[0], top_k=top_k, where=where, entities=entity or [])
+        hits = None
+        if ahead is not None:
+            same_model(read_meta(index), m, index)
+            hits = ahead.search(index, m.embed([query])[0], top_k, where, entity or [])
+        if hits is None:
+            import_for_one_shot()  # while ONNX Runtime builds the backbone's session in its thread
+            ix = Index(index, m)
+            hits = ix.search(m.embed([query])[0], top_k=top_k, where=where, entities=entity or [])
         if f == "json":
             render.write_json({"query": query, "index": str(index), "results": hits})
         elif f == "jsonl":

@@ -831,3 +831,21 @@ class Index:
                     hit[t] = {c[len(t) + 1 :]: row[c] for c in cols}
             out.append(hit)
         return out
+
+
+WARM_ROWS = 2_000_000  # warm() loads every partition's codes up to here: 0.17-0.21 s at 1M rows, on 2 cores
+
+
+def warm(index: Index) -> None:
+    """Load what a table's first search would: the vector index's centroids and partition list,
+    lance's thread pool and, up to WARM_ROWS rows, every partition's codes (a first query of the
+    million-row index took 65-100 ms, 11 ms after this). For a process that opens the index
+    before the query's vector exists (prefork.py); it changes no answer."""
+    table = index.table
+    if not has_ann(table):
+        return
+    rows = table.count_rows()
+    q = np.zeros(table.schema.field("vector").type.list_size, dtype=np.float32)
+    q[0] = 1.0
+    probes = partitions(rows) if rows <= WARM_ROWS else 1
+    table.to_table(columns=["id"], nearest={"column": "vector", "q": q, "k": 1, "nprobes": probes, "metric": "cosine"})
