@@ -203,19 +203,21 @@ FITTED_BUDGET = 1.03  # issue 19: a head from `sentmtl fit` beside the shipped t
 
 
 def fitted_head_cost(model, texts: list[str], slice_size: int = 1000) -> dict:
-    """predict cls,sent,ner with and without a head shaped as `sentmtl fit` writes it (linear, on
-    the embedding, layers 2, 4, 6's mean and max and the first token at layer 4; its weights do
-    not change its cost),
-    alternating on the same slices as heads_cost does."""
+    """predict cls,sent,ner with and without a head shaped as `sentmtl fit` writes it at its
+    largest (linear, on the embedding, layers 2, 4, 6's mean and max, the first token at layer 4,
+    and the most word-pieces fit offers: the FitOptions().word_piece_max held by most of the
+    texts; its weights do not change its cost), alternating on the same slices as heads_cost does."""
     from sentmtl_cli.config.model import HeadConfig
-    from sentmtl_cli.training.fit import FIRST_TOKEN_LAYERS, POOL_LAYERS
+    from sentmtl_cli.training.fit import FIRST_TOKEN_LAYERS, POOL_LAYERS, FitOptions, piece_vocabulary
 
     if "fitted" not in model.heads:
+        held = [{i for i, sp in zip(ids, special) if not sp} for ids, _, special, _ in model.tokenizer.encode_raw(texts)]
+        pieces = model.tokenizer.piece_names(piece_vocabulary(held, FitOptions()))
         model.add_head(
             "fitted",
             HeadConfig(
                 type="sentence_classification", labels=[f"l{i}" for i in range(6)], pool_layers=POOL_LAYERS,
-                with_embedding=True, first_token_layers=FIRST_TOKEN_LAYERS,
+                with_embedding=True, first_token_layers=FIRST_TOKEN_LAYERS, word_pieces=pieces,
             ),
         )  # fmt: skip
     base, more = ["cls", "sent", "ner"], ["cls", "sent", "ner", "fitted"]
