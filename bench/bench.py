@@ -211,7 +211,9 @@ def fitted_head_cost(model, texts: list[str], slice_size: int = 1000) -> dict:
     from sentmtl_cli.training.fit import FIRST_TOKEN_LAYERS, POOL_LAYERS, FitOptions, piece_vocabulary
 
     if "fitted" not in model.heads:
-        held = [{i for i, sp in zip(ids, special) if not sp} for ids, _, special, _ in model.tokenizer.encode_raw(texts)]
+        held = [
+            {i for i, sp in zip(ids, special) if not sp} for ids, _, special, _ in model.tokenizer.encode_raw(texts)
+        ]
         pieces = model.tokenizer.piece_names(piece_vocabulary(held, FitOptions()))
         model.add_head(
             "fitted",
