@@ -76,10 +76,11 @@ def preload(paths: list[str]) -> None:
 
 def main() -> None:
     if sys.platform.startswith("linux") and not os.environ.get("SENTMTL_NO_PRELOAD"):
-        from .index import prefork
+        if sys.argv[1:2] == ["search"]:  # only a search pays for the module (json: 5 ms of --help)
+            from .index import prefork
 
-        if prefork.wanted(sys.argv):  # before any thread: a search --index starts its lance half now
-            prefork.start()
+            if prefork.wanted(sys.argv):  # before any thread: a search --index starts its lance half now
+                prefork.start()
         preload(libraries(sys.argv))
     from .cli import main as cli_main
 

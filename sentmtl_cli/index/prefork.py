@@ -9,8 +9,8 @@ slow each other (two imports side by side each took 40% longer than one alone), 
 
 The answer is the same: the forked process runs Index.search, the code the one-process path runs,
 on the same table, and the hits come back as JSON (floats round-trip exactly). What only the
-caller can know is checked by the caller, in the order one process checks it: the index's record, then that its
-model is the caller's (store.same_model), then the search. A SentmtlError in the forked process
+caller can know is checked by the caller, in the order one process checks it: the index's record,
+then that its model is the caller's (store.same_model), then the search. A SentmtlError in the forked process
 (a damaged table, a bad --where) comes back as its one line; anything else, or the process gone,
 and the caller searches in its own process, as it does without a helper.
 
