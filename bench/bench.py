@@ -305,8 +305,20 @@ def quality() -> dict | None:
     return out
 
 
+def cpu_model() -> str:
+    """The CPU's model name where Linux tells it (start-up and latency figures move with it: the
+    same code took 0.46 s on one machine's Xeon and 0.59 s on another's EPYC), else its architecture."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
+            if line.lower().startswith(("model name", "cpu model")):
+                return " ".join(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine() -> str:
-    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+    return f"{cpu_model()}, {os.cpu_count()} cores, Python {platform.python_version()}"
 
 
 def write_results(name: str, intro: str, columns: list[str], rows: list[tuple], data: dict) -> None:

@@ -30,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
+from bench import machine  # this folder is the script's first path
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT.parent / "shared" / "data"
 WORK = ROOT / "build" / "index_bench"
@@ -195,6 +197,7 @@ def main() -> None:
     where_label = min(quarter, key=lambda lab: abs(quarter[lab] - 0.25))
     mask = np.array([lab == where_label for lab in row_labels])
     res = {"rows": n, "build_s": seconds, "disk_bytes": size, "disk_vs_float32": size / raw, "filter": where_label}
+    res["machine"] = machine()
     res["filter_fraction"] = float(mask.mean())
     kinds = [("all", None, None), ("filtered", f"cls_label = '{where_label}'", mask)]
     # the exact answers first, then the index's queries: a 1.5 GB numpy scan between two of them
@@ -277,8 +280,9 @@ def startup(index: Path | None) -> dict:
     for _ in range(11):
         for k, (args, env) in runs.items():
             times[k].append(wall(args, **env))
-    out = {f"oneshot_{k}_s" if k != "help" else "help_s": float(np.median(v)) for k, v in times.items()}
+    out: dict = {f"oneshot_{k}_s" if k != "help" else "help_s": float(np.median(v)) for k, v in times.items()}
     print("one-shot, medians of 11: " + ", ".join(f"{k} {v:.2f} s" for k, v in out.items()), flush=True)
+    out["startup_machine"] = machine()
     if "index" in runs:
         ratio = out["oneshot_index_s"] / out["oneshot_index_one_process_s"]
         print(f"search --index with the forked helper / in one process: {ratio:.2f}x", flush=True)

@@ -178,7 +178,10 @@ def index_figures(path: str = "docs/experiments/index_1m.json") -> None:
                 "at least 0.8x",
             )
         )
-    cog.outl(f"`bench/index_bench.py` on {r['rows']:,} rows ({path}):")
+    where = f", on {r['machine']}" if "machine" in r else ""
+    if r.get("startup_machine", r.get("machine")) != r.get("machine"):
+        where += f" (the one-shot rows on {r['startup_machine']})"
+    cog.outl(f"`bench/index_bench.py` on {r['rows']:,} rows ({path}{where}):")
     cog.outl("")
     cog.outl("| measure | result | target |")
     cog.outl("|---|---|---|")

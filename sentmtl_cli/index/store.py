@@ -721,6 +721,8 @@ def open_table(index: Path):
 
 # ---- searching -----------------------------------------------------------------------------------------
 NPROBES, REFINE = 48, 2  # partitions searched, exact re-ranking of the best k x REFINE
+# a filter keeping a share s of the rows: NPROBES / s ** FILTER_POWER partitions (docs/ARCHITECTURE.md)
+FILTER_POWER = 0.4
 
 
 class Index:
@@ -804,7 +806,7 @@ class Index:
                 parts = partitions(table.count_rows())
                 probes = NPROBES
                 if cond:  # a filter leaves fewer rows a partition: more partitions, to find k of them
-                    probes = int(np.ceil(NPROBES / np.sqrt(max(self.kept(table, cond), 1e-4))))
+                    probes = int(np.ceil(NPROBES / max(self.kept(table, cond), 1e-4) ** FILTER_POWER))
                 # ef: an index built with HNSW graphs (before IVF_RQ) keeps at least the k x REFINE
                 # candidates re-ranked; IVF_RQ ignores it
                 nearest.update(nprobes=min(parts, probes), refine_factor=REFINE, ef=max(64, top_k * REFINE))
