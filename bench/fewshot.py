@@ -22,8 +22,16 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from fewshot_features import DATA, SETS, _model, features, read_set  # noqa: E402
 
+from sentmtl_cli.heads.mlp import TorchMLP  # noqa: E402
 from sentmtl_cli.heads.zero_shot import ZeroShotHead, zero_shot_config  # noqa: E402
-from sentmtl_cli.training.fit import FitOptions, fit_features, fit_linear, piece_vocabulary  # noqa: E402
+from sentmtl_cli.training.fit import (  # noqa: E402
+    FitOptions,
+    attention_logits,
+    fit_attention,
+    fit_features,
+    fit_linear,
+    piece_vocabulary,
+)
 
 
 def split(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -73,7 +81,33 @@ METHODS = {
     "fit + self-training (1,000 unlabeled)": ({}, True, True, True),
     "fit + the labels' prior among 1,000 unlabeled (EM, half its shift)": ({"unlabeled_prior": True}, True, True, True),
     "fit after a SetFit-style contrastive step (frozen features)": ({"contrastive": True}, True, False, True),
+    # the head over each token's vectors of layers 2 and 4, pooled by a learned query (fit_attention)
+    "fit, attention over the tokens (--pool attention)": ({"pool": "attention"}, False, False, False),
 }
+
+
+class TokenRows:
+    """Each text's token rows for the attention head, computed once per text a run needs."""
+
+    def __init__(self, texts: list[str], labels: list[str]):
+        from sentmtl_cli.config.model import HeadConfig
+        from sentmtl_cli.training.fit import ATTENTION_LAYERS
+
+        m = _model()
+        cfg = HeadConfig(
+            type="sentence_classification", labels=labels, pool_layers=ATTENTION_LAYERS, pool="attention", dropout=0.0
+        )
+        self.head = m.build_head("probe_attention", cfg)
+        self.texts, self.rows = texts, {}
+
+    def get(self, idx) -> tuple[np.ndarray, list[int]]:
+        need = [int(i) for i in idx if int(i) not in self.rows]
+        if need:
+            rows, counts = _model().token_rows([self.texts[i] for i in need], self.head)
+            for i, part in zip(need, np.split(rows, np.cumsum(counts)[:-1])):
+                self.rows[i] = part.astype(np.float16)
+        parts = [self.rows[int(i)] for i in idx]
+        return np.concatenate(parts).astype(np.float32), [len(p) for p in parts]
 
 
 def main() -> None:
@@ -95,7 +129,8 @@ def main() -> None:
                 merged.setdefault(name, {}).update(row)
         ks = sorted({int(m.split()[0][2:]) for row in merged.values() for m in row if m.startswith("k=")})
         args.k = ks
-        args.methods = [m for m in METHODS if all(f"k={k} {m}" in row for k in ks for row in merged.values())]
+        # a method run on some sets or at one k only shows "not run" for the rest
+        args.methods = [m for m in METHODS if any(f"k={k} {m}" in row for k in ks for row in merged.values())]
         args.sets = list(merged)
         args.markdown.write_text(markdown(merged, args, [str(f) for f in args.from_json]), encoding="utf-8")
         return
@@ -116,6 +151,7 @@ def main() -> None:
         row["zero_shot"] = float(((emb[held] @ E.T).argmax(1) == y[held]).mean() * 100)
         unl = np.random.default_rng(7).choice(rest, size=min(1000, len(rest) // 2), replace=False)
         pool = np.setdiff1d(rest, unl)
+        tokens: TokenRows | None = None
         for k in args.k:
             scores: dict[str, list[float]] = {}
             times: dict[str, list[float]] = {}
@@ -132,6 +168,17 @@ def main() -> None:
                 for method in args.methods:
                     over, prior, use_unl, use_lead = METHODS[method]
                     opts = FitOptions(**{**over, "prior": prior})
+                    if opts.pool == "attention":
+                        tokens = tokens or TokenRows(texts, labels)
+                        t = time.perf_counter()
+                        rows, counts = tokens.get(tr)
+                        params, _ = fit_attention(tokens.head, rows, counts, y[tr], C, opts)
+                        times.setdefault(method, []).append(time.perf_counter() - t)
+                        tokens.head.params = params
+                        hr, hc = tokens.get(held)
+                        z = attention_logits(tokens.head, TorchMLP(tokens.head), hr, hc)
+                        scores.setdefault(method, []).append(float((z.argmax(1) == y[held]).mean() * 100))
+                        continue
                     t = time.perf_counter()
                     cols = x if use_lead else x[:, :-lead]
                     f = fit_features(
@@ -197,7 +244,12 @@ def markdown(table: dict, args, sources: list[str] | None = None) -> str:
                 continue
             vals = [table[s][key] for s in ran]
             secs = np.mean([table[s][key + " seconds"] for s in ran])
-            label = "logistic regression on the embedding" if m == "lr_emb" else m
+            label = {
+                "lr_emb": "logistic regression on the embedding",
+                "sentmtl fit": "sentmtl fit's linear head (`--pool mean_max`; auto's below 16 a label)",
+            }.get(m, m)
+            if m.startswith("fit, attention"):
+                label += " (auto's at 16+ a label, up to 6 labels)"
             mean = f"{np.mean(vals):.1f}" + ("" if len(ran) == len(sets) else f" ({len(ran)} sets)")
             cells = [f"{table[s][key]:.1f}" if key in table[s] else "not run" for s in sets]
             lines.append(f"| k={k}: {label} | {mean} | " + " | ".join(cells) + f" | {secs:.2f} |")

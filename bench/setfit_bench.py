@@ -77,6 +77,7 @@ def run_sentmtl(texts, labels, eval_texts, names, unlabeled=None) -> tuple[float
 
 
 def run_setfit(texts, labels, eval_texts) -> tuple[float, np.ndarray]:
+    setfit_venv()  # on first use: --redo-sentmtl runs none
     job = json.dumps({"texts": texts, "labels": [int(x) for x in labels], "eval_texts": eval_texts})
     with tempfile.TemporaryDirectory() as d:  # SetFit's trainer writes checkpoints/ into its working folder
         r = subprocess.run(
@@ -104,7 +105,6 @@ def main() -> None:
     args = ap.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"bench: no few-shot data at {DATA} (../shared/data/fewshot); skipped")
-    setfit_venv()
     results: dict = json.loads(args.json.read_text()) if args.json.is_file() else {}
     for name in args.sets:
         texts, raw = read_set(name)

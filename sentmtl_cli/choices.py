@@ -63,3 +63,12 @@ class Overflow(Choice):
     window = "window"
     truncate = "truncate"
     error = "error"
+
+
+class FitPool(Choice):
+    """What a head `sentmtl fit` makes reads: auto = attention with 16+ examples a label, 6 labels
+    at most and no unlabeled texts, else mean_max (docs/DISCUSSION.md, section 6)."""
+
+    auto = "auto"
+    attention = "attention"  # each token's vectors of layers 2 and 4, weighted by a learned query
+    mean_max = "mean_max"  # the linear head over the embedding, pooled layers, first token, word-pieces

@@ -326,6 +326,27 @@ class MultiTaskModel:
         assert out is not None
         return out
 
+    def token_rows(self, texts: list[str], head, batch_size: int = BATCH_SIZE, progress=None):
+        """An attention-pooled head's inputs by the inference path: each text's real tokens, one
+        row each, its hidden_layers' vectors side by side ([sum(counts), L*D] float32), and how
+        many rows each text has, in the texts' order (what `sentmtl fit` trains such a head on)."""
+        texts = check_texts(texts)
+        raw = self.tokenizer.encode_raw(texts)
+        order = sorted(range(len(texts)), key=lambda i: len(raw[i][0]))
+        layers = head.hidden_layers()
+        per_text: list[np.ndarray | None] = [None] * len(texts)
+        for start, stop in length_batches([len(raw[i][0]) for i in order], batch_size):
+            idx = order[start:stop]
+            batch = self.tokenizer.pad([raw[i] for i in idx])
+            states = self.backbone.encode(batch, set(layers))["hidden_states"]
+            for j, i in enumerate(idx):
+                real = batch.attention_mask[j] > 0
+                per_text[i] = np.concatenate([states[L][j][real] for L in layers], 1).astype(np.float32)
+            if progress:
+                progress(len(idx))
+        rows = [r for r in per_text if r is not None]
+        return np.concatenate(rows), [len(r) for r in rows]
+
     def embed_for_heads(self, texts: list[str]) -> np.ndarray:
         """Embeddings of a head's own texts (a zero-shot head's prompts), with no warnings."""
         emb, _ = self.run(texts, [], warn=False)

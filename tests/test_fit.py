@@ -383,9 +383,10 @@ def test_a_bad_word_piece_list_is_one_line_and_exit_2(runner, tmp_path, extra, w
 
 
 def test_a_fit_that_reads_word_pieces_writes_them_and_predict_reads_them(runner, tmp_path, monkeypatch):
-    """With 16 examples a label, the word-pieces are tried; when chosen (forced here: which scale
-    wins is the folds' business, tested above) model.yaml lists the examples' pieces and predict
-    scores with them; --no-word-pieces never lists them."""
+    """With 16 examples a label, the linear head (--pool mean_max: auto takes attention there)
+    tries the word-pieces; when chosen (forced here: which scale wins is the folds' business,
+    tested above) model.yaml lists the examples' pieces and predict scores with them;
+    --no-word-pieces never lists them."""
     import yaml
 
     import sentmtl_cli.training.fit as fit_mod
@@ -394,6 +395,7 @@ def test_a_fit_that_reads_word_pieces_writes_them_and_predict_reads_them(runner,
     data = _write(tmp_path / "sixteen.tsv", rows)
     monkeypatch.setattr(fit_mod, "choose_piece_scale", lambda *a: (1.0, None))
     args = ["fit", "topic2", "--data", str(data), "--text-column", "text", "--label-column", "label"]
+    args += ["--pool", "mean_max"]
     r = invoke(runner, [*args, "--output", str(tmp_path / "wp")])
     assert r.exit_code == 0, r.output
     head = yaml.safe_load((tmp_path / "wp" / "model.yaml").read_text(encoding="utf-8"))["heads"]["topic2"]
@@ -455,3 +457,64 @@ def test_unlabeled_prior_needs_unlabeled_texts(runner, tmp_path):
     r = _fit(runner, tmp_path, "--unlabeled", str(unlabeled), "--unlabeled-prior", out="p")
     assert r.exit_code == 0 and "the labels' prior among the unlabeled texts: sports" in r.stderr, r.output
     _unseen_are_right(runner, tmp_path / "p")
+
+
+def test_an_attention_head_is_fitted_over_the_tokens_and_predict_runs_it_as_fit_scored_it(runner, tmp_path):
+    """--pool attention: a head over each token's vectors of layers 2 and 4, written as the head type
+    `train` ships (`pool: attention`); the same bytes every run; predict's probabilities are the
+    trained module's logits over the fitted temperature, and the shipped heads do not move."""
+    import numpy as np
+    import yaml
+
+    import sentmtl_cli
+    from sentmtl_cli.heads.base import softmax
+    from sentmtl_cli.heads.mlp import TorchMLP
+    from sentmtl_cli.training.fit import attention_logits
+
+    for out in ("a", "b"):
+        r = _fit(runner, tmp_path, "--pool", "attention", out=out)
+        assert r.exit_code == 0, r.output
+    head = "heads/topic2.safetensors"
+    assert _sha(tmp_path / "a" / head) == _sha(tmp_path / "b" / head)
+    cfg = yaml.safe_load((tmp_path / "a" / "model.yaml").read_text())["heads"]["topic2"]
+    assert cfg["pool"] == "attention" and cfg["pool_layers"] == [2, 4], cfg
+    _unseen_are_right(runner, tmp_path / "a")
+    m = sentmtl_cli.load(tmp_path / "a" / "model.yaml")
+    h = m.heads["topic2"]
+    texts = [t for t, _ in UNSEEN]
+    rows, counts = m.token_rows(texts, h)
+    assert counts == [len(m.tokenizer.encode_raw([t])[0][0]) for t in texts]
+    want = softmax(attention_logits(h, TorchMLP(h), rows, counts) / h.temperature)
+    got = m.predict(texts, tasks=["topic2", "cls"])
+    labels = list(EXAMPLES)
+    for row, p in zip(got, want, strict=True):
+        assert np.allclose([row["topic2"]["scores"][lab] for lab in labels], p, atol=1e-4), (row, p)
+    shipped = sentmtl_cli.load().predict(texts, tasks=["cls"])
+    assert [g["cls"] for g in got] == [s["cls"] for s in shipped]
+
+
+def test_auto_pool_takes_attention_with_16_a_label_6_labels_at_most_and_no_unlabeled_texts():
+    import numpy as np
+
+    from sentmtl_cli.errors import SentmtlError
+    from sentmtl_cli.training.fit import FitOptions, use_attention
+
+    y8, y16 = np.repeat([0, 1, 2], 8), np.repeat([0, 1, 2], 16)
+    auto = FitOptions()
+    assert not use_attention(y8, 3, auto, unlabeled=False)
+    assert use_attention(y16, 3, auto, unlabeled=False)
+    assert not use_attention(y16, 3, auto, unlabeled=True)  # self-training and the EM prior are the linear head's
+    assert not use_attention(y16, 3, FitOptions(contrastive=True), unlabeled=False)
+    assert not use_attention(y16, 3, FitOptions(pool="mean_max"), unlabeled=False)
+    assert not use_attention(np.repeat(np.arange(7), 16), 7, auto, unlabeled=False)  # many labels: linear
+    assert use_attention(y8, 3, FitOptions(pool="attention"), unlabeled=False)
+    with pytest.raises(SentmtlError, match="--pool mean_max"):
+        use_attention(y8, 3, FitOptions(pool="attention"), unlabeled=True)
+
+
+def test_pool_attention_with_unlabeled_texts_is_one_line_and_exit_2(runner, tmp_path):
+    unlabeled = tmp_path / "unlabeled.txt"
+    unlabeled.write_text("some text\n", encoding="utf-8")
+    r = _fit(runner, tmp_path, "--pool", "attention", "--unlabeled", str(unlabeled))
+    assert r.exit_code == 2 and "--pool mean_max" in r.stderr and "Traceback" not in r.output, r.output
+    assert len(r.stderr.strip().splitlines()) == 1

@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from ..choices import FitPool
 from ..errors import SentmtlError
 from .infer import load_model
 from .options import (
@@ -99,6 +100,12 @@ def fit(
         "--no-word-pieces",
         help="Never read the examples' word-pieces as features (by default: when 16+ a label and the folds say they help).",
     ),
+    pool: FitPool = typer.Option(
+        FitPool.auto,
+        "--pool",
+        help="attention: over each token of layers 2, 4 (won at 64 a label); mean_max: the linear head (won at 8); "
+        "auto: attention at 16+ a label and 6 labels at most.",
+    ),
     text_column: Optional[str] = typer.Option(
         None, "--text-column", help="The text's column: a name or a 0-based index (default: 'text' if named, else 0)."
     ),
@@ -126,6 +133,7 @@ def fit(
         contrastive=contrastive,
         word_pieces=not no_word_pieces,
         unlabeled_prior=unlabeled_prior,
+        pool=pool.value,
         force=force,
         text_column=_column(text_column),
         label_column=_column(label_column),
