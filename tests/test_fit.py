@@ -87,7 +87,7 @@ def test_a_fitted_head_runs_beside_the_shipped_heads_in_one_pass(runner, tmp_pat
     before = {p: _sha(p) for p in base_files}
     r = _fit(runner, tmp_path)
     assert r.exit_code == 0, r.output
-    assert "24 examples (sports 8, cooking 8, money 8)" in r.stderr
+    assert "24 examples (sports 8, cooking 8, money 8), a linear head ->" in r.stderr
     out = tmp_path / "fitted"
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file()) == [
         "heads/topic2.safetensors",
@@ -474,6 +474,7 @@ def test_an_attention_head_is_fitted_over_the_tokens_and_predict_runs_it_as_fit_
     for out in ("a", "b"):
         r = _fit(runner, tmp_path, "--pool", "attention", out=out)
         assert r.exit_code == 0, r.output
+        assert "an attention head over the tokens ->" in r.stderr, r.stderr
     head = "heads/topic2.safetensors"
     assert _sha(tmp_path / "a" / head) == _sha(tmp_path / "b" / head)
     cfg = yaml.safe_load((tmp_path / "a" / "model.yaml").read_text())["heads"]["topic2"]

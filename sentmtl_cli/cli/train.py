@@ -145,7 +145,11 @@ def fit(
     if rep["unlabeled_prior"] is not None:
         shares = ", ".join(f"{lab} {p:.2f}" for lab, p in rep["unlabeled_prior"].items())
         extra = f"; the labels' prior among the unlabeled texts: {shares}"
-    typer.echo(f"{task}: {rep['examples']} examples ({counts}){extra} -> {output} in {rep['seconds']:.1f} s", err=True)
+    kind = "an attention head over the tokens" if rep["pool"] == "attention" else "a linear head"
+    typer.echo(
+        f"{task}: {rep['examples']} examples ({counts}){extra}, {kind} -> {output} in {rep['seconds']:.1f} s",
+        err=True,
+    )
     typer.echo(f"use it: sentmtl predict --config {Path(output) / 'model.yaml'} --tasks {task} TEXT", err=True)
 
 
