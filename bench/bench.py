@@ -203,45 +203,53 @@ FITTED_BUDGET = 1.03  # issue 19: a head from `sentmtl fit` beside the shipped t
 
 
 def fitted_head_cost(model, texts: list[str], slice_size: int = 1000) -> dict:
-    """predict cls,sent,ner with and without a head shaped as `sentmtl fit` writes it at its
-    largest (linear, on the embedding, layers 2, 4, 6's mean and max, the first token at layer 4,
-    and the most word-pieces fit offers: the FitOptions().word_piece_max held by most of the
-    texts; its weights do not change its cost), alternating on the same slices as heads_cost does."""
+    """predict cls,sent,ner with and without a head shaped as `sentmtl fit` writes it, each of its
+    two kinds at its largest: linear (on the embedding, layers 2, 4, 6's mean and max, the first
+    token at layer 4, and the most word-pieces fit offers: the FitOptions().word_piece_max held by
+    most of the texts) and attention (over each token of layers 2 and 4); six labels, as auto's
+    attention head has at most. Weights do not change the cost. Alternating on the same slices as
+    heads_cost does."""
     from sentmtl_cli.config.model import HeadConfig
-    from sentmtl_cli.training.fit import FIRST_TOKEN_LAYERS, POOL_LAYERS, FitOptions, piece_vocabulary
+    from sentmtl_cli.training.fit import ATTENTION_LAYERS, FIRST_TOKEN_LAYERS, POOL_LAYERS, FitOptions, piece_vocabulary
 
-    if "fitted" not in model.heads:
-        held = [
-            {i for i, sp in zip(ids, special) if not sp} for ids, _, special, _ in model.tokenizer.encode_raw(texts)
-        ]
-        pieces = model.tokenizer.piece_names(piece_vocabulary(held, FitOptions()))
-        model.add_head(
-            "fitted",
-            HeadConfig(
-                type="sentence_classification", labels=[f"l{i}" for i in range(6)], pool_layers=POOL_LAYERS,
-                with_embedding=True, first_token_layers=FIRST_TOKEN_LAYERS, word_pieces=pieces,
-            ),
-        )  # fmt: skip
+    held = [{i for i, sp in zip(ids, special) if not sp} for ids, _, special, _ in model.tokenizer.encode_raw(texts)]
+    pieces = model.tokenizer.piece_names(piece_vocabulary(held, FitOptions()))
+    labels = [f"l{i}" for i in range(6)]
+    shapes = {
+        "with_fitted_vs_shipped": HeadConfig(
+            type="sentence_classification", labels=labels, pool_layers=POOL_LAYERS,
+            with_embedding=True, first_token_layers=FIRST_TOKEN_LAYERS, word_pieces=pieces,
+        ),
+        "with_fitted_attention_vs_shipped": HeadConfig(
+            type="sentence_classification", labels=labels, pool_layers=ATTENTION_LAYERS, pool="attention", dropout=0.0,
+        ),
+    }  # fmt: skip
     base, more = ["cls", "sent", "ner"], ["cls", "sent", "ner", "fitted"]
     slices = [texts[i : i + slice_size] for i in range(0, len(texts), slice_size)]
-    ratios = []
-    for r in range(ROUNDS):
-        t_base = t_more = 0.0
-        for j, sl in enumerate(slices):
-            pair = [(False, base), (True, more)]
-            for with_fitted, tasks in pair if (r + j) % 2 == 0 else pair[::-1]:
-                t = time.perf_counter()
-                model.predict(sl, tasks=tasks, batch_size=BATCH)
-                dt = time.perf_counter() - t
-                if with_fitted:
-                    t_more += dt
-                else:
-                    t_base += dt
-        ratios.append(t_more / t_base)
-        log(f"  a fitted head's cost, round {r + 1}/{ROUNDS}: {t_more:.1f}s / {t_base:.1f}s = {t_more / t_base:.3f}")
-    del model.heads["fitted"]
-    del model.cfg.heads["fitted"]
-    return {"with_fitted_vs_shipped": _spread(ratios)}
+    out = {}
+    for key, cfg in shapes.items():
+        model.add_head("fitted", cfg)
+        ratios = []
+        for r in range(ROUNDS):
+            t_base = t_more = 0.0
+            for j, sl in enumerate(slices):
+                pair = [(False, base), (True, more)]
+                for with_fitted, tasks in pair if (r + j) % 2 == 0 else pair[::-1]:
+                    t = time.perf_counter()
+                    model.predict(sl, tasks=tasks, batch_size=BATCH)
+                    dt = time.perf_counter() - t
+                    if with_fitted:
+                        t_more += dt
+                    else:
+                        t_base += dt
+            ratios.append(t_more / t_base)
+            log(
+                f"  a fitted head's cost ({cfg.pool}), round {r + 1}/{ROUNDS}: {t_more:.1f}s / {t_base:.1f}s = {t_more / t_base:.3f}"
+            )
+        del model.heads["fitted"]
+        del model.cfg.heads["fitted"]
+        out[key] = _spread(ratios)
+    return out
 
 
 def cold(cmd: list[str], runs: int) -> dict:
@@ -392,15 +400,16 @@ def main() -> None:
             f"<= {HEADS_BUDGET}x: {verdict(ratio['median'] <= HEADS_BUDGET)}",
         )
     )
-    fitted = b["with_fitted_vs_shipped"]
-    rows.append(
-        (
-            "predict cls,sent,ner + a head from `sentmtl fit` vs cls,sent,ner (onnx)",
-            rng(fitted, "{:.3f}"),
-            "the same texts, the two alternating",
-            f"<= {FITTED_BUDGET}x: {verdict(fitted['median'] <= FITTED_BUDGET)}",
+    for key, kind in (("with_fitted_vs_shipped", "linear"), ("with_fitted_attention_vs_shipped", "attention")):
+        fitted = b[key]
+        rows.append(
+            (
+                f"predict cls,sent,ner + a {kind} head from `sentmtl fit` vs cls,sent,ner (onnx)",
+                rng(fitted, "{:.3f}"),
+                "the same texts, the two alternating",
+                f"<= {FITTED_BUDGET}x: {verdict(fitted['median'] <= FITTED_BUDGET)}",
+            )
         )
-    )
     st1 = o["sentence-transformers one-liner (similarity)"]
     for name in ("sentmtl similarity a b", 'sentmtl predict "text"', "sentmtl --help"):
         r = o[name]

@@ -306,46 +306,53 @@ class MultiTaskModel:
     def head_inputs(self, texts: list[str], head, batch_size: int = BATCH_SIZE, progress=None) -> np.ndarray:
         """The rows [N, features] a sentence head reads for each text, by the inference path
         itself (the same backend, batching and pooling): what `sentmtl fit` trains on."""
+        x, _, _ = self.fit_views(texts, head, None, batch_size, progress)
+        assert x is not None
+        return x
+
+    def token_rows(self, texts: list[str], head, batch_size: int = BATCH_SIZE, progress=None):
+        """An attention-pooled head's inputs by the inference path: each text's real tokens, one
+        row each, its hidden_layers' vectors side by side ([sum(counts), L*D] float32), and how
+        many rows each text has, in the texts' order (what `sentmtl fit` trains such a head on)."""
+        _, rows, counts = self.fit_views(texts, None, head, batch_size, progress)
+        return rows, counts
+
+    def fit_views(self, texts: list[str], head=None, attention=None, batch_size: int = BATCH_SIZE, progress=None):
+        """From one backbone pass over texts: `head`'s rows (head_inputs) and `attention`'s token
+        rows and their counts (token_rows); None for a head not given. `sentmtl fit` reads both
+        when it chooses between the two heads by their folds."""
         texts = check_texts(texts)
         raw = self.tokenizer.encode_raw(texts)
         order = sorted(range(len(texts)), key=lambda i: len(raw[i][0]))
-        layers = set(head.hidden_layers())
+        layers = set(head.hidden_layers() if head is not None else [])
+        layers |= set(attention.hidden_layers() if attention is not None else [])
         out: np.ndarray | None = None
+        per_text: list[np.ndarray | None] = [None] * len(texts)
         from threadpoolctl import threadpool_limits
 
         with threadpool_limits(limits=1, user_api="blas"):
             for start, stop in length_batches([len(raw[i][0]) for i in order], batch_size):
                 idx = order[start:stop]
                 batch = self.tokenizer.pad([raw[i] for i in idx])
-                x = head.inputs_numpy(self.backbone.encode(batch, layers), batch.attention_mask, batch.input_ids)
-                if out is None:
-                    out = np.zeros((len(texts), x.shape[1]), dtype=np.float32)
-                out[idx] = x
+                states = self.backbone.encode(batch, layers)
+                if head is not None:
+                    x = head.inputs_numpy(states, batch.attention_mask, batch.input_ids)
+                    if out is None:
+                        out = np.zeros((len(texts), x.shape[1]), dtype=np.float32)
+                    out[idx] = x
+                if attention is not None:
+                    hidden = states["hidden_states"]
+                    for j, i in enumerate(idx):
+                        real = batch.attention_mask[j] > 0
+                        per_text[i] = np.concatenate([hidden[L][j][real] for L in attention.hidden_layers()], 1).astype(
+                            np.float32
+                        )
                 if progress:
                     progress(len(idx))
-        assert out is not None
-        return out
-
-    def token_rows(self, texts: list[str], head, batch_size: int = BATCH_SIZE, progress=None):
-        """An attention-pooled head's inputs by the inference path: each text's real tokens, one
-        row each, its hidden_layers' vectors side by side ([sum(counts), L*D] float32), and how
-        many rows each text has, in the texts' order (what `sentmtl fit` trains such a head on)."""
-        texts = check_texts(texts)
-        raw = self.tokenizer.encode_raw(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(raw[i][0]))
-        layers = head.hidden_layers()
-        per_text: list[np.ndarray | None] = [None] * len(texts)
-        for start, stop in length_batches([len(raw[i][0]) for i in order], batch_size):
-            idx = order[start:stop]
-            batch = self.tokenizer.pad([raw[i] for i in idx])
-            states = self.backbone.encode(batch, set(layers))["hidden_states"]
-            for j, i in enumerate(idx):
-                real = batch.attention_mask[j] > 0
-                per_text[i] = np.concatenate([states[L][j][real] for L in layers], 1).astype(np.float32)
-            if progress:
-                progress(len(idx))
+        if attention is None:
+            return out, None, None
         rows = [r for r in per_text if r is not None]
-        return np.concatenate(rows), [len(r) for r in rows]
+        return out, np.concatenate(rows), [len(r) for r in rows]
 
     def embed_for_heads(self, texts: list[str]) -> np.ndarray:
         """Embeddings of a head's own texts (a zero-shot head's prompts), with no warnings."""

@@ -494,23 +494,87 @@ def test_an_attention_head_is_fitted_over_the_tokens_and_predict_runs_it_as_fit_
     assert [g["cls"] for g in got] == [s["cls"] for s in shipped]
 
 
-def test_auto_pool_takes_attention_with_16_a_label_6_labels_at_most_and_no_unlabeled_texts():
+def test_auto_pool_tries_attention_with_8_a_label_6_labels_at_most_and_no_unlabeled_texts():
     import numpy as np
 
     from sentmtl_cli.errors import SentmtlError
     from sentmtl_cli.training.fit import FitOptions, use_attention
 
-    y8, y16 = np.repeat([0, 1, 2], 8), np.repeat([0, 1, 2], 16)
+    y4, y8 = np.repeat([0, 1, 2], 4), np.repeat([0, 1, 2], 8)
     auto = FitOptions()
-    assert not use_attention(y8, 3, auto, unlabeled=False)
-    assert use_attention(y16, 3, auto, unlabeled=False)
-    assert not use_attention(y16, 3, auto, unlabeled=True)  # self-training and the EM prior are the linear head's
-    assert not use_attention(y16, 3, FitOptions(contrastive=True), unlabeled=False)
-    assert not use_attention(y16, 3, FitOptions(pool="mean_max"), unlabeled=False)
-    assert not use_attention(np.repeat(np.arange(7), 16), 7, auto, unlabeled=False)  # many labels: linear
-    assert use_attention(y8, 3, FitOptions(pool="attention"), unlabeled=False)
+    assert not use_attention(y4, 3, auto, unlabeled=False)  # at 4 a label the folds' choice gained nothing
+    assert use_attention(y8, 3, auto, unlabeled=False)
+    assert not use_attention(y8, 3, auto, unlabeled=True)  # self-training and the EM prior are the linear head's
+    assert not use_attention(y8, 3, FitOptions(contrastive=True), unlabeled=False)
+    assert not use_attention(y8, 3, FitOptions(pool="mean_max"), unlabeled=False)
+    assert not use_attention(np.repeat(np.arange(7), 8), 7, auto, unlabeled=False)  # many labels: linear
+    assert use_attention(y4, 3, FitOptions(pool="attention"), unlabeled=False)
     with pytest.raises(SentmtlError, match="--pool mean_max"):
         use_attention(y8, 3, FitOptions(pool="attention"), unlabeled=True)
+
+
+@pytest.mark.parametrize("move, want", [(0.0, "attention"), (100.0, "mean_max")])
+def test_auto_fits_both_heads_and_keeps_the_one_whose_folds_lose_less(runner, tmp_path, monkeypatch, move, want):
+    """auto at 8 a label fits the linear head and the attention head and writes the one with the
+    lower out-of-fold log-loss (the attention head's set to 0 or raised by 100 here, so that each
+    side is taken once); the report and the command's line give both; either head predicts."""
+    import yaml
+
+    import sentmtl_cli.training.fit as fit_mod
+
+    real = fit_mod.fit_attention
+
+    def moved(*a, **k):
+        params, temperature, loss = real(*a, **k)
+        return params, temperature, loss + move if move else loss * 0.0
+
+    monkeypatch.setattr(fit_mod, "fit_attention", moved)
+    out = tmp_path / want
+    report = fit_mod.run_fit(
+        fit_mod.FitJob(task="topic2", data=_data(tmp_path), output=out, text_column="text", label_column="label")
+    )
+    losses = report["out_of_fold_loss"]
+    assert set(losses) == {"mean_max", "attention"} and report["pool"] == want == min(losses, key=losses.get)
+    head = yaml.safe_load((out / "model.yaml").read_text(encoding="utf-8"))["heads"]["topic2"]
+    assert (head.get("pool") == "attention") == (want == "attention"), head
+    _unseen_are_right(runner, out)
+    r = _fit(runner, tmp_path, out="cli")
+    assert r.exit_code == 0 and "out-of-fold log-loss" in r.stderr, r.output
+
+
+def test_attention_heads_trained_side_by_side_are_each_trained_alone_and_run_as_torch_mlp():
+    """attention_models trains several heads at once, each on its own examples: the head that
+    skips some examples equals one trained alone on the rest, and every head's logits are
+    TorchMLP's forward (what predict's numpy path is tested against) on its parameters."""
+    import numpy as np
+
+    from sentmtl_cli.config.model import HeadConfig
+    from sentmtl_cli.heads.classification import SentenceClassificationHead
+    from sentmtl_cli.heads.mlp import TorchMLP
+    from sentmtl_cli.training.fit import FitOptions, attention_logits, attention_models
+
+    rng = np.random.default_rng(0)
+    counts = [int(c) for c in rng.integers(1, 9, size=30)]
+    rows = rng.normal(size=(sum(counts), 2 * 16)).astype(np.float32)
+    y = np.arange(30) % 3
+    keep = np.ones((2, 30), dtype=bool)
+    keep[1, ::4] = False
+    opts = FitOptions(attention_steps=60)
+    heads, z = attention_models(rows, counts, y, 3, 2, keep, opts)
+    starts = np.concatenate([[0], np.cumsum(counts)])
+    kept = np.flatnonzero(keep[1])
+    sub = np.concatenate([rows[starts[i] : starts[i + 1]] for i in kept])
+    alone, _ = attention_models(sub, [counts[i] for i in kept], y[kept], 3, 2, np.ones((1, len(kept)), bool), opts)
+    for name, p in alone[0].items():
+        np.testing.assert_allclose(heads[1][name], p, atol=1e-4, err_msg=name)
+    assert not np.allclose(heads[0]["out.weight"], heads[1]["out.weight"], atol=1e-3)  # they did differ
+    cfg = HeadConfig(
+        type="sentence_classification", labels=["a", "b", "c"], pool="attention", pool_layers=[2, 4], dropout=0.0
+    )
+    head = SentenceClassificationHead("t", cfg, 16, 6)
+    for m, params in enumerate(heads):
+        head.params = params
+        np.testing.assert_allclose(attention_logits(head, TorchMLP(head), rows, counts), z[:, m], atol=1e-4)
 
 
 def test_pool_attention_with_unlabeled_texts_is_one_line_and_exit_2(runner, tmp_path):

@@ -103,8 +103,8 @@ def fit(
     pool: FitPool = typer.Option(
         FitPool.auto,
         "--pool",
-        help="attention: over each token of layers 2, 4 (won at 64 a label); mean_max: the linear head (won at 8); "
-        "auto: attention at 16+ a label and 6 labels at most.",
+        help="attention: over each token of layers 2, 4; mean_max: the linear head over pooled layers; "
+        "auto: both, and the one whose out-of-fold loss is lower (8+ a label, 6 labels at most), else mean_max.",
     ),
     text_column: Optional[str] = typer.Option(
         None, "--text-column", help="The text's column: a name or a 0-based index (default: 'text' if named, else 0)."
@@ -146,8 +146,14 @@ def fit(
         shares = ", ".join(f"{lab} {p:.2f}" for lab, p in rep["unlabeled_prior"].items())
         extra = f"; the labels' prior among the unlabeled texts: {shares}"
     kind = "an attention head over the tokens" if rep["pool"] == "attention" else "a linear head"
+    chosen = ""
+    losses = rep["out_of_fold_loss"]
+    if len(losses) == 2:  # auto fitted both: say why this one
+        other = "mean_max" if rep["pool"] == "attention" else "attention"
+        rival = "a linear head's" if other == "mean_max" else "an attention head's"
+        chosen = f" (out-of-fold log-loss {losses[rep['pool']]:.3g}, {rival} {losses[other]:.3g})"
     typer.echo(
-        f"{task}: {rep['examples']} examples ({counts}){extra}, {kind} -> {output} in {rep['seconds']:.1f} s",
+        f"{task}: {rep['examples']} examples ({counts}){extra}, {kind} -> {output} in {rep['seconds']:.1f} s{chosen}",
         err=True,
     )
     typer.echo(f"use it: sentmtl predict --config {Path(output) / 'model.yaml'} --tasks {task} TEXT", err=True)

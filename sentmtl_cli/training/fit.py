@@ -79,12 +79,12 @@ class FitOptions:
     # what the head reads: "mean_max" (the linear head over the embedding, pooled layers, first
     # token and word-pieces), "attention" (each token's vectors of ATTENTION_LAYERS, weighted by a
     # learned query: a cue in a few words, "wish", "would have", is not averaged away), or "auto":
-    # attention when every label has attention_min examples, there are at most attention_labels
-    # labels and no unlabeled texts are given (docs/DISCUSSION.md: at 64 a label it won or tied on
-    # four of five sets of 2-6 labels; at 8 a label it lost on four of six, Banking77's 77 labels
-    # by 20 points at 4.5 minutes a fit)
+    # both, and the one whose folds' log-loss is lower, when every label has attention_min
+    # examples, there are at most attention_labels labels and no unlabeled texts are given; else
+    # the linear head (docs/DISCUSSION.md: on five sets of 2-6 labels the folds' choice gained
+    # over either head alone at 8, 16, 32 and 64 a label, and nothing at 4)
     pool: str = "auto"
-    attention_min: int = 16
+    attention_min: int = 8
     attention_labels: int = 6
     attention_l2: float = 10.0  # on the summed loss, on the output weights and the query
     attention_steps: int = 300  # full-batch Adam steps
@@ -219,6 +219,8 @@ class FittedHead:
     first_token_scale: float = 0.0  # the first token block's scale chosen (0: no such block)
     word_piece_scale: float = 0.0  # the word-pieces' scale chosen (0: not read; weight has no columns for them)
     unlabeled_prior: np.ndarray | None = None  # the classes' prior among the unlabeled texts, when estimated
+    # each example's out-of-fold log-loss at the temperature (None: too few examples to hold any out)
+    oof_loss: np.ndarray | None = None
 
 
 def fit_head(
@@ -250,7 +252,10 @@ def fit_head(
             W, b = fit_linear(xs, ys, n_classes, opts.l2 / len(y), prior, ws)
     if oof is None:
         oof = out_of_fold_logits(x, y, n_classes, opts, prior)
-    return FittedHead(W, b, 1.0 if oof is None else best_temperature(oof, y)[0], added)
+    if oof is None:
+        return FittedHead(W, b, 1.0, added)
+    temperature, loss = best_temperature(oof, y)
+    return FittedHead(W, b, temperature, added, oof_loss=loss)
 
 
 def out_of_fold_logits(x: np.ndarray, y: np.ndarray, n_classes: int, opts: FitOptions, prior) -> np.ndarray | None:
@@ -290,6 +295,8 @@ def best_temperature(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarr
 
 # ---- the attention head: tokens' vectors, a learned query --------------------------------------------
 def use_attention(y: np.ndarray, n_classes: int, opts: FitOptions, unlabeled: bool) -> bool:
+    """Whether to fit the attention head: with --pool attention, always (and alone); with auto,
+    where it may win (then beside the linear head, the folds choosing)."""
     if opts.pool not in ("auto", "attention", "mean_max"):
         raise SentmtlError(f"--pool {opts.pool!r}: use auto, attention or mean_max")
     if opts.pool == "attention":
@@ -301,31 +308,68 @@ def use_attention(y: np.ndarray, n_classes: int, opts: FitOptions, unlabeled: bo
     return opts.pool == "auto" and enough and few and not unlabeled and not opts.contrastive
 
 
-def fit_attention_module(head, rows: np.ndarray, counts: list[int], y: np.ndarray, opts: FitOptions):
-    """The head's torch module (heads/mlp.py: the layer mix, attention pooling, the output layer)
-    trained from zero weights on these examples' token rows [sum(counts), L*D]."""
+def attention_models(
+    rows: np.ndarray, counts: list[int], y: np.ndarray, n_classes: int, layers: int, keep: np.ndarray, opts: FitOptions
+) -> tuple[list[dict[str, np.ndarray]], np.ndarray]:
+    """Attention heads (the parameters TorchMLP names for `pool: attention` with no hidden layer:
+    mix [L], attention [D], out.weight [C, D], out.bias [C]) trained from zero weights, side by
+    side: head m on the examples where keep[m] is True. Token rows [sum(counts), L*D]. Returns
+    each head's parameters (numpy) and every example's logits under each head [n, M, C].
+
+    The same function as TorchMLP's forward (mix the layers, pool by the query's softmax, then
+    linear), in another order: every token's vector is projected on [out.weight; attention] once
+    per layer and the layers mixed after, so a step is two thin matrix products for all the heads
+    at once (the broadcast multiplies over 768 floats a token took 8 ms a step and a head before).
+    Adam is elementwise and each head's loss reads its own parameters only, so training them side
+    by side is training each alone."""
     import torch
 
-    from ..heads.mlp import TorchMLP
+    n, M, C = len(counts), keep.shape[0], n_classes
+    D = rows.shape[1] // layers
+    x = [torch.from_numpy(np.ascontiguousarray(rows[:, i * D : (i + 1) * D], dtype=np.float32)) for i in range(layers)]
+    cnt = np.asarray(counts, dtype=np.int64)
+    t_max = max(int(cnt.max()), 1)
+    slot = torch.from_numpy(
+        np.repeat(np.arange(n) * t_max, cnt) + np.arange(len(rows)) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    )
+    real = torch.zeros(n * t_max, dtype=torch.bool).index_fill(0, slot, True).view(n, t_max)
+    mix = torch.zeros(M, layers, requires_grad=True)
+    query = torch.zeros(M, D, requires_grad=True)
+    weight = torch.zeros(M, C, D, requires_grad=True)
+    bias = torch.zeros(M, C, requires_grad=True)
+    yt = torch.from_numpy(np.asarray(y, dtype=np.int64)).repeat_interleave(M)
+    mask = torch.from_numpy(np.ascontiguousarray(keep.T, dtype=np.float32))  # [n, M]
 
-    module = TorchMLP(head)
-    with torch.no_grad():  # from zero: the same start every run, no seed needed
-        for p in module.parameters():
-            p.zero_()
-    module.train()
-    x = torch.from_numpy(np.ascontiguousarray(rows, dtype=np.float32))
-    yt = torch.from_numpy(np.asarray(y, dtype=np.int64))
-    penalized = [p for name, p in module.named_parameters() if name in ("out.weight", "attention")]
-    opt = torch.optim.Adam(module.parameters(), lr=opts.attention_lr)
+    def logits() -> torch.Tensor:
+        wq = torch.cat([weight, query[:, None, :]], 1).reshape(M * (C + 1), D)
+        a = torch.softmax(mix, 1)  # [M, L]
+        proj = sum((xi @ wq.T).view(-1, M, C + 1) * a[None, :, i, None] for i, xi in enumerate(x))
+        assert isinstance(proj, torch.Tensor)
+        padded = proj.new_zeros((n * t_max, M, C + 1)).index_copy(0, slot, proj).view(n, t_max, M, C + 1)
+        s = padded[..., C].masked_fill(~real[:, :, None], float("-inf"))
+        w = torch.softmax(s, 1).nan_to_num(0.0)  # [n, t_max, M]; a text of no token: weights 0
+        return (w[..., None] * padded[..., :C]).sum(1) + bias[None]  # [n, M, C]
+
+    opt = torch.optim.Adam([mix, query, weight, bias], lr=opts.attention_lr)
     for _ in range(opts.attention_steps):
         opt.zero_grad()
-        z = head.module_forward(module, x, counts)
-        loss = torch.nn.functional.cross_entropy(z, yt, reduction="sum")
-        loss = loss + opts.attention_l2 * sum((p * p).sum() for p in penalized)
+        ce = torch.nn.functional.cross_entropy(logits().reshape(n * M, C), yt, reduction="none").view(n, M)
+        loss = (ce * mask).sum() + opts.attention_l2 * ((weight * weight).sum() + (query * query).sum())
         loss.backward()
         opt.step()
-    module.eval()
-    return module
+    with torch.no_grad():
+        z = logits().numpy().astype(np.float64)
+    heads = [
+        {
+            name: p[m].detach().numpy().astype(np.float32).copy()
+            for name, p in (("mix", mix), ("attention", query), ("out.weight", weight), ("out.bias", bias))
+        }
+        for m in range(M)
+    ]
+    if layers == 1:  # TorchMLP has no mix for one layer (its softmax is 1)
+        for h in heads:
+            del h["mix"]
+    return heads, z
 
 
 def attention_logits(head, module, rows: np.ndarray, counts: list[int]) -> np.ndarray:
@@ -337,25 +381,21 @@ def attention_logits(head, module, rows: np.ndarray, counts: list[int]) -> np.nd
 
 
 def fit_attention(head, rows: np.ndarray, counts: list[int], y: np.ndarray, n_classes: int, opts: FitOptions):
-    """The attention head's parameters (numpy, by the head's names) and its temperature, from the
-    out-of-fold logits of opts.folds heads each fitted without its fold (dealt by class)."""
-    from ..heads.mlp import to_numpy
-
-    params = to_numpy(fit_attention_module(head, rows, counts, y, opts))
-    starts = np.concatenate([[0], np.cumsum(counts)])
+    """The attention head's parameters (numpy, by the head's names), its temperature, and each
+    example's log-loss at it, from the out-of-fold logits of opts.folds heads each fitted without
+    its fold (dealt by class; the loss None when there are too few examples to hold any out). The
+    head and the folds' heads are trained side by side (attention_models)."""
     folds = min(opts.folds, int(np.bincount(y, minlength=n_classes).min()))
+    fold = class_folds(y, n_classes, folds) if folds >= 2 else np.zeros(len(y), dtype=np.int64)
+    keep = np.ones((1 + (folds if folds >= 2 else 0), len(y)), dtype=bool)
+    for f in range(keep.shape[0] - 1):
+        keep[1 + f] = fold != f
+    heads, z = attention_models(rows, counts, y, n_classes, head.mixed_layers(), keep, opts)
     if folds < 2:
-        return params, 1.0
-    fold = class_folds(y, n_classes, folds)
-    logits = np.zeros((len(y), n_classes))
-    for f in range(folds):
-        parts = [np.flatnonzero(fold != f), np.flatnonzero(fold == f)]
-        (tr, tr_counts), (te, te_counts) = [
-            (np.concatenate([np.arange(starts[i], starts[i + 1]) for i in ix]), [counts[i] for i in ix]) for ix in parts
-        ]
-        m = fit_attention_module(head, rows[tr], tr_counts, y[parts[0]], opts)
-        logits[parts[1]] = attention_logits(head, m, rows[te], te_counts)
-    return params, best_temperature(logits, y)[0]
+        return heads[0], 1.0, None
+    oof = z[np.arange(len(y)), 1 + fold]  # each example under the head that did not see it
+    temperature, loss = best_temperature(oof, y)
+    return heads[0], temperature, loss
 
 
 # ---- the command's work: read, check, fit, write a model folder -----------------------------------
@@ -549,6 +589,7 @@ def fit_features(
         lead_scale,
         piece_scale,
         found,
+        f.oof_loss,
     )
 
 
@@ -716,7 +757,8 @@ def run_fit(job: FitJob, progress=None) -> dict:
         unlabeled_prior=job.unlabeled_prior,
         pool=job.pool,
     )
-    if use_attention(y, len(labels), opts, job.unlabeled is not None):
+    consider = use_attention(y, len(labels), opts, job.unlabeled is not None)
+    if consider and opts.pool == "attention":
         return _run_attention(job, model, base, texts, y, labels, opts, progress, t0)
     # the examples' word-pieces, read as features when the folds say they help (fit_features)
     pieces: list[str] = []
@@ -738,8 +780,10 @@ def run_fit(job: FitJob, progress=None) -> dict:
         )
 
     head = model.build_head(job.task, head_config(pieces))
+    # auto, where the attention head may win: both heads' inputs from one backbone pass
+    rival = model.build_head(job.task, attention_config(job, labels)) if consider else None
     with progress(len(texts) + len(unlabeled)) if progress else _Quiet() as p:
-        x = model.head_inputs(texts, head, progress=p)
+        x, rows, counts = model.fit_views(texts, head, rival, progress=p)
         xu = model.head_inputs(unlabeled, head, progress=p) if unlabeled else None
     vectors = None
     if job.label_prior:
@@ -747,6 +791,14 @@ def run_fit(job: FitJob, progress=None) -> dict:
         vectors = names_head.label_vectors()
     lead = len(FIRST_TOKEN_LAYERS) * model.dim
     fitted = fit_features(x, y, len(labels), model.dim, opts, vectors, xu, lead, len(pieces))
+    losses: dict[str, float] = {}
+    if rival is not None and fitted.oof_loss is not None:
+        rival_params, rival_temperature, rival_loss = fit_attention(rival, rows, counts, y, len(labels), opts)
+        if rival_loss is not None:
+            losses = {"mean_max": float(fitted.oof_loss.mean()), "attention": float(rival_loss.mean())}
+            if losses["attention"] < losses["mean_max"]:  # the folds' log-loss decides
+                report = _written(job, model, base, rival, rival_params, rival_temperature, labels, y, t0)
+                return report | ATTENTION_REPORT | {"out_of_fold_loss": losses}
     if pieces and not fitted.word_piece_scale:  # the folds preferred the head without them
         pieces = []
         head = model.build_head(job.task, head_config(pieces))
@@ -760,7 +812,36 @@ def run_fit(job: FitJob, progress=None) -> dict:
         "first_token_scale": fitted.first_token_scale,
         "word_pieces": len(pieces),
         "pool": "mean_max",
+        "out_of_fold_loss": losses or _loss_of("mean_max", fitted.oof_loss),
     }
+
+
+def _loss_of(pool: str, loss: np.ndarray | None) -> dict[str, float]:
+    return {} if loss is None else {pool: float(loss.mean())}
+
+
+# what the report says of an attention head: the linear head's options do not apply to it
+ATTENTION_REPORT = {
+    "unlabeled_used": 0,
+    "unlabeled_prior": None,
+    "label_prior": False,
+    "first_token_scale": 0.0,
+    "word_pieces": 0,
+    "pool": "attention",
+}
+
+
+def attention_config(job: FitJob, labels: list[str]):
+    from ..config.model import HeadConfig
+
+    return HeadConfig(
+        type="sentence_classification",
+        labels=labels,
+        description=f"fitted by sentmtl fit on {Path(job.data).name}",
+        pool_layers=ATTENTION_LAYERS,
+        pool="attention",
+        dropout=0.0,
+    )
 
 
 def _written(job: FitJob, model, base, head, params, temperature: float, labels, y, t0: float) -> dict:
@@ -783,30 +864,13 @@ def _written(job: FitJob, model, base, head, params, temperature: float, labels,
 
 
 def _run_attention(job: FitJob, model, base, texts, y, labels, opts: FitOptions, progress, t0: float) -> dict:
-    """run_fit's attention head: its config, its tokens' rows, its fit, the model folder."""
-
-    from ..config.model import HeadConfig
-
-    cfg = HeadConfig(
-        type="sentence_classification",
-        labels=labels,
-        description=f"fitted by sentmtl fit on {Path(job.data).name}",
-        pool_layers=ATTENTION_LAYERS,
-        pool="attention",
-        dropout=0.0,
-    )
-    head = model.build_head(job.task, cfg)
+    """run_fit's attention head asked for by --pool attention: its tokens' rows, its fit, the model folder."""
+    head = model.build_head(job.task, attention_config(job, labels))
     with progress(len(texts)) if progress else _Quiet() as p:
         rows, counts = model.token_rows(texts, head, progress=p)
-    params, temperature = fit_attention(head, rows, counts, y, len(labels), opts)
-    return _written(job, model, base, head, params, temperature, labels, y, t0) | {
-        "unlabeled_used": 0,
-        "unlabeled_prior": None,
-        "label_prior": False,
-        "first_token_scale": 0.0,
-        "word_pieces": 0,
-        "pool": "attention",
-    }
+    params, temperature, loss = fit_attention(head, rows, counts, y, len(labels), opts)
+    report = _written(job, model, base, head, params, temperature, labels, y, t0)
+    return report | ATTENTION_REPORT | {"out_of_fold_loss": _loss_of("attention", loss)}
 
 
 def write_fitted(model, base, job: FitJob, head) -> None:
