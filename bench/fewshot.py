@@ -265,7 +265,7 @@ def markdown(table: dict, args, sources: list[str] | None = None) -> str:
     zs = [table[s]["zero_shot"] for s in sets]
     lines.append(f"| zero-shot (`--labels`) | {np.mean(zs):.1f} | " + " | ".join(f"{v:.1f}" for v in zs) + " | 0 |")
     for k in args.k:
-        for m in ["lr_emb", *[x for x in METHODS if any(f"k={k} {x}" in table[s] for s in sets)]]:
+        for m in ["lr_emb", AUTO, *[x for x in METHODS if x != AUTO and any(f"k={k} {x}" in table[s] for s in sets)]]:
             key = f"k={k} {m}"
             ran = [s for s in sets if key in table[s]]
             if not ran:
