@@ -13,7 +13,10 @@ scored by a head fitted without its fold), so the scores mean what they say. Bes
 features the head may read the examples' own word-pieces (one 0/1 feature each, listed in the
 head's config): cue words such as "wish" and "would" that a paraphrase embedding does not
 separate. They are tried with 16 or more examples a label and kept only when the folds' loss says
-they help by a clear margin (the same rule as the first token's scale).
+they help by a clear margin (the same rule as the first token's scale). With 8 or more examples a
+label and 6 labels at most, an attention head over each token's vectors is fitted too (trained
+side by side with its folds' heads, `attention_models`), and the head whose out-of-fold log-loss
+is lower is the one written (`--pool auto`).
 
 Measured against the alternatives (docs/DISCUSSION.md, from bench/fewshot.py).
 """
