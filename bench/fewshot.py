@@ -117,7 +117,7 @@ class TokenRows:
 
 
 def _mean(loss: np.ndarray | None) -> float | None:
-    return None if loss is None else float(loss.mean())
+    return None if loss is None else float(np.nanmean(loss))
 
 
 def main() -> None:

@@ -583,3 +583,56 @@ def test_pool_attention_with_unlabeled_texts_is_one_line_and_exit_2(runner, tmp_
     r = _fit(runner, tmp_path, "--pool", "attention", "--unlabeled", str(unlabeled))
     assert r.exit_code == 2 and "--pool mean_max" in r.stderr and "Traceback" not in r.output, r.output
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("n", [60, 150])
+def test_the_linear_head_is_the_same_optimum_in_the_examples_span_and_in_the_features(n):
+    """fit_linear solves in the span of the examples (n < d / 2, by the Gram matrix's eigenvectors)
+    or in the features themselves (more examples): the two reach the same head."""
+    import numpy as np
+
+    from sentmtl_cli.training import fit as F
+
+    rng = np.random.default_rng(5)
+    x = rng.normal(size=(n, 200)) / 5
+    y = np.arange(n) % 4
+    x[np.arange(n), y] += 1.0
+    w0 = rng.normal(size=(4, 200)) / 10
+    W, b = F.fit_linear(x.astype(np.float32), y, 4, 0.05, w0)
+    x64 = x.astype(np.float32).astype(np.float64)
+    W2, b2 = F._fit_logistic(x64, np.zeros((n, 4)), y, 4, 0.05, w0.astype(np.float32).astype(np.float64), None)
+    coords, basis = F.row_span(x64)
+    assert np.abs(coords @ basis - x64).max() < 1e-10 and np.abs(basis @ basis.T - np.eye(len(basis))).max() < 1e-8
+    M, b3 = F._fit_logistic(coords, x64 @ w0.T.astype(np.float32), y, 4, 0.05, np.zeros((4, len(basis))), None)
+    for Wo, bo in ((W2, b2), (w0.astype(np.float32) + M @ basis, b3)):
+        assert np.abs((x64 @ W.T + b) - (x64 @ Wo.T + bo)).max() < 1e-4
+
+
+def test_with_many_examples_a_label_one_fold_is_held_out_for_both_heads():
+    """From holdout_min examples a label, the linear head's and the attention head's out-of-fold
+    losses come from the first fold only (a quarter of the examples, the same quarter for both, so
+    auto compares them on the same texts); below it, from every example. The head fits either way."""
+    import numpy as np
+
+    from sentmtl_cli.config.model import HeadConfig
+    from sentmtl_cli.heads.classification import SentenceClassificationHead
+    from sentmtl_cli.training.fit import FitOptions, class_folds, compare_losses, fit_attention, fit_features
+
+    x, y = _cue_blocks(np.random.default_rng(0), 64, "embedding")
+    xt, yt = _cue_blocks(np.random.default_rng(1), 400, "embedding")
+    first = class_folds(y, 2, 4) == 0
+    rng = np.random.default_rng(2)
+    counts = [int(c) for c in rng.integers(1, 6, size=64)]
+    rows = np.repeat(x[:, :16], counts, axis=0).astype(np.float32) + rng.normal(size=(sum(counts), 16)) * 0.1
+    cfg = HeadConfig(type="sentence_classification", labels=["a", "b"], pool="attention", pool_layers=[2], dropout=0.0)
+    head = SentenceClassificationHead("t", cfg, 16, 6)
+    for holdout_min, held in ((16, first), (1000, np.ones(64, dtype=bool))):
+        opts = FitOptions(prior=False, holdout_min=holdout_min, attention_steps=40)
+        f = fit_features(x[:, :24], y, 2, 8, opts, lead=8)
+        assert f.oof_loss is not None and (np.isfinite(f.oof_loss) == held).all()
+        assert 0.05 < f.temperature < 20 and ((xt[:, :24] @ f.weight.T + f.bias).argmax(1) == yt).mean() > 0.8
+        _, temperature, loss = fit_attention(head, rows, counts, y, 2, opts)
+        assert (np.isfinite(loss) == held).all() and np.isfinite(temperature)
+        both = compare_losses(f.oof_loss, loss)
+        assert both["mean_max"] == pytest.approx(float(f.oof_loss[held].mean()))
+        assert both["attention"] == pytest.approx(float(loss[held].mean()))
