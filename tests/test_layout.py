@@ -185,7 +185,17 @@ def test_light_modules_import_nothing_heavy(module):
     assert out == "[]"
 
 
-@pytest.mark.parametrize("script", ["bench/bench.py", "bench/validate.py", "docs/docgen.py", "tests/int8_probe.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "bench/bench.py",
+        "bench/validate.py",
+        "bench/fewshot.py",
+        "bench/zero_shot_variants.py",
+        "docs/docgen.py",
+        "tests/int8_probe.py",
+    ],
+)
 def test_scripts_outside_the_package_import_what_exists(script):
     """Scripts that no test runs whole (the benchmark) still name only modules and names that exist."""
     import importlib

@@ -8,7 +8,9 @@ label) with the label's name, and again with its description when it has one. Me
 six few-shot sets' train splits (`bench/fewshot.py`, 2,000 texts a set), mean accuracy with the
 bare label names: "This text is about {}." alone 46.1, the bare name 47.0, both 47.2 (the
 default). Label priors estimated from background text and prompt sets of five or seven templates
-were measured too and left out (docs/DISCUSSION.md says what each gave).
+were measured too and left out, and so were centering on a background, content-free calibration,
+EM over the scored texts and label names widened with their nearest vocabulary words
+(bench/zero_shot_variants.py; docs/DISCUSSION.md says what each gave).
 """
 
 from __future__ import annotations
