@@ -185,6 +185,8 @@ def test_columns_are_found_by_name_in_a_header_or_jsonl_and_by_position_without(
 def test_a_missing_data_file_or_a_bad_format_is_one_line(runner, tmp_path):
     r = invoke(runner, ["fit", "t", "--data", str(tmp_path / "none.tsv"), "--output", str(tmp_path / "o")])
     assert r.exit_code == 2 and "no such file" in r.stderr
+    r = invoke(runner, ["fit", "t", "--data", str(tmp_path), "--output", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "a folder, not a file" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     r = invoke(runner, ["fit", "t", "--data", str(_data(tmp_path)), "--output", str(tmp_path / "o"), "--format", "xml"])
     assert r.exit_code == 2 and "--format must be one of" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 

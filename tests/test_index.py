@@ -118,6 +118,7 @@ def test_where_and_entity_filter_by_the_stored_outputs(runner, tmp_path, model):
     ]:
         r = invoke(runner, ["search", q, "--index", str(idx), *bad])
         assert r.exit_code == 2 and words in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.output
+        assert ".rs:" not in r.stderr, r.stderr  # lance's Rust source location says nothing to a user
     r = invoke(runner, ["search", q, "--corpus", str(tmp_path / "c.txt"), "--where", "cls_label = 'x'"])
     assert r.exit_code == 2 and "--index" in r.stderr
 
@@ -469,3 +470,12 @@ def test_rows_are_regrouped_a_fragment_a_label_or_in_one_past_the_limit(tmp_path
         assert got["cls_label"].to_pylist() == [labels[i] for i in order]
         assert sorted(got["id"].to_pylist(), key=int) == [str(i) for i in range(10)]
         assert len(out.get_fragments()) == fragments
+
+
+def test_lance_errors_lose_their_rust_source_location():
+    from sentmtl_cli.index.store import lance_message
+
+    e = ValueError("Invalid user input: No field named no_such_column, /home/runner/lance/src/sql.rs:109:22\nmore")
+    assert lance_message(e) == "Invalid user input: No field named no_such_column"
+    assert lance_message(ValueError("")) == "ValueError"
+    assert lance_message(ValueError("plain words, kept")) == "plain words, kept"

@@ -234,9 +234,17 @@ def table_uri(index: Path) -> str:
     return str(Path(index) / f"{TABLE}.lance")
 
 
-def _table_error(index: Path, e: Exception) -> SentmtlError:
+def lance_message(e: Exception) -> str:
+    """The first line of lance's error, without the Rust source location it ends with (", /home/
+    runner/work/lance/.../sql.rs:109:22"), which says nothing to a user."""
+    import re
+
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    return SentmtlError(f"index {index} is damaged: {first[:300]}")
+    return re.sub(r",\s*\S*\.rs:\d+:\d+\s*$", "", first)
+
+
+def _table_error(index: Path, e: Exception) -> SentmtlError:
+    return SentmtlError(f"index {index} is damaged: {lance_message(e)[:300]}")
 
 
 # ---- rows: from a batch output, or computed --------------------------------------------------------
@@ -812,7 +820,7 @@ class Index:
                 nearest.update(nprobes=min(parts, probes), refine_factor=REFINE, ef=max(64, top_k * REFINE))
             got = table.to_table(columns=["id", "text", *keys], nearest=nearest, filter=cond, prefilter=bool(cond))
         except Exception as e:  # noqa: BLE001 - a bad --where is lance's parse error: one line
-            msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            msg = lance_message(e)
             if cond:
                 raise SentmtlError(f"--where/--entity: {msg[:300]}") from None
             raise _table_error(self.path, e) from None

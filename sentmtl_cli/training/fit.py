@@ -475,7 +475,8 @@ def read_examples(job: FitJob) -> tuple[list[str], list[str]]:
     if job.format not in formats:
         raise SentmtlError(f"--format must be one of {', '.join(formats)}, not {job.format!r}")
     if not Path(job.data).is_file():
-        raise SentmtlError(f"--data {job.data}: no such file")
+        what = "a folder, not a file" if Path(job.data).is_dir() else "no such file"
+        raise SentmtlError(f"--data {job.data}: {what}")
     text_column, label_column = job.text_column, job.label_column
     if text_column is None or label_column is None:
         named = _names_columns(Path(job.data), job.format)
