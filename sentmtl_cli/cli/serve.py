@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from ..errors import SentmtlError
-from .options import Backend, BackendOpt, ConfigOpt, handles_errors
+from .options import Backend, BackendOpt, ConfigOpt, exit_quickly, handles_errors
 
 
 @handles_errors
@@ -97,6 +97,11 @@ def serve(
     typer.echo(f"serving on http://{host}:{bound} (the model loads now; GET /health says when it is ready)", err=True)
     run(app, sock, grace_period)
     typer.echo("stopped", err=True)
+    # a batch of requests already answered 503 may still be inside the backbone (close() waits
+    # 5 s for it after a drain): the interpreter's teardown under a running ONNX Runtime call
+    # aborts the process ("terminate called without an active exception", exit -6), so the
+    # process ends here, its output flushed; a server writes no file
+    exit_quickly()
 
 
 def _loopback(host: str) -> bool:
