@@ -62,8 +62,81 @@ def label_vectors(labels: list[str]) -> np.ndarray:
     m = _model()
     head = ZeroShotHead("zs", zero_shot_config(labels), m.dim, m.num_layers)
     head.init_params(0)
-    head.attach(m.embed_for_heads)
+    head.attach(m.embed_for_heads, m.token_states)
     return head.label_vectors()
+
+
+def zero_shot_logits(texts: list[str], labels: list[str], late: bool) -> tuple[np.ndarray, float]:
+    """The zero-shot head's logits [N, labels] for texts, by the model's forward path (what
+    `predict --labels` computes; `late`: with late interaction), and the head's temperature."""
+    m = _model()
+    head = m.build_head("zs", zero_shot_config(labels, late_interaction=late))
+    _, results = m.run(texts, [], want_embeddings=False, warn=False, overflow="truncate", extra=[head])
+    probs = np.array([[r["zs"]["scores"][v] for v in labels] for r in results], dtype=np.float64)
+    return head.temperature * np.log(np.clip(probs, 1e-300, None)), head.temperature
+
+
+def calibration(logits: list[np.ndarray], ys: list[np.ndarray]) -> dict:
+    """The temperature with the least log-loss over all the sets' texts (a grid), and each set's
+    expected calibration error (10 bins of the top probability) at it."""
+
+    def probs(z: np.ndarray, t: float) -> np.ndarray:
+        e = np.exp((z - z.max(1, keepdims=True)) / t)
+        return e / e.sum(1, keepdims=True)
+
+    def loss(t: float) -> float:
+        return float(
+            np.mean(np.concatenate([-np.log(probs(z, t)[np.arange(len(y)), y] + 1e-300) for z, y in zip(logits, ys)]))
+        )
+
+    grid = np.round(np.arange(0.01, 0.301, 0.002), 3)
+    best = float(grid[int(np.argmin([loss(t) for t in grid]))])
+    eces = []
+    for z, y in zip(logits, ys):
+        p = probs(z, best)
+        top, right = p.max(1), p.argmax(1) == y
+        bins = np.minimum((top * 10).astype(int), 9)
+        eces.append(
+            float(
+                sum(
+                    abs(top[bins == b].mean() - right[bins == b].mean()) * (bins == b).mean()
+                    for b in range(10)
+                    if (bins == b).any()
+                )
+            )
+        )
+    return {"temperature": best, "log_loss": loss(best), "ece": eces}
+
+
+def zero_shot_only(args) -> None:
+    """The zero-shot rows alone (with and without late interaction), and the temperature that
+    calibrates each, on the held-out parts: --json gets the rows, by set, as the full run's."""
+    table: dict = {}
+    fitted: dict = {}
+    for late, key in ((True, "zero_shot"), (False, "zero_shot_cosine")):
+        logits, ys = [], []
+        for name in args.sets:
+            texts, labels_raw = read_set(name)
+            labels = sorted(set(labels_raw))
+            y = np.array([labels.index(v) for v in labels_raw])
+            held, _ = split(len(y))
+            z, _ = zero_shot_logits([texts[i] for i in held], labels, late)
+            table.setdefault(name, {})[key] = float((z.argmax(1) == y[held]).mean() * 100)
+            recall = [
+                float((z.argmax(1)[y[held] == c] == c).mean()) for c in range(len(labels)) if (y[held] == c).any()
+            ]
+            table[name][key + " mean recall"] = float(np.mean(recall) * 100)
+            logits.append(z)
+            ys.append(y[held])
+            print(
+                f"{key:18s} {name:10s} {table[name][key]:5.1f} (mean recall {table[name][key + ' mean recall']:.1f})",
+                flush=True,
+            )
+        fitted[key] = calibration(logits, ys)
+        mean = np.mean([table[s][key] for s in args.sets])
+        print(f"{key}: mean {mean:.2f}; calibration {fitted[key]}", flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(table | {"_calibration": fitted}, indent=1) + "\n", encoding="utf-8")
 
 
 AUTO = "sentmtl fit, auto: the linear or the attention head, by the folds' loss"
@@ -129,14 +202,19 @@ def main() -> None:
     ap.add_argument("--json", type=Path)
     ap.add_argument("--markdown", type=Path, help="write the table here (docs/experiments/fewshot.md)")
     ap.add_argument("--from-json", type=Path, nargs="+", help="no run: merge these results files into --markdown")
+    ap.add_argument("--zero-shot-only", action="store_true", help="the zero-shot rows and their temperatures only")
     args = ap.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"bench: no few-shot data at {DATA} (../shared/data/fewshot); skipped")
+    if args.zero_shot_only:
+        zero_shot_only(args)
+        return
     if args.from_json:
         merged: dict = {}
         for f in args.from_json:
             for name, row in json.loads(f.read_text()).items():
-                merged.setdefault(name, {}).update(row)
+                if not name.startswith("_"):  # "_calibration": not a set
+                    merged.setdefault(name, {}).update(row)
         ks = sorted({int(m.split()[0][2:]) for row in merged.values() for m in row if m.startswith("k=")})
         args.k = ks
         # a method run on some sets or at one k only shows "not run" for the rest
@@ -158,7 +236,8 @@ def main() -> None:
         held, rest = split(len(y))
         E = label_vectors(labels)
         row = table.setdefault(name, {})
-        row["zero_shot"] = float(((emb[held] @ E.T).argmax(1) == y[held]).mean() * 100)
+        z, _ = zero_shot_logits([texts[i] for i in held], labels, True)
+        row["zero_shot"] = float((z.argmax(1) == y[held]).mean() * 100)
         unl = np.random.default_rng(7).choice(rest, size=min(1000, len(rest) // 2), replace=False)
         pool = np.setdiff1d(rest, unl)
         tokens: TokenRows | None = None
@@ -264,6 +343,12 @@ def markdown(table: dict, args, sources: list[str] | None = None) -> str:
     ]
     zs = [table[s]["zero_shot"] for s in sets]
     lines.append(f"| zero-shot (`--labels`) | {np.mean(zs):.1f} | " + " | ".join(f"{v:.1f}" for v in zs) + " | 0 |")
+    if all("zero_shot_cosine" in table[s] for s in sets):
+        zc = [table[s]["zero_shot_cosine"] for s in sets]
+        lines.append(
+            "| zero-shot, the cosine alone (`late_interaction: false`) "
+            f"| {np.mean(zc):.1f} | " + " | ".join(f"{v:.1f}" for v in zc) + " | 0 |"
+        )
     for k in args.k:
         for m in ["lr_emb", AUTO, *[x for x in METHODS if x != AUTO and any(f"k={k} {x}" in table[s] for s in sets)]]:
             key = f"k={k} {m}"

@@ -17,7 +17,13 @@ bench/fewshot_features.py). Accuracy (%) with the bare label names.
 - oracle bias: one offset a label, tuned on the scored texts' own labels. Not a method: the most
   any prior correction could give.
 
+`--late` runs the third round instead (docs/DISCUSSION.md §6): late interaction, each label
+name's word-pieces matched against the text's at one layer (the best cosine for each piece,
+averaged), alone or added to the cosine, at several layers and weights; accuracy and mean recall
+per label.
+
     python bench/zero_shot_variants.py [--json docs/experiments/zero_shot_variants.json]
+    python bench/zero_shot_variants.py --late [--json docs/experiments/zero_shot_late.json]
 """
 
 from __future__ import annotations
@@ -119,12 +125,72 @@ def oracle_bias(S: np.ndarray, y: np.ndarray) -> np.ndarray:
     return S + b
 
 
+def token_states(texts: list[str], layers: tuple[int, ...]) -> dict[int, list[np.ndarray]]:
+    """Each text's token vectors at each layer (unit rows, special tokens left out), by the
+    model's forward path: what the shipped head reads at the last layer."""
+    from sentmtl_cli.heads.zero_shot import TokenStates
+
+    m = _model()
+    probes = [TokenStates(f"layer{L}", L) for L in layers]
+    _, results = m.run(texts, [], want_embeddings=False, warn=False, overflow="truncate", extra=probes)
+    return {L: [r[f"layer{L}"]["states"] for r in results] for L in layers}
+
+
+def match(T: list[np.ndarray], names: list[np.ndarray]) -> np.ndarray:
+    """[texts, labels]: per label, the mean over its name's pieces of their best cosine in the text."""
+    return np.array([[float((n @ t.T).max(1).mean()) for n in names] for t in T])
+
+
+def late_round(args) -> None:
+    from sentmtl_cli.heads.zero_shot import readable
+
+    layers = (3, 4, 5, 6)
+    table: dict = {}
+    for name in SETS:
+        texts, raw = read_set(name)
+        labels = sorted(set(raw))
+        y = np.array([labels.index(v) for v in raw])
+        held, _ = split(len(y))
+        y = y[held]
+        E = label_vectors(labels)
+        cos = unit(features(name, "emb").astype(np.float64)[held]) @ E.T
+        T = token_states([texts[i] for i in held], layers)
+        N = token_states([readable(v) for v in labels], layers)
+        P = [token_states(prompts(v, "", DEFAULT_TEMPLATES), (6,))[6] for v in labels]
+        late = {L: match(T[L], N[L]) for L in layers}
+        prompt_match = np.array(
+            [[np.mean([(p @ t.T).max(1).mean() for p in P[c]]) for c in range(len(labels))] for t in T[6]]
+        )
+        variants = {"the cosine alone": cos}
+        variants |= {f"name match alone, layer {L}": late[L] for L in layers}
+        variants["name match against the prompts' tokens, layer 6"] = prompt_match
+        variants |= {f"cosine + {w} x name match, layer 6": cos + w * late[6] for w in (0.25, 0.5, 1.0, 1.5, 2.0, 3.0)}
+        variants["cosine + name match, layer 4"] = cos + late[4]
+        for variant, S in variants.items():
+            pred = S.argmax(1)
+            recall = np.mean([(pred[y == c] == c).mean() for c in range(len(labels)) if (y == c).any()])
+            table.setdefault(variant, {})[name] = [float((pred == y).mean() * 100), float(recall * 100)]
+    for variant, row in table.items():
+        row["mean"] = [float(np.mean([row[s][0] for s in SETS])), float(np.mean([row[s][1] for s in SETS]))]
+        print(
+            f"{variant:52s} {row['mean'][0]:5.1f} / {row['mean'][1]:5.1f} | "
+            + " ".join(f"{row[s][0]:5.1f}" for s in SETS),
+            flush=True,
+        )
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1) + "\n", encoding="utf-8")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--late", action="store_true", help="the third round: late interaction")
     args = ap.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"bench: no few-shot data at {DATA} (../shared/data/fewshot); skipped")
+    if args.late:
+        late_round(args)
+        return
     B = background()
     mu = B.mean(0)
     top = np.linalg.svd(B - mu, full_matrices=False)[2]
@@ -138,7 +204,7 @@ def main() -> None:
         return unit(X) @ E.T - (unit(embed(strings)) @ E.T).mean(0)
 
     variants = {
-        "cosine to the prompts (ships)": lambda X, E, y: unit(X) @ E.T,
+        "cosine to the prompts (the head of the first two rounds)": lambda X, E, y: unit(X) @ E.T,
         "background centering": lambda X, E, y: unit(X - mu) @ unit(E - mu).T,
         "all-but-the-top, 1 direction": lambda X, E, y: unit(abtt(X, 1)) @ unit(abtt(E, 1)).T,
         "all-but-the-top, 3 directions": lambda X, E, y: unit(abtt(X, 3)) @ unit(abtt(E, 3)).T,

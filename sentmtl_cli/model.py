@@ -91,7 +91,7 @@ class MultiTaskModel:
             else:
                 head.init_params(cfg.seed)
             head.threads = threads
-            head.attach(self.embed_for_heads)
+            head.attach(self.embed_for_heads, self.token_states)
             head.bind_tokenizer(self.tokenizer)
             self.heads[task] = head
         # what run() does with a text past max_seq_length unless told (batch and index set it)
@@ -183,6 +183,7 @@ class MultiTaskModel:
         encoded: list | None = None,
         warn: bool = True,
         overflow: str | list[str] | None = None,
+        extra: list | None = None,
     ) -> tuple[np.ndarray | None, list[dict]]:
         """Embeddings [N, dim] and one result dict per text, in input order.
 
@@ -193,7 +194,9 @@ class MultiTaskModel:
         them instead). `overflow` (one for all texts, or one per text): what a text longer than
         max_seq_length gets (text/windows.py): `window` reads all of it in overlapping windows
         and the heads merge them (the result says how many, under "windows"); `truncate` cuts it;
-        `error` refuses it. None: the model's `overflow` (window unless set)."""
+        `error` refuses it. None: the model's `overflow` (window unless set). `extra`: heads that
+        are not the model's, run beside `tasks` in the same pass, each text's result under the
+        head's own task name (a server request's zero-shot labels, a probe of token states)."""
         texts = check_texts(texts)
         if batch_size < 1:
             raise SentmtlError("--batch-size must be at least 1")
@@ -206,8 +209,9 @@ class MultiTaskModel:
         # The heads' small matrix products run in numpy; BLAS threads left spinning after them
         # would compete with the backbone's own threads, so numpy gets one thread here.
         with threadpool_limits(limits=1, user_api="blas"):
+            heads = [self.heads[t] for t in tasks] + list(extra or [])
             return self._run(
-                texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded, warn, modes
+                texts, heads, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded, warn, modes
             )
 
     def _pieces(self, texts: list[str], encoded: list | None, modes: list[str]) -> list[Piece]:
@@ -226,8 +230,7 @@ class MultiTaskModel:
         overlap = self.cfg.backbone.window_overlap
         return [p for i, t in enumerate(texts) for p in pieces_of(i, t, raw[i], L, modes[i], overlap)]
 
-    def _run(self, texts, tasks, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded, warn, modes):
-        heads = [self.heads[t] for t in tasks]
+    def _run(self, texts, heads, batch_size, top_k, want_embeddings, progress, offset, word_tags, encoded, warn, modes):
         layers = {i for h in heads for i in h.hidden_layers()}
         pieces = self._pieces(texts, encoded, modes)
         emb = np.zeros((len(texts), self.dim), dtype=np.float32) if want_embeddings else None
@@ -360,6 +363,15 @@ class MultiTaskModel:
         assert emb is not None
         return emb
 
+    def token_states(self, texts: list[str]) -> list[np.ndarray]:
+        """Each text's last-layer token vectors (unit rows, special tokens left out; cut at
+        max_seq_length): what a zero-shot head matches its label names with."""
+        from .heads.zero_shot import TokenStates
+
+        probe = TokenStates("token_states", self.num_layers)
+        _, results = self.run(texts, [], want_embeddings=False, warn=False, overflow=Overflow.truncate, extra=[probe])
+        return [r[probe.task]["states"] for r in results]
+
     def build_head(self, task: str, hcfg) -> Head:
         """A head for this backbone made on the fly, checked as a config's would be, not added to
         the model: untrained unless its type needs no training (zero_shot)."""
@@ -369,7 +381,7 @@ class MultiTaskModel:
         head = HEADS.get(hcfg.type)(task, hcfg, self.dim, self.num_layers)
         head.init_params(self.cfg.seed)
         head.threads = self.threads
-        head.attach(self.embed_for_heads)
+        head.attach(self.embed_for_heads, self.token_states)
         head.bind_tokenizer(self.tokenizer)
         return head
 

@@ -138,6 +138,7 @@ def test_a_task_named_zero_shot_in_the_config_is_not_replaced(runner, tmp_path):
         ("type: zero_shot\n    labels: [a]", "at least two labels"),
         ("type: sentence_classification\n    labels: [a, b]\n    templates: ['{}']", "zero_shot heads"),
         ("type: zero_shot\n    labels: [a, b]\n    descriptions: {c: x}", "labels the head does not have"),
+        ("type: sentence_classification\n    labels: [a, b]\n    late_interaction: true", "for zero_shot heads"),
     ],
 )
 def test_bad_zero_shot_configs_are_one_line(runner, tmp_path, head, words):
@@ -165,12 +166,55 @@ def test_serve_takes_labels_in_predict_and_answers_as_the_cli(runner, model):
         before = c.get("/metrics").text
         c.post("/predict", json={"texts": ["x"], "labels": ["alpha", "beta", "gamma"]})
         after = c.get("/metrics").text
-        assert _batch_texts(after) - _batch_texts(before) == 3 * 2 + 1  # two prompts a label, then the text
+        assert (
+            _batch_texts(after) - _batch_texts(before) == 3 * 2 + 3 + 1
+        )  # two prompts and the name a label, then the text
     for g, w in zip(got, cli, strict=True):
         assert list(g) == ["text", "sent", "zero_shot"]
         assert g["zero_shot"]["label"] == w["zero_shot"]["label"]
         assert np.allclose(list(g["zero_shot"]["scores"].values()), list(w["zero_shot"]["scores"].values()), atol=1e-5)
     assert "zero_shot" not in model.heads  # a request's labels never become the server's
+
+
+def test_late_interaction_is_the_names_best_token_match_added_to_the_cosine(model):
+    """The head's scores, worked out by hand from the model's public pieces: the cosine to the
+    mean of the prompts' embeddings, plus, for each label, the mean over its name's word-pieces of
+    the best cosine to any of the text's (last layer, no special tokens); and with
+    late_interaction: false, the cosine alone. Two heads with other labels in one run each get
+    their own answers."""
+    from sentmtl_cli.heads.zero_shot import DEFAULT_TEMPLATES, LATE_TEMPERATURE, TEMPERATURE, prompts, zero_shot_config
+
+    texts = ["How many people live in Paris?", "Who wrote Hamlet?", "I wish I had bought the other one."]
+    labels = ["number", "human", "counter_factual"]
+
+    def unit(a):
+        a = np.asarray(a, dtype=np.float64)
+        return a / np.linalg.norm(a, axis=-1, keepdims=True)
+
+    E = np.stack([unit(unit(model.embed(prompts(v, "", DEFAULT_TEMPLATES))).mean(0)) for v in labels])
+    cos = unit(model.embed(texts)) @ E.T
+    names = model.token_states(["number", "human", "counter factual"])
+    assert [len(n) for n in names] == [
+        len(model.tokenizer.encode_raw([w])[0][0]) - 2 for w in ["number", "human", "counter factual"]
+    ]
+    T = model.token_states(texts)
+    late = np.array([[(unit(n) @ unit(t).T).max(1).mean() for n in names] for t in T])
+
+    def softmax(z):
+        e = np.exp(z - z.max(1, keepdims=True))
+        return e / e.sum(1, keepdims=True)
+
+    on = model.build_head("on", zero_shot_config(labels))
+    off = model.build_head("off", zero_shot_config(["a", "b"]))  # another label set, same run
+    plain = model.build_head("plain", zero_shot_config(labels, late_interaction=False))
+    assert on.hidden_layers() == [model.num_layers] and plain.hidden_layers() == []
+    _, res = model.run(texts, [], extra=[on, off, plain], overflow="truncate")
+    got_on = np.array([[r["on"]["scores"][v] for v in labels] for r in res])
+    got_plain = np.array([[r["plain"]["scores"][v] for v in labels] for r in res])
+    assert np.allclose(got_on, softmax((cos + late) / LATE_TEMPERATURE), atol=2e-4), (got_on, cos, late)
+    assert np.allclose(got_plain, softmax(cos / TEMPERATURE), atol=2e-4)
+    assert all(set(r["off"]["scores"]) == {"a", "b"} for r in res)
+    assert not np.allclose(got_on, got_plain, atol=1e-3)  # the match moves the scores
 
 
 def _batch_texts(metrics: str) -> float:

@@ -108,6 +108,9 @@ class HeadConfig(_Strict):
     # templates ("{}" is the label; empty: the head type's own), and multi_label's threshold
     descriptions: dict[str, str] = Field(default_factory=dict)
     templates: list[str] = Field(default_factory=list)
+    # zero_shot heads: also match each label's name word-piece by word-piece against the text
+    # (None: the head type's default, on; false: the sentence embedding's cosine alone)
+    late_interaction: bool | None = None
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
     weights: Path | None = None
 

@@ -136,11 +136,14 @@ class Head:
         """The zero_shot keys, refused by the head types that learn from examples."""
         if cfg.descriptions or cfg.templates:
             return "descriptions: label descriptions and prompt templates are for zero_shot heads"
+        if cfg.late_interaction is not None:
+            return "late_interaction: matching label names against a text is for zero_shot heads"
         return None
 
-    def attach(self, embed) -> None:
-        """Called once the model is built, with its embed(texts); a head made from texts (the
-        zero-shot head's label vectors) keeps it. Nothing for the others."""
+    def attach(self, embed, tokens=None) -> None:
+        """Called once the model is built, with its embed(texts) and token_states(texts); a head
+        made from texts (the zero-shot head's label vectors and names) keeps them. Nothing for
+        the others."""
 
     def bind_tokenizer(self, tokenizer) -> None:
         """Called once the model is built, with its tokenizer; a head that reads word-pieces

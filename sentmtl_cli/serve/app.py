@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import itertools
 import os
 import sys
 import threading
@@ -339,7 +340,9 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
                     )
         return encoded
 
-    async def run(request: Request, texts: list[str], tasks: list[str], want_embeddings: bool, overflow="truncate"):
+    async def run(
+        request: Request, texts: list[str], tasks: list[str], want_embeddings: bool, overflow="truncate", extra=None
+    ):
         m, batcher = loaded()
         # off the loop: long texts take seconds
         encoded = await asyncio.to_thread(tokenize, request, m, texts, overflow)
@@ -354,7 +357,7 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
                 file=sys.stderr,
             )
         try:
-            fut = batcher.submit(texts, tasks, want_embeddings, encoded, overflow)
+            fut = batcher.submit(texts, tasks, want_embeddings, encoded, overflow, extra)
         except QueueFull as e:
             raise ApiError(429, f"the server is busy ({e}); retry shortly", None, "rate_limit_error") from None
         except ShuttingDown as e:
@@ -381,6 +384,7 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         return answer, tokens
 
     zero_shot_heads: dict[tuple, Any] = {}  # the last label sets asked for, their vectors made once
+    zero_shot_serial = itertools.count()
     MAX_LABELS, MAX_LABEL_CHARS = 128, 500
 
     def zero_shot_head(m, specs: list[str], multi_label: bool, threshold: float):
@@ -396,7 +400,9 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
         head = zero_shot_heads.get(key)
         if head is None:
             names, descriptions = parse_labels(specs, "labels")
-            head = m.build_head(ZERO_SHOT_TASK, zero_shot_config(names, descriptions, None, multi_label, threshold))
+            # a task name of its own: requests with other labels may share its backbone batches
+            task = f"{ZERO_SHOT_TASK}#{next(zero_shot_serial)}"
+            head = m.build_head(task, zero_shot_config(names, descriptions, None, multi_label, threshold))
             head.cache_key = key
         return head
 
@@ -447,15 +453,23 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
             param = field if field in ("labels", "threshold") else "tasks"
             raise ApiError(422, f"{param}: {str(e).removeprefix(param + ': ')}", param) from None
         if zero_shot is not None and "label_embeddings" not in zero_shot.params:
-            # a new label set: its prompts go through the same bounded queue and batches as texts
-            prompt_lists = zero_shot.prompt_texts()
-            made, _ = await run(request, [t for texts in prompt_lists for t in texts], [], True)
-            zero_shot.use_prompt_embeddings(made.embeddings)
+            # a new label set: its prompts (their embeddings) and its names (their word-pieces'
+            # vectors) go through the same bounded queue and batches as texts, in one job
+            from ..heads.zero_shot import TokenStates
+
+            prompts = [t for texts in zero_shot.prompt_texts() for t in texts]
+            names = zero_shot.name_texts() if zero_shot.late else []
+            probe = TokenStates(f"token_states#{zero_shot.task}", m.num_layers)
+            made, _ = await run(request, prompts + names, [], True, extra=[probe] if names else None)
+            zero_shot.use_prompt_embeddings(made.embeddings[: len(prompts)])
+            if names:
+                zero_shot.use_name_states([r[probe.task]["states"] for r in made.results[len(prompts) :]])
             remember(zero_shot)
-        answer, _ = await run(request, req.texts, tasks, zero_shot is not None, req.overflow)
-        if zero_shot is not None:  # scored on the same pass's embeddings
-            for r, z in zip(answer.results, zero_shot.predict_embeddings(answer.embeddings)):
-                r[ZERO_SHOT_TASK] = z
+        extra = [zero_shot] if zero_shot is not None else None
+        answer, _ = await run(request, req.texts, tasks, False, req.overflow, extra)
+        if zero_shot is not None:  # scored in the same pass as the other tasks, under its own name there
+            for r in answer.results:
+                r[ZERO_SHOT_TASK] = r.pop(zero_shot.task)
         return FastJSON({"results": answer.results})
 
     @app.post("/similarity", openapi_extra=openapi_body(SimilarityRequest))

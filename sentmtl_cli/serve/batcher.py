@@ -61,6 +61,7 @@ class Job:
     future: asyncio.Future
     loop: asyncio.AbstractEventLoop
     overflow: str = "truncate"  # what a text past max_seq_length gets (model.run's overflow)
+    extra: list = field(default_factory=list)  # heads of this request's own (model.run's extra), by their task
     pieces_left: int = 0  # pieces not yet run
     queued_pieces: int = 0  # pieces still in the queue
     failed: bool = False  # failed, dropped or aborted: its other pieces are not run
@@ -118,13 +119,29 @@ class MicroBatcher:
         return len(self._live)
 
     def submit(
-        self, texts: list[str], tasks: list[str], want_embeddings: bool, encoded: list, overflow: str = "truncate"
+        self,
+        texts: list[str],
+        tasks: list[str],
+        want_embeddings: bool,
+        encoded: list,
+        overflow: str = "truncate",
+        extra: list | None = None,
     ) -> asyncio.Future:
         """Queue a job; its future gets an Answer (or the batch's exception). QueueFull when full.
-        `encoded`: the texts' tokens as model.run takes them (a text to be read in windows whole)."""
+        `encoded`: the texts' tokens as model.run takes them (a text to be read in windows whole).
+        `extra`: heads that are not the model's (a request's zero-shot labels), each with a task
+        name of its own: run in the same batches, each text's result under that name."""
         loop = asyncio.get_running_loop()
         job = Job(
-            texts, tasks, want_embeddings, encoded, loop.create_future(), loop, overflow, results=[None] * len(texts)
+            texts,
+            tasks,
+            want_embeddings,
+            encoded,
+            loop.create_future(),
+            loop,
+            overflow,
+            list(extra or []),
+            results=[None] * len(texts),
         )
         if want_embeddings:  # filled by the pieces, maybe by several workers at once
             job.embeddings = np.empty((len(texts), self.model.dim), dtype=np.float32)
@@ -237,6 +254,7 @@ class MicroBatcher:
             encoded = [p.job.encoded[i] for p in pieces for i in p.rows]
             tasks = list(dict.fromkeys(t for p in pieces for t in p.job.tasks))
             want = any(p.job.want_embeddings for p in pieces)
+            extra = list({id(h): h for p in pieces for h in p.job.extra}.values())
             try:
                 emb, results = self.model.run(
                     texts,
@@ -246,6 +264,7 @@ class MicroBatcher:
                     encoded=encoded,
                     warn=False,
                     overflow=[p.job.overflow for p in pieces for _ in p.rows],
+                    extra=extra,
                 )
             except BaseException as e:  # noqa: BLE001 (any failure fails this batch's jobs, not the server)
                 with self._cond:
@@ -265,7 +284,8 @@ class MicroBatcher:
                     continue
                 for i, r in zip(p.rows, results[start : start + n]):
                     windows = {"windows": r["windows"]} if "windows" in r else {}  # read in windows: how many
-                    job.results[i] = {"text": r["text"], **windows, **{t: r[t] for t in job.tasks}}
+                    own = [*job.tasks, *(h.task for h in job.extra)]
+                    job.results[i] = {"text": r["text"], **windows, **{t: r[t] for t in own}}
                 if job.embeddings is not None and emb is not None:
                     job.embeddings[p.rows] = emb[start : start + n]
                 start += n
