@@ -148,7 +148,8 @@ def test_bad_zero_shot_configs_are_one_line(runner, tmp_path, head, words):
 
 
 def test_serve_takes_labels_in_predict_and_answers_as_the_cli(runner, model):
-    texts = [t for t, _ in CLEAR]
+    # and a text past 256 tokens, read in windows by both
+    texts = [t for t, _ in CLEAR] + [" ".join([CLEAR[2][0]] * 30)]
     cli = _jsonl(invoke(runner, ["predict", "--tasks", "sent", "--labels", LABELS, "--format", "jsonl", *texts]))
     with TestClient(create_app(Settings(), model=model)) as c:
         r = c.post("/predict", json={"texts": texts, "tasks": ["sent"], "labels": LABELS.split(",")})
@@ -166,11 +167,15 @@ def test_serve_takes_labels_in_predict_and_answers_as_the_cli(runner, model):
         before = c.get("/metrics").text
         c.post("/predict", json={"texts": ["x"], "labels": ["alpha", "beta", "gamma"]})
         after = c.get("/metrics").text
+        c.post("/predict", json={"texts": ["x"], "labels": ["alpha", "beta", "gamma"]})
+        again = c.get("/metrics").text
+        assert _batch_texts(again) - _batch_texts(after) == 1  # the label set's vectors were kept: the text only
         assert (
             _batch_texts(after) - _batch_texts(before) == 3 * 2 + 3 + 1
         )  # two prompts and the name a label, then the text
+    assert got[-1]["windows"] == cli[-1]["windows"] > 1
     for g, w in zip(got, cli, strict=True):
-        assert list(g) == ["text", "sent", "zero_shot"]
+        assert [k for k in g if k != "windows"] == ["text", "sent", "zero_shot"]
         assert g["zero_shot"]["label"] == w["zero_shot"]["label"]
         assert np.allclose(list(g["zero_shot"]["scores"].values()), list(w["zero_shot"]["scores"].values()), atol=1e-5)
     assert "zero_shot" not in model.heads  # a request's labels never become the server's
@@ -215,6 +220,20 @@ def test_late_interaction_is_the_names_best_token_match_added_to_the_cosine(mode
     assert np.allclose(got_plain, softmax(cos / TEMPERATURE), atol=2e-4)
     assert all(set(r["off"]["scores"]) == {"a", "b"} for r in res)
     assert not np.allclose(got_on, got_plain, atol=1e-3)  # the match moves the scores
+
+
+def test_a_long_label_name_is_matched_by_its_first_pieces_only(model):
+    """A label name's word-pieces past MAX_NAME_PIECES are not kept: what a server request's long
+    names can cost (memory held for its label set, work a text) is bounded."""
+    from sentmtl_cli.heads.zero_shot import MAX_NAME_PIECES, zero_shot_config
+
+    long = " ".join(["word"] * 60)
+    head = model.build_head("z", zero_shot_config([long, "short"]))
+    pieces, owner = head.name_pieces()
+    assert np.bincount(owner).tolist() == [MAX_NAME_PIECES, 1]
+    assert len(pieces) == MAX_NAME_PIECES + 1
+    _, res = model.run(["a word or two"], [], extra=[head])
+    assert set(res[0]["z"]["scores"]) == {long, "short"}
 
 
 def _batch_texts(metrics: str) -> float:

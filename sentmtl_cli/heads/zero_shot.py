@@ -44,6 +44,7 @@ DEFAULT_TEMPLATES = ("{}", "This text is about {}.")
 # way (`bench/fewshot.py --zero-shot-only`: log-loss 1.300, calibration error 0.02-0.11 per set)
 TEMPERATURE = 0.064
 LATE_TEMPERATURE = 0.15
+MAX_NAME_PIECES = 16  # the word-pieces of a label's name that late interaction matches
 
 
 def prompts(name: str, description: str, templates: list[str] | tuple[str, ...]) -> list[str]:
@@ -185,9 +186,12 @@ class ZeroShotHead(SentenceClassificationHead):
 
     def use_name_states(self, states: list[np.ndarray]) -> None:
         """The names' word-piece vectors (content_tokens' rows, one array a label, in labels'
-        order), made by the model's forward path (a server's through its batches)."""
+        order), made by the model's forward path (a server's through its batches). A name's first
+        MAX_NAME_PIECES only: label names are short (the six few-shot sets' longest, a Banking77
+        intent, has 9), and a request's long names must not cost a server more than that."""
         if len(states) != len(self.cfg.labels):
             raise ValueError(f"{len(states)} name states for {len(self.cfg.labels)} labels")
+        states = [s[:MAX_NAME_PIECES] for s in states]
         self.params["name_pieces"] = np.concatenate(states).astype(np.float32)
         self.params["name_owner"] = np.repeat(np.arange(len(states)), [len(s) for s in states])
 

@@ -386,6 +386,7 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
     zero_shot_heads: dict[tuple, Any] = {}  # the last label sets asked for, their vectors made once
     zero_shot_serial = itertools.count()
     MAX_LABELS, MAX_LABEL_CHARS = 128, 500
+    MAX_CACHED_ROWS = 64 * 1024  # 100 MB of float32 vectors at 384 dimensions
 
     def zero_shot_head(m, specs: list[str], multi_label: bool, threshold: float):
         """A request's zero-shot head: the cached one for this label set, or a new one whose label
@@ -406,8 +407,17 @@ def create_app(settings: Settings | None = None, model=None) -> FastAPI:
             head.cache_key = key
         return head
 
+    def cached_rows(head) -> int:  # the vectors a cached label set holds: its labels' and its names' pieces
+        return len(head.cfg.labels) + len(head.params.get("name_pieces", ()))
+
     def remember(head) -> None:
-        if len(zero_shot_heads) >= 64:
+        """Keep the label set's vectors for its next request: the last 64 sets, and no more than
+        MAX_CACHED_ROWS vectors in all (a label set of long names holds one per word-piece)."""
+        zero_shot_heads.pop(head.cache_key, None)
+        while zero_shot_heads and (
+            len(zero_shot_heads) >= 64
+            or sum(map(cached_rows, zero_shot_heads.values())) + cached_rows(head) > MAX_CACHED_ROWS
+        ):
             zero_shot_heads.pop(next(iter(zero_shot_heads)))
         zero_shot_heads[head.cache_key] = head
 
