@@ -1,7 +1,8 @@
 """Zero-shot labels: a head whose parameters are its labels' own embeddings, made through the
 backbone from the label names (and descriptions), so it needs no training and runs in the same
-forward pass as every other head: a text's scores are the softmax of its cosine to each label,
-over a temperature fitted once on labelled data (below).
+forward pass as every other head: a text's scores are the softmax of its cosine to each label
+plus how well the label's name is matched in the text's own tokens (late interaction, below),
+over a temperature fitted once on labelled data.
 
 A label's vector is the mean of its prompts' normalized embeddings: each template ("{}" is the
 label) with the label's name, and again with its description when it has one. Measured over the
