@@ -68,6 +68,60 @@ def test_output_refuses_folders_fifos_and_devices(runner, tmp_path):
     assert _tmp_files(tmp_path) == []
 
 
+# ---- inputs: a pipe is read once and whole; a device or a line with no end is refused ---------------
+def test_input_from_a_pipe_is_read_once_and_counted(runner, tmp_path):
+    import threading
+
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)  # what a shell's `--file <(...)` passes: it can be read only once
+
+    def feed():
+        with open(fifo, "w", encoding="utf-8") as f:
+            f.write("first\n\nsecond\n")
+
+    t = threading.Thread(target=feed, daemon=True)
+    t.start()
+    r = invoke(runner, ["embed", "--file", str(fifo), "--format", "jsonl"])
+    t.join(10)
+    assert r.exit_code == 0, r.stderr
+    assert [json.loads(x)["text"] for x in r.stdout.splitlines()] == ["first", "second"]
+
+
+def test_devices_are_refused_as_input(runner, tmp_path):
+    zero = "/dev/zero"  # endless, with no newline: read whole, it fills memory
+    assert stat.S_ISCHR(os.stat(zero).st_mode)
+    _bad(runner, ["embed", "--file", zero], "is a device, not a file")
+    _bad(runner, ["predict", "x", "--config", zero], "config /dev/zero is a device")
+    _bad(runner, ["search", "x", "--corpus", zero], "is a device")
+    _bad(runner, ["fit", "t", "--data", zero, "--output", str(tmp_path / "m")], "not a plain file")
+
+
+def test_a_line_over_the_cap_is_refused_from_a_file_and_from_stdin(runner, tmp_path, monkeypatch):
+    from sentmtl_cli.files import read
+
+    monkeypatch.setattr(read, "MAX_LINE_BYTES", 1000)
+    f = tmp_path / "long.txt"
+    f.write_text("short\n" + "x" * 1001 + "\n", encoding="utf-8")
+    _bad(runner, ["embed", "--file", str(f)], "line 2 is over")
+    f.write_text("short\n" + "x" * 1000 + "\n", encoding="utf-8")  # at the cap: read
+    r = invoke(runner, ["embed", "--file", str(f), "--format", "jsonl"])
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 2, r.stderr
+    _bad(runner, ["embed", "--format", "jsonl"], "a line is over", input="ok\n" + "y" * 1001)  # no newline
+    big = "z" * 900 + "\n"  # many lines, none over the cap, across spool blocks
+    r = invoke(runner, ["embed", "--file", "-", "--format", "jsonl"], input=big * 3)
+    assert r.exit_code == 0 and len(r.stdout.splitlines()) == 3, r.stderr
+
+
+def test_a_config_or_label_list_over_16_mib_is_refused(runner, tmp_path):
+    from sentmtl_cli.files.read import SMALL_FILE_BYTES
+
+    f = tmp_path / "labels.txt"
+    with open(f, "wb") as out:
+        out.truncate(SMALL_FILE_BYTES + 1)  # sparse: no 16 MiB written
+    _bad(runner, ["predict", "x", "--labels-file", str(f)], "is over 16 MiB")
+    _bad(runner, ["predict", "x", "--config", str(f)], "is over 16 MiB")
+
+
 def test_new_output_file_has_ordinary_permissions(runner, tmp_path):
     out = tmp_path / "e.npy"
     old = os.umask(0o022)

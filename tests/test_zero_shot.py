@@ -112,7 +112,8 @@ heads:
         (["--labels", "a,b", "--template", "no slot"], "exactly once"),
         (["--template", "{}"], "go with --labels"),
         (["--labels", "a,b", "--labels-file", "x.txt"], "not both"),
-        (["--labels-file", "/no/such/file.txt"], "cannot read"),
+        (["--labels-file", "/no/such/file.txt"], "label file not found"),
+        (["--labels-file", "/dev/zero"], "is a device, not a file"),  # read whole, it would never end
     ],
 )
 def test_bad_label_lists_are_one_line(runner, args, words):

@@ -79,13 +79,11 @@ def zero_shot_head(labels, labels_file, templates, multi_label: bool, threshold:
     if labels is not None:
         specs, where = labels.split(","), "--labels"
     else:
-        try:
-            with open(labels_file, encoding="utf-8-sig") as f:
-                lines = f.read().splitlines()
-        except (OSError, UnicodeDecodeError) as e:
-            raise SentmtlError(
-                f"--labels-file {labels_file}: cannot read it ({getattr(e, 'strerror', None) or e})"
-            ) from None
+        from pathlib import Path
+
+        from ..files.read import SMALL_FILE_BYTES, read_text
+
+        lines = read_text(Path(labels_file), "label file", limit=SMALL_FILE_BYTES).splitlines()
         specs = [x for x in lines if x.strip() and not x.lstrip().startswith("#")]
         where = f"--labels-file {labels_file}"
     names, descriptions = parse_labels(specs, where)

@@ -45,10 +45,10 @@ def read_yaml(path: Path) -> dict:
     """Read a YAML mapping with errors that name the file."""
     import yaml
 
-    from ..files.read import read_text
+    from ..files.read import SMALL_FILE_BYTES, read_text
 
     path = Path(path)
-    text = read_text(path, "config")
+    text = read_text(path, "config", limit=SMALL_FILE_BYTES)
     try:
         data = yaml.load(text, Loader=_strict_loader())
     except yaml.YAMLError as e:

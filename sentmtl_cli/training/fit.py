@@ -475,7 +475,12 @@ def read_examples(job: FitJob) -> tuple[list[str], list[str]]:
     if job.format not in formats:
         raise SentmtlError(f"--format must be one of {', '.join(formats)}, not {job.format!r}")
     if not Path(job.data).is_file():
-        what = "a folder, not a file" if Path(job.data).is_dir() else "no such file"
+        data = Path(job.data)
+        what = (
+            "a folder, not a file" if data.is_dir()
+            else "not a plain file (a pipe or a device; fit reads it twice): save it to a file first"
+            if data.exists() else "no such file"
+        )  # fmt: skip
         raise SentmtlError(f"--data {job.data}: {what}")
     text_column, label_column = job.text_column, job.label_column
     if text_column is None or label_column is None:
