@@ -43,6 +43,16 @@ def test_an_input_inside_output_is_refused_with_force_or_not(runner, tmp_path):
     assert len(read_output(prev)) == 2
 
 
+def test_a_pipe_as_input_is_refused_not_waited_on(runner, tmp_path):
+    fifo = tmp_path / "rows.txt"
+    os.mkfifo(fifo)  # counted, then opened again for its rows: that open would wait for a writer forever
+    line = _one_error_line(_run(runner, fifo, tmp_path / "out"))
+    assert "not a plain file" in line and not (tmp_path / "out").exists(), line
+    r = invoke(runner, ["index", str(fifo), str(tmp_path / "idx")])
+    assert r.exit_code == 2 and "not a plain file" in r.stderr, r.output
+    assert not (tmp_path / "idx").exists()
+
+
 def test_a_csv_field_of_megabytes_is_a_text_like_any_other(runner, tmp_path):
     big = tmp_path / "big.csv"
     big.write_text("text\n" + "a" * 5_242_880 + "\nsmall one\n", encoding="utf-8")

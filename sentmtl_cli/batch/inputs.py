@@ -76,6 +76,8 @@ def input_files(path: Path) -> list[Path]:
         return files
     if path.suffix.lower() not in FORMATS:
         raise SentmtlError(f"input {path}: unknown format (give a {', '.join(FORMATS)} file, or a folder of them)")
+    if not path.is_file():  # a pipe: its rows are counted, then read (and read again on a resume)
+        raise SentmtlError(f"input {path} is not a plain file (a pipe or a device): it is read more than once")
     return [path]
 
 
