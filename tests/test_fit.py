@@ -148,6 +148,15 @@ def test_force_replaces_only_a_model_folder(runner, tmp_path):
     assert (other / "mine.txt").read_text() == "keep me"
 
 
+def test_force_through_a_symlink_replaces_the_folder_it_names(runner, tmp_path):
+    assert _fit(runner, tmp_path, out="real").exit_code == 0
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    r = _fit(runner, tmp_path, "--force", out="link")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "link").is_symlink() and (tmp_path / "real" / "model.yaml").is_file()  # the link kept
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no stale `.link.N.old`
+
+
 @pytest.mark.parametrize(
     "rows, extra, task, words",
     [

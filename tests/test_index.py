@@ -145,6 +145,16 @@ def test_add_appends_rows_in_one_commit_and_refuses_other_tasks(runner, tmp_path
     assert list(_search(runner, idx, "x")["results"][0]) == ["rank", "score", "id", "text", "cls"]
 
 
+def test_force_through_a_symlink_rebuilds_the_index_it_names(runner, tmp_path):
+    real, link = tmp_path / "real", tmp_path / "link"
+    assert _index(runner, _corpus(tmp_path), real).exit_code == 0
+    link.symlink_to(real)
+    r = _index(runner, _corpus(tmp_path, CORPUS[:3], "three.txt"), link, "--force")
+    assert r.exit_code == 0, r.output
+    assert link.is_symlink() and len(_search(runner, real, "x", "--top-k", 10)["results"]) == 3
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no stale `.link.N.old`
+
+
 def test_a_batch_output_is_taken_as_it_is_and_refused_from_another_model(runner, tmp_path, monkeypatch):
     src = _corpus(tmp_path)
     out = tmp_path / "b"

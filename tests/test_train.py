@@ -325,6 +325,18 @@ def test_existing_model_is_never_overwritten_without_force(tmp_path, runner):
     assert not (tmp_path / "out.replaced").exists()
 
 
+def test_force_through_a_symlink_replaces_the_folder_it_names(tmp_path, runner):
+    recipe = write_recipe(tmp_path, extra="epochs: 1")
+    assert _train_cli(runner, recipe).exit_code == 0
+    (tmp_path / "out").rename(tmp_path / "real")
+    link = tmp_path / "link"  # an absolute output that is a link to a model folder
+    link.symlink_to(tmp_path / "real")
+    assert _train_cli(runner, recipe, "--force", "--set", f"output={link}").exit_code == 0
+    assert link.is_symlink() and (tmp_path / "real" / "model.yaml").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir() if "replaced" in p.name) == []
+    assert _train_cli(runner, recipe, "--force", "--set", f"output={link}").exit_code == 0  # nothing left to block it
+
+
 def test_experiment_writes_the_table_it_measured(tmp_path):
     from sentmtl_cli.training.experiment import run_experiment
 

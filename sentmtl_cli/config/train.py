@@ -97,12 +97,14 @@ class TrainConfig(_Recipe):
 
 def load_train_config(path: Path | str, overrides: dict | None = None) -> TrainConfig:
     """Load a training recipe; `overrides` (dotted keys) are applied before validation."""
+    from ..files.atomic import output_folder
+
     path = Path(path)
     data = apply_overrides(read_yaml(path), overrides or {}, path)
     cfg = validate(TrainConfig, data, path)
     base = path.resolve().parent
     cfg.model = resolve_path(base, cfg.model)
-    cfg.output = resolve_path(base, cfg.output)
+    cfg.output = output_folder(resolve_path(base, cfg.output))  # a link to a model folder stays a link
     cfg.feature_cache = resolve_path(base, cfg.feature_cache)
     for t in cfg.tasks.values():
         for d in (t.data, t.val_data, *t.extra_data):

@@ -29,6 +29,14 @@ def output_target(path: Path | str) -> Path:
     return real
 
 
+def output_folder(path: Path | str) -> Path:
+    """The folder a command that writes a whole folder (fit, train, index) should replace: a symlink
+    is followed to its target, so the link stays a link and the folder it names is the one
+    replaced (renamed aside, the link would be left as a stale `.old` and a real folder put in
+    its place)."""
+    return Path(os.path.realpath(Path(path).expanduser()))
+
+
 class AtomicFile:
     """A file written beside its target under a temporary name, fsynced, then renamed over it:
     readers see the old file or the complete new one, never half of it. The new file keeps the

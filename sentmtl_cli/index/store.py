@@ -429,10 +429,11 @@ def build(model, job: IndexJob, progress=None) -> dict:
     import time
 
     from ..batch.worker import check_overflow
+    from ..files.atomic import output_folder
 
     t0 = time.perf_counter()
     model.overflow = check_overflow(job.overflow)
-    index, src_path = Path(job.index), Path(job.input)
+    index, src_path = output_folder(job.index), Path(job.input)  # a link to an index stays a link
     if job.tasks is not None:
         unknown = [t for t in job.tasks if t not in model.heads and t != "embed"]
         if unknown:

@@ -943,11 +943,11 @@ def write_fitted(model, base, job: FitJob, head) -> None:
     import yaml
 
     from ..backbone.onnx_backbone import export_dir
-    from ..files.atomic import atomic_write_text
+    from ..files.atomic import atomic_write_text, output_folder
     from ..model import MODEL_FOLDER_MARK
     from .marker import MARKER
 
-    out = Path(job.output).absolute()
+    out = output_folder(job.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
