@@ -151,6 +151,7 @@ def test_force_through_a_symlink_rebuilds_the_index_it_names(runner, tmp_path):
     link.symlink_to(real)
     r = _index(runner, _corpus(tmp_path, CORPUS[:3], "three.txt"), link, "--force")
     assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["index"] == str(link)  # the report names it as the user did
     assert link.is_symlink() and len(_search(runner, real, "x", "--top-k", 10)["results"]) == 3
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no stale `.link.N.old`
 

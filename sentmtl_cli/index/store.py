@@ -459,7 +459,7 @@ def build(model, job: IndexJob, progress=None) -> dict:
             finally:
                 if source.scratch is not None:
                     shutil.rmtree(source.scratch, ignore_errors=True)
-        return _report(index, source, added, "added", t0)
+        return _report(index, source, added, "added", t0) | {"index": str(job.index)}  # as named
     if index.exists() or index.is_symlink():
         if not index.is_dir():
             raise SentmtlError(f"index {index} exists and is not a folder")
@@ -476,7 +476,7 @@ def build(model, job: IndexJob, progress=None) -> dict:
     finally:
         if source.scratch is not None:
             shutil.rmtree(source.scratch, ignore_errors=True)
-    return _report(index, source, rows, "built", t0)
+    return _report(index, source, rows, "built", t0) | {"index": str(job.index)}  # as named
 
 
 def _inside(a: Path, b: Path) -> bool:
