@@ -27,10 +27,12 @@ from sentmtl_cli.heads.zero_shot import ZeroShotHead, zero_shot_config  # noqa: 
 from sentmtl_cli.training.fit import (  # noqa: E402
     FitOptions,
     attention_logits,
-    fit_attention,
+    choose_blend,
+    fit_attention_oof,
     fit_features,
     fit_linear,
     piece_vocabulary,
+    softmax,
 )
 
 
@@ -139,7 +141,7 @@ def zero_shot_only(args) -> None:
         args.json.write_text(json.dumps(table | {"_calibration": fitted}, indent=1) + "\n", encoding="utf-8")
 
 
-AUTO = "sentmtl fit, auto: the linear or the attention head, by the folds' loss"
+AUTO = "sentmtl fit, auto: the linear or the attention head, by the folds' loss"  # or the two averaged
 LINEAR = "sentmtl fit"
 ATTENTION = "fit, attention over the tokens (--pool attention)"
 METHODS = {
@@ -241,6 +243,7 @@ def main() -> None:
         unl = np.random.default_rng(7).choice(rest, size=min(1000, len(rest) // 2), replace=False)
         pool = np.setdiff1d(rest, unl)
         tokens: TokenRows | None = None
+        blends: list[float] = []
         for k in args.k:
             scores: dict[str, list[float]] = {}
             times: dict[str, list[float]] = {}
@@ -255,17 +258,25 @@ def main() -> None:
                 times.setdefault("lr_emb", []).append(time.perf_counter() - t)
                 scores.setdefault("lr_emb", []).append(float(((emb[held] @ W.T + b).argmax(1) == y[held]).mean() * 100))
                 got: dict[str, tuple[float, float, float | None]] = {}  # method: accuracy, seconds, folds' loss
+                kept: dict[str, tuple] = {}  # method: held-out logits, temperature, out-of-fold logits
                 wanted = list(args.methods)
                 if AUTO in wanted:  # it reads the two heads' runs
                     wanted = [m for m in wanted if m not in (LINEAR, ATTENTION, AUTO)] + [LINEAR, ATTENTION, AUTO]
                 for method in wanted:
                     over, prior, use_unl, use_lead = METHODS[method]
                     opts = FitOptions(**{**over, "prior": prior})
-                    if method == AUTO:
+                    if method == AUTO:  # run_fit's choice: either head, or the two averaged
                         lin, att = got[LINEAR], got.get(ATTENTION)
                         tries = C <= opts.attention_labels and k >= opts.attention_min and att is not None
-                        pick = att if tries and att[2] is not None and lin[2] is not None and att[2] < lin[2] else lin
-                        got[AUTO] = (pick[0], lin[1] + (att[1] if tries and att else 0.0), pick[2])
+                        if not (tries and kept[LINEAR][2] is not None and kept[ATTENTION][2] is not None):
+                            got[AUTO] = lin
+                            continue
+                        (zl, tl, ol), (za, ta, oa) = kept[LINEAR], kept[ATTENTION]
+                        w, _, losses = choose_blend(ol, tl, oa, ta, y[tr], opts)
+                        p = (1 - w) * softmax(zl / tl) + w * softmax(za / ta)
+                        acc = float((p.argmax(1) == y[held]).mean() * 100)
+                        got[AUTO] = (acc, lin[1] + att[1], min(v for n, v in losses.items() if n != "blend_weight"))
+                        blends.append(w)
                         continue
                     if opts.pool == "attention":
                         if C > opts.attention_labels:
@@ -275,12 +286,13 @@ def main() -> None:
                         tokens = tokens or TokenRows(texts, labels)
                         rows, counts = tokens.get(tr)
                         t = time.perf_counter()
-                        params, _, loss = fit_attention(tokens.head, rows, counts, y[tr], C, opts)
+                        params, temp, loss, oof = fit_attention_oof(tokens.head, rows, counts, y[tr], C, opts)
                         dt = time.perf_counter() - t
                         tokens.head.params = params
                         hr, hc = tokens.get(held)
                         z = attention_logits(tokens.head, TorchMLP(tokens.head), hr, hc)
                         got[method] = (float((z.argmax(1) == y[held]).mean() * 100), dt, _mean(loss))
+                        kept[method] = (z, temp, oof)
                         continue
                     t = time.perf_counter()
                     cols = x if use_lead else x[:, :-lead]
@@ -297,12 +309,16 @@ def main() -> None:
                     )
                     dt = time.perf_counter() - t
                     xh = with_pieces(held, cols) if f.word_piece_scale else cols[held]
-                    pred = (xh @ f.weight.T + f.bias).argmax(1)
-                    got[method] = (float((pred == y[held]).mean() * 100), dt, _mean(f.oof_loss))
+                    z = (xh @ f.weight.T + f.bias).astype(np.float64)
+                    got[method] = (float((z.argmax(1) == y[held]).mean() * 100), dt, _mean(f.oof_loss))
+                    kept[method] = (z, f.temperature, f.oof_logits)
                 for method in args.methods:
                     if method in got:
                         scores.setdefault(method, []).append(got[method][0])
                         times.setdefault(method, []).append(got[method][1])
+            if blends:  # the attention head's share auto chose, over the samplings where it fitted both
+                row[f"k={k} auto's attention share"] = float(np.mean(blends))
+                blends.clear()
             for method, vals in scores.items():
                 row[f"k={k} {method}"] = float(np.mean(vals))
                 row[f"k={k} {method} seconds"] = float(np.mean(times[method]))
@@ -360,7 +376,8 @@ def markdown(table: dict, args, sources: list[str] | None = None) -> str:
             label = {
                 "lr_emb": "logistic regression on the embedding",
                 LINEAR: "sentmtl fit's linear head (`--pool mean_max`)",
-                AUTO: "**sentmtl fit** (auto, the default: the linear or the attention head, by the folds' log-loss)",
+                AUTO: "**sentmtl fit** (auto, the default: the linear head, the attention head or the two averaged, "
+                "by the folds' log-loss)",
             }.get(m, m)
             mean = f"{np.mean(vals):.1f}" + ("" if len(ran) == len(sets) else f" ({len(ran)} sets)")
             cells = [f"{table[s][key]:.1f}" if key in table[s] else "not run" for s in sets]

@@ -91,6 +91,7 @@ HEADS: Registry[Any] = Registry(
     "head type",
     {
         "sentence_classification": "sentmtl_cli.heads.classification:SentenceClassificationHead",
+        "sentence_ensemble": "sentmtl_cli.heads.ensemble:SentenceEnsembleHead",
         "token_classification": "sentmtl_cli.heads.tagging:TokenClassificationHead",
         "zero_shot": "sentmtl_cli.heads.zero_shot:ZeroShotHead",
     },

@@ -524,33 +524,150 @@ def test_auto_pool_tries_attention_with_8_a_label_6_labels_at_most_and_no_unlabe
         use_attention(y8, 3, FitOptions(pool="attention"), unlabeled=True)
 
 
-@pytest.mark.parametrize("move, want", [(0.0, "attention"), (100.0, "mean_max")])
-def test_auto_fits_both_heads_and_keeps_the_one_whose_folds_lose_less(runner, tmp_path, monkeypatch, move, want):
-    """auto at 8 a label fits the linear head and the attention head and writes the one with the
-    lower out-of-fold log-loss (the attention head's set to 0 or raised by 100 here, so that each
-    side is taken once); the report and the command's line give both; either head predicts."""
+@pytest.mark.parametrize("share, want", [(1.0, "attention"), (0.0, "mean_max"), (0.5, "blend")])
+def test_auto_fits_both_heads_and_writes_what_the_folds_choose(runner, tmp_path, monkeypatch, share, want):
+    """auto at 8 a label fits the linear head and the attention head and writes what choose_blend
+    picks from their out-of-fold logits (forced here, so that each outcome is taken once): the
+    attention head, the linear head, or a sentence_ensemble of the two; the report gives the
+    folds' losses and the command's line says why; each predicts the unseen texts right."""
     import yaml
 
     import sentmtl_cli.training.fit as fit_mod
 
-    real = fit_mod.fit_attention
+    real = fit_mod.choose_blend
+    seen = {}
 
-    def moved(*a, **k):
-        params, temperature, loss = real(*a, **k)
-        return params, temperature, loss + move if move else loss * 0.0
+    def forced(*a, **k):
+        w, t, losses = real(*a, **k)
+        seen["losses"] = losses
+        return share, (t if w == share else 1.0), losses
 
-    monkeypatch.setattr(fit_mod, "fit_attention", moved)
+    monkeypatch.setattr(fit_mod, "choose_blend", forced)
     out = tmp_path / want
     report = fit_mod.run_fit(
         fit_mod.FitJob(task="topic2", data=_data(tmp_path), output=out, text_column="text", label_column="label")
     )
     losses = report["out_of_fold_loss"]
-    assert set(losses) == {"mean_max", "attention"} and report["pool"] == want == min(losses, key=losses.get)
+    assert losses == seen["losses"] and {"mean_max", "attention", "blend"} <= set(losses), losses
+    assert report["pool"] == want
+    assert report["member_weights"] == ({"linear": 0.5, "attention": 0.5} if want == "blend" else None)
     head = yaml.safe_load((out / "model.yaml").read_text(encoding="utf-8"))["heads"]["topic2"]
+    assert head["type"] == ("sentence_ensemble" if want == "blend" else "sentence_classification"), head
     assert (head.get("pool") == "attention") == (want == "attention"), head
+    if want == "blend":
+        assert head["members"]["attention"] == {"pool_layers": [2, 4], "pool": "attention", "dropout": 0.0}
+        assert head["members"]["linear"]["first_token_layers"] == [4] and head["member_weights"]["linear"] == 0.5
     _unseen_are_right(runner, out)
-    r = _fit(runner, tmp_path, out="cli")
-    assert r.exit_code == 0 and "out-of-fold log-loss" in r.stderr, r.output
+
+
+def test_choose_blend_takes_a_head_alone_or_the_mean_by_the_folds_loss():
+    """On out-of-fold logits: a sure and right head against a random one is taken alone (either
+    way round); two heads each right and sure on a different half of the examples, and unsure
+    on the other half, are averaged, and the mixture's loss is below either head's."""
+    import numpy as np
+
+    from sentmtl_cli.training.fit import FitOptions, best_temperature, choose_blend
+
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1, 2], 20)
+    right = np.eye(3)[y] * 3.0 + rng.normal(size=(60, 3))
+    noise = rng.normal(size=(60, 3))
+    opts = FitOptions()
+
+    def blend(a, b):  # each head at its own best temperature, as fit's heads are
+        return choose_blend(a, best_temperature(a, y)[0], b, best_temperature(b, y)[0], y, opts)
+
+    assert blend(right, noise)[0] == 0.0
+    assert blend(noise, right)[0] == 1.0
+    half = np.arange(60) % 2 == 0
+    a = np.where(half[:, None], right, 0.3 * noise)
+    b = np.where(half[:, None], 0.3 * noise, right)
+    w, temperature, losses = blend(a, b)
+    assert w == 0.5 and losses["blend"] < min(losses["mean_max"], losses["attention"]), losses
+    assert losses["blend_weight"] == 0.5 and temperature > 0
+    # the rows one head's folds did not hold out (NaN) are left out of every loss
+    a_nan = a.copy()
+    a_nan[:10] = np.nan
+    assert np.isfinite(choose_blend(a_nan, 1.0, b, 1.0, y, opts)[2]["blend"])
+
+
+def test_an_ensemble_predicts_the_mean_of_its_members_calibrated_probabilities(tmp_path, monkeypatch):
+    """A sentence_ensemble written by fit: its scores are softmax(log(mean of the members'
+    calibrated probabilities) / its temperature), its members reading their own features from
+    the one pass; the file holds each member's tensors and temperature; the shipped heads do
+    not move; a folder whose file lacks the members' temperatures is refused in one line."""
+    import numpy as np
+
+    import sentmtl_cli
+    import sentmtl_cli.training.fit as fit_mod
+    from sentmtl_cli.errors import SentmtlError
+    from sentmtl_cli.heads.base import softmax
+    from sentmtl_cli.heads.classification import SentenceClassificationHead
+
+    real = fit_mod.choose_blend
+    monkeypatch.setattr(fit_mod, "choose_blend", lambda *a, **k: (0.5, 0.8, real(*a, **k)[2]))
+    out = tmp_path / "ens"
+    fit_mod.run_fit(
+        fit_mod.FitJob(task="topic2", data=_data(tmp_path), output=out, text_column="text", label_column="label")
+    )
+    m = sentmtl_cli.load(out / "model.yaml")
+    h = m.heads["topic2"]
+    assert h.temperature == 0.8 and set(h.members) == {"linear", "attention"}
+    with pytest.raises(SentmtlError, match="written by sentmtl fit, not trained by a recipe"):
+        h.torch_module()  # what `train` asks of every task in its recipe
+    texts = [t for t, _ in UNSEEN] + ["A line about nothing much."]
+    parts = []
+    for name, member in h.members.items():
+        alone = m.build_head(f"alone_{name}", member.cfg)
+        alone.params, alone.temperature, alone.trained = member.params, member.temperature, True
+        assert isinstance(alone, SentenceClassificationHead) and alone.temperature not in (0.0, 1.0)
+        got = m.run(texts, [], want_embeddings=False, warn=False, extra=[alone])[1]
+        parts.append(np.array([[r[f"alone_{name}"]["scores"][lab] for lab in EXAMPLES] for r in got]))
+    want = softmax(np.log(0.5 * parts[0] + 0.5 * parts[1]) / 0.8)
+    got = m.predict(texts, tasks=["topic2", "cls"])
+    for row, p in zip(got, want, strict=True):
+        assert np.allclose([row["topic2"]["scores"][lab] for lab in EXAMPLES], p, atol=1e-5), (row, p)
+    shipped = sentmtl_cli.load().predict(texts, tasks=["cls"])
+    assert [g["cls"] for g in got] == [s["cls"] for s in shipped]
+    # the header's member temperatures are needed
+    from safetensors import safe_open
+    from safetensors.numpy import load_file, save_file
+
+    weights = out / "heads" / "topic2.safetensors"
+    with safe_open(str(weights), framework="numpy") as f:
+        meta = dict(f.metadata())
+    save_file(
+        load_file(str(weights)), str(weights), metadata={k: v for k, v in meta.items() if k != "member_temperatures"}
+    )
+    with pytest.raises(SentmtlError, match="member_temperatures"):
+        sentmtl_cli.load(out / "model.yaml").predict(texts, tasks=["topic2"])
+
+
+@pytest.mark.parametrize(
+    "head, why",
+    [
+        ({"members": {"a": {}}, "member_weights": {"a": 1}}, "two or more member heads"),
+        ({"pool_layers": [2], "members": {"a": {}, "b": {}}, "member_weights": {"a": 1, "b": 1}}, "in a member"),
+        ({"members": {"a": {"pool_layrs": [2]}, "b": {}}, "member_weights": {"a": 1, "b": 1}}, "members.a.pool_layrs"),
+        ({"members": {"a": {"labels": ["x"]}, "b": {}}, "member_weights": {"a": 1, "b": 1}}, "members.a.labels"),
+        ({"members": {"a": {"pool": "attention"}, "b": {}}, "member_weights": {"a": 1, "b": 1}}, "members.a.pool"),
+        ({"members": {"a": {}, "b": {}}, "member_weights": {"a": 1}}, "one weight for each member"),
+        ({"members": {"a": {}, "b": {}}, "member_weights": {"a": 0, "b": 0}}, "not all 0"),
+    ],
+)
+def test_a_bad_ensemble_config_is_one_line_and_exit_2(runner, tmp_path, head, why):
+    import yaml
+
+    cfg = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text(encoding="utf-8"))
+    cfg["heads"] = {"ens": {"type": "sentence_ensemble", "labels": ["x", "y"], **head}}
+    path = tmp_path / "m.yaml"
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    r = invoke(runner, ["predict", "--config", str(path), "--tasks", "ens", "some text"])
+    assert r.exit_code == 2 and why in r.output and len(r.output.strip().splitlines()) == 1, r.output
+    cfg["heads"] = {"c": {"type": "sentence_classification", "labels": ["x", "y"], "members": {"a": {}}}}
+    path.write_text(yaml.safe_dump(cfg), encoding="utf-8")
+    r = invoke(runner, ["predict", "--config", str(path), "--tasks", "c", "some text"])
+    assert r.exit_code == 2 and "for sentence_ensemble heads" in r.output, r.output
 
 
 def test_attention_heads_trained_side_by_side_are_each_trained_alone_and_run_as_torch_mlp():

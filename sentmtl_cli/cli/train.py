@@ -104,7 +104,8 @@ def fit(
         FitPool.auto,
         "--pool",
         help="attention: over each token of layers 2, 4; mean_max: the linear head over pooled layers; "
-        "auto: both, and the one whose out-of-fold loss is lower (8+ a label, 6 labels at most), else mean_max.",
+        "auto: both, and the one whose out-of-fold loss is lower, or the two averaged when that loses less "
+        "(8+ a label, 6 labels at most), else mean_max.",
     ),
     text_column: Optional[str] = typer.Option(
         None, "--text-column", help="The text's column: a name or a 0-based index (default: 'text' if named, else 0)."
@@ -145,13 +146,17 @@ def fit(
     if rep["unlabeled_prior"] is not None:
         shares = ", ".join(f"{lab} {p:.2f}" for lab, p in rep["unlabeled_prior"].items())
         extra = f"; the labels' prior among the unlabeled texts: {shares}"
-    kind = "an attention head over the tokens" if rep["pool"] == "attention" else "a linear head"
+    kinds = {"attention": "an attention head over the tokens", "mean_max": "a linear head"}
+    if rep["member_weights"]:
+        share = rep["member_weights"]["attention"]
+        kinds["blend"] = f"a linear and an attention head averaged ({1 - share:.2f}/{share:.2f})"
+    kind = kinds[rep["pool"]]
     chosen = ""
     losses = rep["out_of_fold_loss"]
-    if len(losses) == 2:  # auto fitted both: say why this one
-        other = "mean_max" if rep["pool"] == "attention" else "attention"
-        rival = "a linear head's" if other == "mean_max" else "an attention head's"
-        chosen = f" (out-of-fold log-loss {losses[rep['pool']]:.3g}, {rival} {losses[other]:.3g})"
+    if "attention" in losses and "mean_max" in losses:  # auto fitted both: say why this one
+        names = {"mean_max": "the linear head", "attention": "the attention head", "blend": "the two averaged"}
+        others = ", ".join(f"{names[k]} {losses[k]:.3g}" for k in names if k in losses and k != rep["pool"])
+        chosen = f" (out-of-fold log-loss {losses[rep['pool']]:.3g}; {others})"
     typer.echo(
         f"{task}: {rep['examples']} examples ({counts}){extra}, {kind} -> {output} in {rep['seconds']:.1f} s{chosen}",
         err=True,

@@ -4,7 +4,7 @@ against the file."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -112,6 +112,12 @@ class HeadConfig(_Strict):
     # (None: the head type's default, on; false: the sentence embedding's cosine alone)
     late_interaction: bool | None = None
     threshold: float = Field(0.5, gt=0.0, lt=1.0)
+    # sentence_ensemble heads: the member heads, by name, each a sentence_classification head's
+    # settings without type and labels (the ensemble's), and each member's share of the averaged
+    # probabilities (`sentmtl fit` writes a linear and an attention member when its folds say the
+    # two together beat either)
+    members: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    member_weights: dict[str, float] = Field(default_factory=dict)
     weights: Path | None = None
 
     @field_validator("labels")
@@ -137,6 +143,12 @@ class HeadConfig(_Strict):
             if t.count("{}") != 1 or "{" in t.replace("{}", "", 1) or "}" in t.replace("{}", "", 1):
                 raise ValueError(f"template {t!r} must hold the label's place as {{}} exactly once")
         return v
+
+    @model_validator(mode="after")
+    def _members_of_an_ensemble(self) -> HeadConfig:
+        if (self.members or self.member_weights) and self.type != "sentence_ensemble":
+            raise ValueError("members: member heads are for sentence_ensemble heads")
+        return self
 
     @model_validator(mode="after")
     def _descriptions_name_labels(self) -> HeadConfig:

@@ -148,10 +148,12 @@ class SentenceClassificationHead(MLPHead):
         logp = z - np.log(np.exp(z).sum(1, keepdims=True))
         return float(-logp[np.arange(len(y)), y].mean())
 
+    def view_logits(self, view: BatchView) -> np.ndarray:
+        """The logits [B, labels] for a batch's rows (before the temperature)."""
+        return self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask, view.batch.input_ids))
+
     def predict_batch(self, view: BatchView, top_k: int = 1, word_tags: bool = False) -> list[dict]:
-        return self.decode_logits(
-            self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask, view.batch.input_ids)), top_k
-        )
+        return self.decode_logits(self.view_logits(view), top_k)
 
     def decode_logits(self, logits: np.ndarray, top_k: int) -> list[dict]:
         """Result dicts from logits [N, labels], the temperature applied here."""
@@ -162,11 +164,7 @@ class SentenceClassificationHead(MLPHead):
 
     def window_outputs(self, view: BatchView) -> list:
         """Per window, its calibrated probabilities."""
-        return list(
-            self.probabilities(
-                self.forward_numpy(self.inputs_numpy(view.features, view.batch.attention_mask, view.batch.input_ids))
-            )
-        )
+        return list(self.probabilities(self.view_logits(view)))
 
     def merge_windows(self, text: str, parts: list, sizes: list[int], top_k: int = 1, word_tags: bool = False) -> dict:
         return self.decode_probabilities(merge_windows_mean(parts, sizes)[None], top_k)[0]
