@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from ..config.model import BackboneConfig, ModelConfig
 from ..errors import SentmtlError
@@ -38,7 +39,8 @@ class TorchBackbone:
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()
         try:
-            extra = {"attn_implementation": attn_implementation} if attn_implementation else {}
+            # typed loosely: transformers' own annotations of from_pretrained's keywords change between releases
+            extra: dict[str, Any] = {"attn_implementation": attn_implementation} if attn_implementation else {}
             self.model = AutoModel.from_pretrained(
                 str(folder), local_files_only=True, use_safetensors=True, trust_remote_code=False, **extra
             )
