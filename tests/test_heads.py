@@ -131,6 +131,24 @@ def test_attention_pooling_at_inference_equals_training_on_token_rows():
     assert head.targets(rows.y, rows.counts).tolist() == [2, 0, 1]
 
 
+def test_mixed_attention_pool_equals_pooling_the_mixed_layers():
+    """Inference pools each layer without making their weighted sum; the result is the pool of the sum
+    (random mix and query, a padded row and a row with no token at all)."""
+    from sentmtl_cli.heads.base import softmax
+    from sentmtl_cli.heads.mlp import attention_pool, mixed_attention_pool
+
+    rng = np.random.default_rng(5)
+    layers = [rng.normal(0, 1, (4, 6, D)).astype(np.float32) for _ in range(3)]
+    mask = np.array([[1] * 6, [1, 1, 0, 0, 0, 0], [0] * 6, [1, 1, 1, 1, 0, 0]], dtype=np.int64)
+    mix = softmax(rng.normal(0, 1, 3).astype(np.float32))
+    query = rng.normal(0, 0.5, D).astype(np.float32)
+    want = attention_pool(sum(m * h for m, h in zip(mix, layers)), mask, query)
+    got = mixed_attention_pool(layers, mix, mask, query)
+    assert got.dtype == np.float32 and got.shape == (4, D)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    assert not got[2].any() and np.abs(got[0] - got[3]).max() > 0.1  # no token: zeros; rows differ
+
+
 def test_attention_pooling_needs_pooled_layers_and_a_sentence_head():
     from sentmtl_cli.heads.classification import SentenceClassificationHead
     from sentmtl_cli.heads.tagging import TokenClassificationHead

@@ -11,7 +11,7 @@ import numpy as np
 from ..errors import SentmtlError
 from ..registry import HEADS
 from .base import BatchView, TrainingRows, merge_windows_mean, sigmoid, softmax
-from .mlp import MLPHead, attention_pool
+from .mlp import MLPHead, mixed_attention_pool
 
 if TYPE_CHECKING:
     import torch
@@ -39,7 +39,7 @@ def pool_mean_max(hidden: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """[B, T, D] token vectors and their [B, T] mask -> [B, 2D]: the mean, then the max, over real tokens."""
     m = mask.astype(hidden.dtype)
     mean = np.matmul(m[:, None, :], hidden)[:, 0] / np.clip(m.sum(1, keepdims=True), 1.0, None)
-    mx = np.where(m[:, :, None] > 0, hidden, np.float32(-1e4)).max(1)
+    mx = np.max(hidden, axis=1, where=(mask > 0)[:, :, None], initial=np.float32(-1e4))
     return np.concatenate([mean, mx], axis=1)
 
 
@@ -123,8 +123,9 @@ class SentenceClassificationHead(MLPHead):
         if not self.cfg.pool_layers:
             return features["sentence_embedding"]
         if self.attention_pooling():  # [B, T, D]: the layers mixed, then the tokens pooled
-            mixed = self.mix_numpy([features["hidden_states"][i] for i in self.hidden_layers()])
-            return attention_pool(mixed, mask, self.params["attention"])
+            layers = [features["hidden_states"][i] for i in self.hidden_layers()]
+            mix = softmax(self.params["mix"]) if len(layers) > 1 else np.ones(1, dtype=np.float32)
+            return mixed_attention_pool(layers, mix, mask, self.params["attention"])
         # pooled once per batch, whichever heads read a layer (the shipped cls and sent both read 2, 4, 6)
         pooled = features.setdefault("mean_max", {})
         for i in self.pooled_layers():
