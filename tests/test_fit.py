@@ -296,6 +296,39 @@ def test_the_optimizer_reaches_the_optimum_that_scipy_reaches():
     assert (z.argmax(1) == z2.argmax(1)).all() and np.abs(z - z2).max() < 0.01
 
 
+def test_fits_adam_makes_torch_optims_steps_without_importing_it():
+    """fit's Adam (torch.optim's constructor imports torch._dynamo: seconds of a 2-core CPU) takes
+    the steps torch.optim.Adam takes, to the bit, on a loss of several tensors, one of them left
+    without a gradient; and importing it does not import torch._dynamo."""
+    import subprocess
+    import sys
+
+    import torch
+
+    from sentmtl_cli.training.adam import Adam
+
+    probe = "import sys, sentmtl_cli.training.adam; print('torch._dynamo' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
+
+    gen = torch.Generator().manual_seed(5)
+    target = torch.randn(7, 3, generator=gen)
+    start = [torch.randn(7, 3, generator=gen), torch.randn(3, generator=gen), torch.randn(2, generator=gen)]
+    runs = []
+    for make in (lambda ps: Adam(ps, lr=0.03), lambda ps: torch.optim.Adam(ps, lr=0.03)):
+        params = [p.clone().requires_grad_(True) for p in start]
+        opt = make(params)
+        for _ in range(60):
+            opt.zero_grad()
+            loss = ((params[0] + params[1] - target) ** 2).sum() + torch.logsumexp(params[0], 1).sum()
+            loss.backward()  # params[2] gets no gradient: neither optimizer moves it
+            opt.step()
+        runs.append([p.detach() for p in params])
+    for mine, theirs, first in zip(*runs, start, strict=True):
+        assert torch.equal(mine, theirs)
+        assert not torch.equal(mine, first) or first is start[2]
+    assert torch.equal(runs[0][2], start[2])
+
+
 def _cue_blocks(rng, n: int, decided_by: str):
     """Features shaped as a fitted head's with word-pieces ([embedding 8 | pooled 8 | first token 8 |
     word-pieces 6, 0/1]) for two classes, the class written into one block only."""

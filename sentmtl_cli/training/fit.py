@@ -367,6 +367,8 @@ def attention_models(
     by side is training each alone."""
     import torch
 
+    from sentmtl_cli.training.adam import Adam
+
     n, M, C = len(counts), keep.shape[0], n_classes
     D = rows.shape[1] // layers
     x = [torch.from_numpy(np.ascontiguousarray(rows[:, i * D : (i + 1) * D], dtype=np.float32)) for i in range(layers)]
@@ -393,7 +395,7 @@ def attention_models(
         w = torch.softmax(s, 1).nan_to_num(0.0)  # [n, t_max, M]; a text of no token: weights 0
         return (w[..., None] * padded[..., :C]).sum(1) + bias[None]  # [n, M, C]
 
-    opt = torch.optim.Adam([mix, query, weight, bias], lr=opts.attention_lr)
+    opt = Adam([mix, query, weight, bias], lr=opts.attention_lr)
     for _ in range(opts.attention_steps):
         opt.zero_grad()
         ce = torch.nn.functional.cross_entropy(logits().reshape(n * M, C), yt, reduction="none").view(n, M)
@@ -749,10 +751,12 @@ def choose_piece_scale(xs, xp, y, n_classes: int, opts: FitOptions, prior, oof):
 
 def contrastive_projection(emb: np.ndarray, y: np.ndarray, opts: FitOptions | None = None) -> np.ndarray:
     """SetFit's contrastive step with the backbone frozen: a [dim, dim] map P, from the identity,
-    trained (AdamW, batches of 16, one pass) so that cos(P a, P b) is 1 for pairs of one label and
+    trained (Adam, batches of 16, one pass) so that cos(P a, P b) is 1 for pairs of one label and
     0 for pairs of two, the pairs drawn as SetFit draws them (each round, one of each per example).
     Seeded: the same examples give the same map."""
     import torch
+
+    from sentmtl_cli.training.adam import Adam
 
     opts = opts or FitOptions()
     rng = np.random.default_rng(0)
@@ -774,7 +778,7 @@ def contrastive_projection(emb: np.ndarray, y: np.ndarray, opts: FitOptions | No
     proj = torch.nn.Linear(d, d, bias=False)
     with torch.no_grad():
         proj.weight.copy_(torch.eye(d))
-    optim = torch.optim.AdamW(proj.parameters(), lr=opts.contrastive_lr, weight_decay=0.0)
+    optim = Adam(proj.parameters(), lr=opts.contrastive_lr)
     order = torch.randperm(len(a_idx), generator=gen).numpy()
     for start in range(0, len(order), 16):
         idx = order[start : start + 16]
