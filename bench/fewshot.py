@@ -60,6 +60,19 @@ def pieces_after(rows: np.ndarray, cols: np.ndarray, ids: list[set[int]], vocab:
     return np.concatenate([cols[rows], p], 1)
 
 
+def set_inputs(name: str) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray, int, list[set[int]]]:
+    """A set as the fitted head reads it: its texts, sorted label names, label indices, the
+    embedding, the features (the embedding, layers 2, 4, 6 pooled, the first token at layer 4),
+    the first token's width, and each text's word-piece ids (no special tokens)."""
+    texts, raw = read_set(name)
+    labels = sorted(set(raw))
+    y = np.array([labels.index(v) for v in raw])
+    emb, mid, first = features(name, "emb"), features(name, "mid"), features(name, "first")
+    x = np.concatenate([emb, mid, first], 1)
+    ids = [{i for i, sp in zip(r[0], r[2]) if not sp} for r in _model().tokenizer.encode_raw(texts)]
+    return texts, labels, y, emb, x, first.shape[1], ids
+
+
 def label_vectors(labels: list[str]) -> np.ndarray:
     m = _model()
     head = ZeroShotHead("zs", zero_shot_config(labels), m.dim, m.num_layers)
@@ -226,15 +239,8 @@ def main() -> None:
         return
     table: dict = {}
     for name in args.sets:
-        texts, labels_raw = read_set(name)
-        labels = sorted(set(labels_raw))
-        y = np.array([labels.index(v) for v in labels_raw])
+        texts, labels, y, emb, x, lead, ids = set_inputs(name)
         C = len(labels)
-        emb, mid, first = features(name, "emb"), features(name, "mid"), features(name, "first")
-        # what the fitted head reads: the embedding, layers 2, 4, 6 pooled, the first token at layer 4
-        x = np.concatenate([emb, mid, first], 1)
-        lead = first.shape[1]
-        ids = [{i for i, sp in zip(r[0], r[2]) if not sp} for r in _model().tokenizer.encode_raw(texts)]
         held, rest = split(len(y))
         E = label_vectors(labels)
         row = table.setdefault(name, {})

@@ -19,8 +19,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fewshot import TokenRows, label_vectors, pieces_after, sample, split  # noqa: E402
-from fewshot_features import _model, features, read_set  # noqa: E402
+from fewshot import TokenRows, label_vectors, pieces_after, sample, set_inputs, split  # noqa: E402
 
 from sentmtl_cli.heads.mlp import TorchMLP  # noqa: E402
 from sentmtl_cli.training.fit import (  # noqa: E402
@@ -48,13 +47,8 @@ def main() -> None:
     args = ap.parse_args()
     out: dict = {}
     for name in args.sets:
-        texts, raw = read_set(name)
-        labels = sorted(set(raw))
-        y = np.array([labels.index(v) for v in raw])
+        texts, labels, y, emb, x, lead, ids = set_inputs(name)
         C = len(labels)
-        emb, mid, first = features(name, "emb"), features(name, "mid"), features(name, "first")
-        x, lead = np.concatenate([emb, mid, first], 1), first.shape[1]
-        ids = [{i for i, sp in zip(r[0], r[2]) if not sp} for r in _model().tokenizer.encode_raw(texts)]
         held, rest = split(len(y))
         E = label_vectors(labels)
         unl = np.random.default_rng(7).choice(rest, size=min(1000, len(rest) // 2), replace=False)

@@ -44,7 +44,8 @@ def features(name: str, view: str, model=None) -> np.ndarray:
     x = np.ascontiguousarray(model.head_inputs(texts, head)[:, cols])
     CACHE.mkdir(parents=True, exist_ok=True)
     np.save(path, x.astype(np.float16))
-    return x
+    # what a later run loads from the cache: the first run's numbers are the same as every other's
+    return x.astype(np.float16).astype(np.float32)
 
 
 _M = None
