@@ -298,8 +298,9 @@ def test_the_optimizer_reaches_the_optimum_that_scipy_reaches():
 
 def test_fits_adam_makes_torch_optims_steps_without_importing_it():
     """fit's Adam (torch.optim's constructor imports torch._dynamo: seconds of a 2-core CPU) takes
-    the steps torch.optim.Adam takes, to the bit, on a loss of several tensors, one of them left
-    without a gradient; and importing it does not import torch._dynamo."""
+    the steps torch.optim.Adam takes, to the bit, on a loss of several tensors, one of them without
+    a gradient for its first 20 steps (each tensor counts its own steps) and one never given one;
+    and importing it does not import torch._dynamo."""
     import subprocess
     import sys
 
@@ -313,13 +314,16 @@ def test_fits_adam_makes_torch_optims_steps_without_importing_it():
     gen = torch.Generator().manual_seed(5)
     target = torch.randn(7, 3, generator=gen)
     start = [torch.randn(7, 3, generator=gen), torch.randn(3, generator=gen), torch.randn(2, generator=gen)]
+    start.append(torch.randn(4, generator=gen))
     runs = []
     for make in (lambda ps: Adam(ps, lr=0.03), lambda ps: torch.optim.Adam(ps, lr=0.03)):
         params = [p.clone().requires_grad_(True) for p in start]
         opt = make(params)
-        for _ in range(60):
+        for step in range(60):
             opt.zero_grad()
             loss = ((params[0] + params[1] - target) ** 2).sum() + torch.logsumexp(params[0], 1).sum()
+            if step >= 20:
+                loss = loss + (params[3] ** 3).sum()
             loss.backward()  # params[2] gets no gradient: neither optimizer moves it
             opt.step()
         runs.append([p.detach() for p in params])

@@ -22,7 +22,7 @@ class Adam:
         self.lr, self.betas, self.eps = lr, betas, eps
         self.exp_avg = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
         self.exp_avg_sq = [torch.zeros_like(p, memory_format=torch.preserve_format) for p in self.params]
-        self.steps = 0
+        self.steps = [0] * len(self.params)  # each tensor's own, as torch.optim keeps it: one with no grad waits
 
     def zero_grad(self) -> None:
         for p in self.params:
@@ -30,13 +30,13 @@ class Adam:
 
     @torch.no_grad()
     def step(self) -> None:
-        self.steps += 1
         beta1, beta2 = self.betas
-        step_size = self.lr / (1 - beta1**self.steps)
-        correction2_sqrt = (1 - beta2**self.steps) ** 0.5
-        for p, avg, avg_sq in zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True):
+        for i, (p, avg, avg_sq) in enumerate(zip(self.params, self.exp_avg, self.exp_avg_sq, strict=True)):
             if p.grad is None:
                 continue
+            self.steps[i] += 1
+            step_size = self.lr / (1 - beta1 ** self.steps[i])
+            correction2_sqrt = (1 - beta2 ** self.steps[i]) ** 0.5
             avg.lerp_(p.grad, 1 - beta1)
             avg_sq.mul_(beta2).addcmul_(p.grad, p.grad, value=1 - beta2)
             denom = (avg_sq.sqrt() / correction2_sqrt).add_(self.eps)
